@@ -1,0 +1,137 @@
+//! The external backend: nothing is started. Each service's endpoint comes from environment
+//! variables (CI service containers, a shared staging stack):
+//!
+//! `HARNESS_<SERVICE>_HOST` (default `127.0.0.1`), `HARNESS_<SERVICE>_PORT` (required when the
+//! service has ports), `HARNESS_<SERVICE>_PORT_<NAME>` for further named ports, and
+//! `HARNESS_<SERVICE>_USER`, `_PASSWORD`, `_DATABASE`. `<SERVICE>` is the name upper-cased with
+//! `-` as `_`.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use super::{Backend, BackendKind, Instance, StartRequest};
+use crate::endpoint::Endpoint;
+use crate::error::Error;
+use crate::manifest::{Manifest, Service};
+
+/// Endpoints from the environment.
+#[derive(Debug)]
+pub struct External;
+
+fn var_name(service: &str, field: &str) -> String {
+    format!("HARNESS_{}_{field}", service.to_uppercase().replace('-', "_"))
+}
+
+fn endpoint(service: &Service, missing: &mut Vec<String>) -> Endpoint {
+    let get = |field: &str| std::env::var(var_name(&service.name, field)).ok();
+    let mut ports = BTreeMap::new();
+    let primary = service.primary_port().map(str::to_string);
+    for name in service.ports.keys() {
+        let field = if Some(name) == primary.as_ref() {
+            "PORT".to_string()
+        } else {
+            format!("PORT_{}", name.to_uppercase().replace('-', "_"))
+        };
+        match get(&field).map(|p| p.parse::<u16>()) {
+            Some(Ok(p)) => {
+                ports.insert(name.clone(), p);
+            }
+            Some(Err(_)) => missing.push(format!("{} (not a port number)", var_name(&service.name, &field))),
+            None => missing.push(var_name(&service.name, &field)),
+        }
+    }
+    Endpoint {
+        kind: service.kind,
+        host: get("HOST").unwrap_or_else(|| "127.0.0.1".into()),
+        ports,
+        primary,
+        bind_host: "0.0.0.0".into(),
+        user: get("USER").or(service.credentials.user.clone()),
+        password: get("PASSWORD").or(service.credentials.password.clone()),
+        database: get("DATABASE").or(service.credentials.database.clone()),
+    }
+}
+
+#[async_trait]
+impl Backend for External {
+    fn kind(&self) -> BackendKind {
+        BackendKind::External
+    }
+
+    async fn preflight(&self, manifest: &Manifest) -> Result<(), Error> {
+        let mut missing = Vec::new();
+        for s in &manifest.services {
+            endpoint(s, &mut missing);
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Prerequisite {
+            what: format!(
+                "the external backend needs every service's endpoint; not set:\n  - {}",
+                missing.join("\n  - ")
+            ),
+            help: "export them (e.g. `HARNESS_POSTGRES_PORT=5432`), or use the native backend".into(),
+        })
+    }
+
+    async fn start(&self, req: StartRequest<'_>) -> Result<Box<dyn Instance>, Error> {
+        let mut missing = Vec::new();
+        let endpoint = endpoint(req.service, &mut missing);
+        if !missing.is_empty() {
+            return Err(Error::service(&req.service.name, format!("not set: {}", missing.join(", "))));
+        }
+        Ok(Box::new(ExternalInstance {
+            name: req.service.name.clone(),
+            endpoint,
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct ExternalInstance {
+    name: String,
+    endpoint: Endpoint,
+}
+
+impl ExternalInstance {
+    fn refuse(&self, what: &str) -> Result<(), Error> {
+        Err(Error::service(
+            &self.name,
+            format!("cannot {what} a service of the external backend: the harness did not start it"),
+        ))
+    }
+}
+
+#[async_trait]
+impl Instance for ExternalInstance {
+    fn endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
+    }
+    fn internal_endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
+    }
+    fn exited(&mut self) -> Option<String> {
+        None
+    }
+    fn log_tail(&self, _n: usize) -> Vec<String> {
+        Vec::new()
+    }
+    async fn stop(&mut self) -> Result<(), Error> {
+        self.refuse("stop")
+    }
+    async fn start(&mut self) -> Result<(), Error> {
+        self.refuse("start")
+    }
+    async fn kill(&mut self) -> Result<(), Error> {
+        self.refuse("kill")
+    }
+    async fn pause(&mut self) -> Result<(), Error> {
+        self.refuse("pause")
+    }
+    async fn unpause(&mut self) -> Result<(), Error> {
+        self.refuse("unpause")
+    }
+    async fn remove(&mut self) {}
+}

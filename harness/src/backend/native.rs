@@ -1,0 +1,644 @@
+//! The native backend: real servers as local processes from installed binaries, each on a
+//! free loopback port, each in its own directory inside the run directory.
+//!
+//! - PostgreSQL: `initdb` then `postgres` (fsync off, socket in its directory). As root it runs
+//!   as the `postgres` user, which PostgreSQL requires.
+//! - Redis: `redis-server` without persistence.
+//! - RabbitMQ: `rabbitmq-server` with every path (mnesia, logs, feature flags, pid, config)
+//!   inside its directory and an `epmd` of its own on a free port, so nothing outlives the run.
+//!   As root it runs as the `rabbitmq` user and its directories belong to that user.
+//! - Generic services: a cargo binary of the workspace (`binary = "orders"`) or a command.
+//!
+//! Every process runs in its own process group, registered with [`crate::cleanup`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::{Pid, User};
+use tokio::process::{Child, Command};
+
+use super::{Backend, BackendKind, Instance, StartRequest};
+use crate::cleanup::{self, RunDir, RUN_ID_ENV};
+use crate::endpoint::Endpoint;
+use crate::error::Error;
+use crate::manifest::{Kind, Launch, Manifest, Service};
+
+/// How long a graceful stop may take before the group is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs services as local processes.
+#[derive(Debug)]
+pub struct Native {
+    run_id: String,
+    run_dir: PathBuf,
+    bin_dir: PathBuf,
+}
+
+impl Native {
+    /// A native backend for one run.
+    pub fn new(run: &RunDir, manifest_dir: &Path) -> Native {
+        Native {
+            run_id: run.id.clone(),
+            run_dir: run.path.clone(),
+            bin_dir: bin_dir(manifest_dir),
+        }
+    }
+}
+
+/// Finds a program in `PATH` or in the given extra directories.
+fn find_program(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    extra
+        .iter()
+        .cloned()
+        .chain(std::env::split_paths(&path))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn postgres_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .collect();
+    dirs.sort_by(|a, b| b.cmp(a));
+    dirs
+}
+
+fn rabbitmq_dirs() -> Vec<PathBuf> {
+    vec![PathBuf::from("/usr/lib/rabbitmq/bin")]
+}
+
+/// Where cargo puts this workspace's binaries: `HARNESS_BIN_DIR`, else `CARGO_TARGET_DIR/debug`,
+/// else `target/debug` of the workspace around the manifest.
+pub fn bin_dir(manifest_dir: &Path) -> PathBuf {
+    if let Some(d) = std::env::var_os("HARNESS_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d).join("debug");
+    }
+    let start = std::fs::canonicalize(manifest_dir).unwrap_or_else(|_| manifest_dir.to_path_buf());
+    let mut root = None;
+    for dir in start.ancestors() {
+        if dir.join("Cargo.toml").is_file() {
+            root = Some(dir.to_path_buf());
+        }
+    }
+    root.unwrap_or(start).join("target").join("debug")
+}
+
+struct Programs {
+    missing: Vec<(String, String)>,
+}
+
+impl Programs {
+    fn need(&mut self, name: &str, extra: &[PathBuf], service: &str, help: &str) -> Option<PathBuf> {
+        let found = find_program(name, extra);
+        if found.is_none() {
+            self.missing.push((format!("`{name}` (for service `{service}`)"), help.to_string()));
+        }
+        found
+    }
+}
+
+#[async_trait]
+impl Backend for Native {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Native
+    }
+
+    async fn preflight(&self, manifest: &Manifest) -> Result<(), Error> {
+        let mut p = Programs { missing: Vec::new() };
+        let bins = &self.bin_dir;
+        for s in &manifest.services {
+            let name = s.name.as_str();
+            match (s.kind, &s.launch) {
+                (Kind::Postgres, _) => {
+                    let help = "install PostgreSQL: `apt-get install -y postgresql`";
+                    p.need("initdb", &postgres_dirs(), name, help);
+                    p.need("postgres", &postgres_dirs(), name, help);
+                }
+                (Kind::Redis, _) => {
+                    p.need("redis-server", &[], name, "install Redis: `apt-get install -y redis-server`");
+                }
+                (Kind::Rabbitmq, _) => {
+                    let help = "install RabbitMQ: `apt-get install -y rabbitmq-server`";
+                    p.need("rabbitmq-server", &rabbitmq_dirs(), name, help);
+                    p.need("epmd", &[], name, help);
+                }
+                (Kind::Service, Launch::Binary(b)) => {
+                    if !bins.join(b).is_file() {
+                        p.missing.push((
+                            format!("binary `{b}` (for service `{name}`) at {}", bins.join(b).display()),
+                            format!("build it with `cargo build --bin {b}`, or point HARNESS_BIN_DIR at the directory holding it"),
+                        ));
+                    }
+                }
+                (Kind::Service, Launch::ImageOnly) => p.missing.push((
+                    format!("a way to run service `{name}` natively"),
+                    format!("give `{name}` a `binary` or `command` in the manifest, or use the container backend"),
+                )),
+                (Kind::Service, _) => {}
+            }
+        }
+        if p.missing.is_empty() {
+            return Ok(());
+        }
+        let what = p.missing.iter().map(|(w, _)| format!("\n  - {w}")).collect::<String>();
+        let help: BTreeSet<&str> = p.missing.iter().map(|(_, h)| h.as_str()).collect();
+        Err(Error::Prerequisite {
+            what: format!("the native backend cannot start this stack; missing:{what}"),
+            help: help.into_iter().collect::<Vec<_>>().join("\n  = help: "),
+        })
+    }
+
+    async fn start(&self, req: StartRequest<'_>) -> Result<Box<dyn Instance>, Error> {
+        let service = req.service;
+        let dir = self.run_dir.join(&service.name);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let mut ports = BTreeMap::new();
+        for name in service.ports.keys() {
+            ports.insert(name.clone(), free_port().map_err(|e| Error::io("finding a free port", e))?);
+        }
+        let endpoint = Endpoint {
+            kind: service.kind,
+            host: "127.0.0.1".into(),
+            ports,
+            primary: service.primary_port().map(str::to_string),
+            bind_host: "127.0.0.1".into(),
+            user: req.user.clone(),
+            password: req.password.clone(),
+            database: req.database.clone(),
+        };
+        let mut instance = NativeInstance {
+            name: service.name.clone(),
+            dir: dir.clone(),
+            endpoint: endpoint.clone(),
+            procs: Vec::new(),
+        };
+        let base = ProcSpec {
+            run_id: self.run_id.clone(),
+            log: dir.join("output.log"),
+            cwd: dir.clone(),
+            ..ProcSpec::default()
+        };
+        match service.kind {
+            Kind::Postgres => instance.procs.push(postgres(&base, &endpoint, &dir).await?),
+            Kind::Redis => instance.procs.push(redis(&base, &endpoint)?),
+            Kind::Rabbitmq => {
+                let (epmd, rabbit) = rabbitmq(&base, &endpoint, &dir, &self.run_id).await?;
+                instance.procs.push(epmd);
+                instance.procs.push(rabbit);
+            }
+            Kind::Service => instance.procs.push(generic(&base, service, &endpoint, req.deps, &self.bin_dir)?),
+        }
+        for proc in &mut instance.procs {
+            if proc.child.is_none() {
+                proc.spawn().map_err(|e| Error::service(&service.name, e))?;
+            }
+        }
+        Ok(Box::new(instance))
+    }
+}
+
+/// A free loopback port. The kernel hands out ports round-robin, and the harness remembers
+/// what it gave, so two services of one run never get the same port.
+fn free_port() -> std::io::Result<u16> {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..50 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
+    Err(std::io::Error::other("no free loopback port after 50 tries"))
+}
+
+fn system_user(name: &str) -> Option<User> {
+    if !nix::unistd::geteuid().is_root() {
+        return None;
+    }
+    User::from_name(name).ok().flatten()
+}
+
+fn chown_tree(path: &Path, user: &User) -> Result<(), Error> {
+    let chown = |p: &Path| {
+        std::os::unix::fs::chown(p, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+            .map_err(|e| Error::io(format!("giving {} to user `{}`", p.display(), user.name), e))
+    };
+    chown(path)?;
+    for entry in std::fs::read_dir(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))? {
+        let entry = entry.map_err(|e| Error::io("reading a directory", e))?;
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            chown_tree(&entry.path(), user)?;
+        } else {
+            chown(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn write(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+async fn postgres(base: &ProcSpec, ep: &Endpoint, dir: &Path) -> Result<Proc, Error> {
+    let fail = |m: String| Error::service("postgres", m);
+    let initdb = find_program("initdb", &postgres_dirs()).ok_or_else(|| fail("initdb not found".into()))?;
+    let server = find_program("postgres", &postgres_dirs()).ok_or_else(|| fail("postgres not found".into()))?;
+    let user = system_user("postgres");
+    let data = dir.join("data");
+    let pwfile = dir.join("pwfile");
+    write(&pwfile, ep.password.as_deref().unwrap_or("postgres"))?;
+    if let Some(u) = &user {
+        chown_tree(dir, u)?;
+    }
+    let mut cmd = Command::new(&initdb);
+    cmd.arg("-D")
+        .arg(&data)
+        .arg(format!("--username={}", ep.user.as_deref().unwrap_or("postgres")))
+        .arg(format!("--pwfile={}", pwfile.display()))
+        .args(["--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "--encoding=UTF8", "--locale=C"])
+        .current_dir(dir)
+        .env(RUN_ID_ENV, &base.run_id)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    if let Some(u) = &user {
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    let out = cmd.output().await.map_err(|e| fail(format!("cannot run {}: {e}", initdb.display())))?;
+    let _ = std::fs::remove_file(&pwfile);
+    if !out.status.success() {
+        return Err(fail(format!(
+            "initdb failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    let port = ep.port(None).map_err(fail)?;
+    let mut args: Vec<String> = vec!["-D".into(), data.display().to_string(), "-p".into(), port.to_string()];
+    args.extend(["-k".into(), dir.display().to_string()]);
+    for setting in [
+        "listen_addresses=127.0.0.1",
+        "fsync=off",
+        "synchronous_commit=off",
+        "full_page_writes=off",
+        "max_connections=200",
+        "shared_buffers=64MB",
+    ] {
+        args.extend(["-c".into(), setting.into()]);
+    }
+    Ok(Proc::new(ProcSpec {
+        program: server,
+        args,
+        user,
+        // SIGINT is postgres' "fast shutdown": it does not wait for clients to disconnect.
+        graceful: Some(Signal::SIGINT),
+        ..base.clone()
+    }))
+}
+
+fn redis(base: &ProcSpec, ep: &Endpoint) -> Result<Proc, Error> {
+    let program = find_program("redis-server", &[]).ok_or_else(|| Error::service("redis", "redis-server not found"))?;
+    let port = ep.port(None).map_err(|e| Error::service("redis", e))?;
+    let mut args: Vec<String> = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(["--dir".into(), base.cwd.display().to_string(), "--daemonize".into(), "no".into()]);
+    Ok(Proc::new(ProcSpec {
+        program,
+        args,
+        ..base.clone()
+    }))
+}
+
+async fn rabbitmq(base: &ProcSpec, ep: &Endpoint, dir: &Path, run_id: &str) -> Result<(Proc, Proc), Error> {
+    let fail = |m: String| Error::service("rabbitmq", m);
+    let server =
+        find_program("rabbitmq-server", &rabbitmq_dirs()).ok_or_else(|| fail("rabbitmq-server not found".into()))?;
+    let epmd_bin = find_program("epmd", &[]).ok_or_else(|| fail("epmd not found".into()))?;
+    let user = system_user("rabbitmq");
+    let epmd_port = free_port().map_err(|e| Error::io("finding a free port", e))?;
+    let dist_port = free_port().map_err(|e| Error::io("finding a free port", e))?;
+    for sub in ["mnesia", "log"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io("creating rabbitmq directories", e))?;
+    }
+    write(&dir.join("enabled_plugins"), "[].\n")?;
+    write(&dir.join("rabbitmq-env.conf"), "")?;
+    write(
+        &dir.join("rabbitmq.conf"),
+        &format!(
+            "default_user = {}\ndefault_pass = {}\nloopback_users = none\nlisteners.tcp.default = 127.0.0.1:{}\n",
+            ep.user.as_deref().unwrap_or("guest"),
+            ep.password.as_deref().unwrap_or("guest"),
+            ep.port(None).map_err(fail)?,
+        ),
+    )?;
+    if let Some(u) = &user {
+        chown_tree(dir, u)?;
+    }
+    let mut epmd = Proc::new(ProcSpec {
+        program: epmd_bin,
+        args: vec!["-port".into(), epmd_port.to_string(), "-address".into(), "127.0.0.1".into()],
+        user: user.clone(),
+        log: dir.join("epmd.log"),
+        ..base.clone()
+    });
+    epmd.spawn().map_err(fail)?;
+    // rabbitmq-server would start an epmd of its own (which outlives it) if ours were not up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(("127.0.0.1", epmd_port)).await.is_err() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(fail(format!("epmd did not listen on port {epmd_port} within 5 s")));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let d = |s: &str| dir.join(s).display().to_string();
+    let short = run_id.rsplit('-').next().unwrap_or(run_id);
+    let env = vec![
+        ("HOME".into(), d("")),
+        ("ERL_EPMD_PORT".into(), epmd_port.to_string()),
+        ("RABBITMQ_NODENAME".into(), format!("harness-{short}@localhost")),
+        ("RABBITMQ_NODE_IP_ADDRESS".into(), "127.0.0.1".into()),
+        ("RABBITMQ_NODE_PORT".into(), ep.port(None).map_err(fail)?.to_string()),
+        ("RABBITMQ_DIST_PORT".into(), dist_port.to_string()),
+        ("RABBITMQ_MNESIA_BASE".into(), d("mnesia")),
+        ("RABBITMQ_LOG_BASE".into(), d("log")),
+        ("RABBITMQ_LOGS".into(), "-".into()),
+        ("RABBITMQ_PID_FILE".into(), d("rabbitmq.pid")),
+        ("RABBITMQ_ENABLED_PLUGINS_FILE".into(), d("enabled_plugins")),
+        ("RABBITMQ_FEATURE_FLAGS_FILE".into(), d("feature_flags")),
+        ("RABBITMQ_CONFIG_FILE".into(), d("rabbitmq.conf")),
+        ("RABBITMQ_ADVANCED_CONFIG_FILE".into(), d("advanced.config")),
+        ("RABBITMQ_CONF_ENV_FILE".into(), d("rabbitmq-env.conf")),
+        ("RABBITMQ_ALLOW_INPUT".into(), "false".into()),
+    ];
+    let rabbit = Proc::new(ProcSpec {
+        program: server,
+        env,
+        user,
+        ..base.clone()
+    });
+    Ok((epmd, rabbit))
+}
+
+fn generic(
+    base: &ProcSpec,
+    service: &Service,
+    ep: &Endpoint,
+    deps: &BTreeMap<String, Endpoint>,
+    bin_dir: &Path,
+) -> Result<Proc, Error> {
+    let render = |t: &crate::template::Template| {
+        t.render(|name| if name == "self" { Some(ep) } else { deps.get(name) })
+            .map_err(|e| Error::service(&service.name, e))
+    };
+    let (program, mut args) = match &service.launch {
+        Launch::Binary(b) => (bin_dir.join(b), Vec::new()),
+        Launch::Command(cmd) => {
+            let mut parts = cmd.iter().map(render).collect::<Result<Vec<_>, _>>()?.into_iter();
+            let program = parts.next().ok_or_else(|| Error::service(&service.name, "empty command"))?;
+            (PathBuf::from(program), parts.collect())
+        }
+        Launch::Builtin | Launch::ImageOnly => {
+            return Err(Error::service(&service.name, "has no binary or command to run natively"))
+        }
+    };
+    for a in &service.args {
+        args.push(render(a)?);
+    }
+    let env = service
+        .env
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), render(v)?)))
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(Proc::new(ProcSpec {
+        program,
+        args,
+        env,
+        ..base.clone()
+    }))
+}
+
+/// What to run for one process.
+#[derive(Debug, Clone, Default)]
+struct ProcSpec {
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    user: Option<User>,
+    cwd: PathBuf,
+    log: PathBuf,
+    run_id: String,
+    graceful: Option<Signal>,
+}
+
+/// One process of a service, in its own process group.
+#[derive(Debug)]
+struct Proc {
+    spec: ProcSpec,
+    child: Option<Child>,
+    pgid: Option<i32>,
+    exit: Option<String>,
+}
+
+impl Proc {
+    fn new(spec: ProcSpec) -> Proc {
+        Proc {
+            spec,
+            child: None,
+            pgid: None,
+            exit: None,
+        }
+    }
+
+    fn graceful(&self) -> Signal {
+        self.spec.graceful.unwrap_or(Signal::SIGTERM)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let s = &self.spec;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&s.log)
+            .map_err(|e| format!("cannot open log {}: {e}", s.log.display()))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = Command::new(&s.program);
+        cmd.args(&s.args)
+            .envs(s.env.iter().map(|(k, v)| (k, v)))
+            .env(RUN_ID_ENV, &s.run_id)
+            .current_dir(&s.cwd)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0);
+        if let Some(u) = &s.user {
+            cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", s.program.display()))?;
+        let pgid = child.id().map(|p| p as i32);
+        if let Some(g) = pgid {
+            cleanup::register_group(g, self.graceful());
+        }
+        self.child = Some(child);
+        self.pgid = pgid;
+        self.exit = None;
+        Ok(())
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        if self.exit.is_none() {
+            if let Some(child) = &mut self.child {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.exit = Some(status.to_string());
+                }
+            }
+        }
+        self.exit.clone()
+    }
+
+    fn signal(&self, signal: Signal) -> Result<(), String> {
+        match self.pgid {
+            Some(g) => killpg(Pid::from_raw(g), signal).map_err(|e| format!("{signal} failed: {e}")),
+            None => Err("the process is not running".into()),
+        }
+    }
+
+    async fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else { return };
+        let pgid = self.pgid.take();
+        if let Some(g) = pgid {
+            let _ = killpg(Pid::from_raw(g), Signal::SIGCONT);
+            let _ = killpg(Pid::from_raw(g), self.graceful());
+        }
+        let status = match tokio::time::timeout(grace, child.wait()).await {
+            Ok(Ok(s)) => s.to_string(),
+            _ => {
+                let _ = child.start_kill();
+                child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+            }
+        };
+        if let Some(g) = pgid {
+            // Stragglers of the group (children the main process did not reap).
+            let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while cleanup::group_alive(g) && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            cleanup::unregister_group(g);
+        }
+        self.exit = Some(status);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(g) = self.pgid.take() {
+            let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+            cleanup::unregister_group(g);
+        }
+    }
+}
+
+/// A service running as local processes.
+#[derive(Debug)]
+struct NativeInstance {
+    name: String,
+    dir: PathBuf,
+    endpoint: Endpoint,
+    /// Helpers first (epmd), the server last.
+    procs: Vec<Proc>,
+}
+
+impl NativeInstance {
+    fn main(&self) -> Result<&Proc, Error> {
+        self.procs.last().ok_or_else(|| Error::service(&self.name, "has no process"))
+    }
+}
+
+#[async_trait]
+impl Instance for NativeInstance {
+    fn endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
+    }
+
+    fn internal_endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
+    }
+
+    fn exited(&mut self) -> Option<String> {
+        self.procs.iter_mut().rev().find_map(|p| p.exited())
+    }
+
+    fn log_tail(&self, n: usize) -> Vec<String> {
+        self.procs.last().map(|p| tail(&p.spec.log, n)).unwrap_or_default()
+    }
+
+    async fn stop(&mut self) -> Result<(), Error> {
+        for p in self.procs.iter_mut().rev() {
+            p.stop(STOP_GRACE).await;
+        }
+        Ok(())
+    }
+
+    async fn start(&mut self) -> Result<(), Error> {
+        for p in &mut self.procs {
+            if p.child.is_none() {
+                p.spawn().map_err(|e| Error::service(&self.name, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn kill(&mut self) -> Result<(), Error> {
+        for p in self.procs.iter_mut().rev() {
+            p.stop(Duration::ZERO).await;
+        }
+        Ok(())
+    }
+
+    async fn pause(&mut self) -> Result<(), Error> {
+        self.main()?.signal(Signal::SIGSTOP).map_err(|e| Error::service(&self.name, e))
+    }
+
+    async fn unpause(&mut self) -> Result<(), Error> {
+        self.main()?.signal(Signal::SIGCONT).map_err(|e| Error::service(&self.name, e))
+    }
+
+    async fn remove(&mut self) {
+        let _ = self.stop().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for NativeInstance {
+    fn drop(&mut self) {
+        // Processes are killed by their own Drop; the directory goes with the run directory.
+        self.procs.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => return Vec::new(),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|s| s.to_string()).collect()
+}

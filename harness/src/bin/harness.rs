@@ -1,0 +1,286 @@
+//! The `harness` command: a thin shell over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use harness::backend::BackendKind;
+use harness::{exit_code, Error, Graph, Manifest, Stack, StackOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "harness", version, about = "Start a stack of services and test it for real")]
+struct Cli {
+    /// The stack manifest (default: $HARNESS_MANIFEST, stack.toml, fixtures/stack.toml).
+    #[arg(long, short = 'm', global = true)]
+    manifest: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate the manifest; start nothing.
+    Check,
+    /// Print the start order and dependency layers, or Graphviz DOT.
+    Graph {
+        /// Print Graphviz DOT instead.
+        #[arg(long)]
+        dot: bool,
+        /// Print the services that depend on this one (transitively).
+        #[arg(long, value_name = "SERVICE")]
+        dependents: Option<String>,
+    },
+    /// Start the stack, print its endpoints, and keep it up until Ctrl-C or `harness down`.
+    Up {
+        /// Which backend runs the services (default: $HARNESS_BACKEND, else native).
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
+        /// Do not build the workspace binaries the manifest names.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Stop a stack started by `harness up`.
+    Down,
+    /// Run every suite against the stack (the main job).
+    Test {
+        /// Extra arguments for the test runner (filters, --list, ...).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Measure things side by side.
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Cold stack-up vs. sequential start vs. critical path, and readiness lag.
+    Startup {
+        /// Runs of each mode.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Samples of readiness lag.
+        #[arg(long, default_value_t = 30)]
+        lag_samples: usize,
+        /// Do not build the workspace binaries the manifest names.
+        #[arg(long)]
+        no_build: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit_code::INTERNAL);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn load(cli_manifest: &Option<PathBuf>) -> Result<Manifest, Error> {
+    let path = cli_manifest.clone().unwrap_or_else(harness::default_manifest_path);
+    Ok(Manifest::load(&path)?)
+}
+
+/// Where `harness up` records the running stack for `harness down`.
+fn state_file(manifest: &Manifest) -> PathBuf {
+    harness::backend::native::bin_dir(manifest.dir())
+        .parent()
+        .unwrap_or(Path::new("target"))
+        .join("harness")
+        .join("stack.json")
+}
+
+async fn run(cli: Cli) -> Result<u8, Error> {
+    match cli.command {
+        Command::Check => {
+            let m = load(&cli.manifest)?;
+            let graph = Graph::new(&m).map_err(|c| Error::Usage(c.path.join(" -> ")))?;
+            println!(
+                "{}: ok, {} services; start order: {}",
+                m.path.display(),
+                m.services.len(),
+                graph.order().join(", ")
+            );
+            Ok(exit_code::OK)
+        }
+        Command::Graph { dot, dependents } => {
+            let m = load(&cli.manifest)?;
+            let graph = Graph::new(&m).map_err(|c| Error::Usage(c.path.join(" -> ")))?;
+            if let Some(service) = dependents {
+                if m.service(&service).is_none() {
+                    return Err(Error::Usage(format!("the manifest has no service `{service}`")));
+                }
+                for d in graph.dependents(&service) {
+                    println!("{d}");
+                }
+            } else if dot {
+                print!("{}", graph.to_dot(&m.name));
+            } else {
+                println!("order: {}", graph.order().join(" -> "));
+                for (i, layer) in graph.layers().iter().enumerate() {
+                    println!("layer {i}: {}", layer.join(", "));
+                }
+            }
+            Ok(exit_code::OK)
+        }
+        Command::Up { backend, no_build } => {
+            let m = load(&cli.manifest)?;
+            if !no_build {
+                build_binaries(&m)?;
+            }
+            let state = state_file(&m);
+            let stack = Stack::start(
+                m,
+                StackOptions {
+                    backend,
+                    progress: true,
+                    ..StackOptions::default()
+                },
+            )
+            .await?;
+            print_endpoints(&stack);
+            write_state(&state, &stack)?;
+            println!("\nthe stack is up; Ctrl-C or `harness down` stops it");
+            wait_for_signal().await;
+            eprintln!("stopping…");
+            stack.down().await;
+            let _ = std::fs::remove_file(&state);
+            eprintln!("stopped; nothing left behind");
+            Ok(exit_code::OK)
+        }
+        Command::Down => {
+            let m = load(&cli.manifest)?;
+            down(&state_file(&m)).await
+        }
+        Command::Test { args } => {
+            let m = load(&cli.manifest)?;
+            build_binaries(&m)?;
+            let status = std::process::Command::new("cargo")
+                .args(["test", "-p", "suites", "--"])
+                .args(&args)
+                .env("HARNESS_MANIFEST", &m.path)
+                .env("PACT_DO_NOT_TRACK", "true")
+                .status()
+                .map_err(|e| Error::io("running `cargo test -p suites`", e))?;
+            Ok(if status.success() { exit_code::OK } else { exit_code::TESTS_FAILED })
+        }
+        Command::Bench {
+            what: Bench::Startup { runs, lag_samples, no_build },
+        } => {
+            let m = load(&cli.manifest)?;
+            if !no_build {
+                build_binaries(&m)?;
+            }
+            let report = harness::bench::startup(&m, runs.max(1), lag_samples).await?;
+            print!("{}", report.render());
+            Ok(exit_code::OK)
+        }
+    }
+}
+
+/// Builds the cargo binaries the manifest runs natively, so `up` never starts stale code.
+fn build_binaries(m: &Manifest) -> Result<(), Error> {
+    let bins: Vec<&str> = m
+        .services
+        .iter()
+        .filter_map(|s| match &s.launch {
+            harness::manifest::Launch::Binary(b) => Some(b.as_str()),
+            _ => None,
+        })
+        .collect();
+    if bins.is_empty() || std::env::var_os("HARNESS_BIN_DIR").is_some() {
+        return Ok(());
+    }
+    let mut cmd = std::process::Command::new("cargo");
+    cmd.arg("build").arg("--quiet").current_dir(m.dir());
+    for b in &bins {
+        cmd.args(["--bin", b]);
+    }
+    let status = cmd.status().map_err(|e| Error::io("running `cargo build`", e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Prerequisite {
+            what: format!("building the service binaries ({}) failed", bins.join(", ")),
+            help: "fix the build errors above, or pass --no-build and set HARNESS_BIN_DIR".into(),
+        })
+    }
+}
+
+fn print_endpoints(stack: &Stack) {
+    println!("\n  {:<16} {:<24} url", "service", "address");
+    for (name, ep) in stack.endpoints() {
+        let address = ep.address().unwrap_or_else(|_| "-".into());
+        let url = ep.url(None).unwrap_or_else(|_| "-".into());
+        println!("  {name:<16} {address:<24} {url}");
+    }
+}
+
+fn write_state(path: &Path, stack: &Stack) -> Result<(), Error> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    }
+    let state = serde_json::json!({
+        "pid": std::process::id(),
+        "run_id": stack.run_id(),
+        "backend": stack.backend(),
+        "endpoints": stack.endpoints(),
+    });
+    std::fs::write(path, serde_json::to_vec_pretty(&state).unwrap_or_default())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    harness::cleanup::register_dir(path);
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    // The cleanup thread owns SIGINT/SIGTERM and exits after tearing down; this only returns
+    // if it could not be installed.
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+async fn down(state: &Path) -> Result<u8, Error> {
+    let text = match std::fs::read_to_string(state) {
+        Ok(t) => t,
+        Err(_) => {
+            println!("no stack is up (no {})", state.display());
+            return Ok(exit_code::OK);
+        }
+    };
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::Usage(format!("{} is not a harness state file: {e}", state.display())))?;
+    let Some(pid) = value["pid"].as_i64() else {
+        return Err(Error::Usage(format!("{} names no pid", state.display())));
+    };
+    let pid = nix::unistd::Pid::from_raw(pid as i32);
+    if nix::sys::signal::kill(pid, None).is_err() {
+        let _ = std::fs::remove_file(state);
+        harness::cleanup::reap_dead_runs();
+        println!("the stack's process {pid} had already ended; removed what it left");
+        return Ok(exit_code::OK);
+    }
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::service("stack", format!("process {pid} did not stop within 30 s")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("stopped the stack (process {pid})");
+    Ok(exit_code::OK)
+}

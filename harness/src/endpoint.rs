@@ -1,0 +1,130 @@
+//! Endpoints: where a service can be reached, with its credentials.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Kind;
+use crate::template::Field;
+
+/// Where a service can be reached from one vantage point (the host, or another service).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// What the service is; decides the URL scheme.
+    pub kind: Kind,
+    /// Host name or address.
+    pub host: String,
+    /// Named ports.
+    pub ports: BTreeMap<String, u16>,
+    /// Name of the primary port, if the service has ports.
+    pub primary: Option<String>,
+    /// Host the service itself listens on (`0.0.0.0` in a container, `127.0.0.1` natively).
+    pub bind_host: String,
+    /// User name, if the service has one.
+    pub user: Option<String>,
+    /// Password, if the service has one.
+    pub password: Option<String>,
+    /// Default database, if the service has one.
+    pub database: Option<String>,
+}
+
+impl Endpoint {
+    /// The primary port, or a named one.
+    pub fn port(&self, name: Option<&str>) -> Result<u16, String> {
+        let name = match name {
+            Some(n) => n,
+            None => self.primary.as_deref().ok_or("the service declares no ports")?,
+        };
+        self.ports
+            .get(name)
+            .copied()
+            .ok_or_else(|| format!("the service has no port named `{name}`"))
+    }
+
+    /// `host:port` of the primary port.
+    pub fn address(&self) -> Result<String, String> {
+        Ok(format!("{}:{}", self.host, self.port(None)?))
+    }
+
+    /// A connection URL for the service, optionally naming another database.
+    pub fn url(&self, database: Option<&str>) -> Result<String, String> {
+        let address = self.address()?;
+        let auth = match (&self.user, &self.password) {
+            (Some(u), Some(p)) => format!("{}:{}@", encode(u), encode(p)),
+            (Some(u), None) => format!("{}@", encode(u)),
+            (None, Some(p)) => format!(":{}@", encode(p)),
+            (None, None) => String::new(),
+        };
+        Ok(match self.kind {
+            Kind::Postgres => {
+                let db = database.or(self.database.as_deref()).unwrap_or("postgres");
+                format!("postgres://{auth}{address}/{db}")
+            }
+            Kind::Redis => format!("redis://{auth}{address}/{}", database.unwrap_or("0")),
+            Kind::Rabbitmq => format!("amqp://{auth}{address}/{}", encode(database.unwrap_or("/"))),
+            Kind::Service => format!("http://{address}{}", database.map(|p| format!("/{p}")).unwrap_or_default()),
+        })
+    }
+
+    /// The value of a template field.
+    pub fn field(&self, field: &Field) -> Result<String, String> {
+        let missing = |what: &str| format!("the service has no {what}");
+        match field {
+            Field::Host => Ok(self.host.clone()),
+            Field::Port(name) => self.port(name.as_deref()).map(|p| p.to_string()),
+            Field::Bind(name) => Ok(format!("{}:{}", self.bind_host, self.port(name.as_deref())?)),
+            Field::Address => self.address(),
+            Field::User => self.user.clone().ok_or_else(|| missing("user")),
+            Field::Password => self.password.clone().ok_or_else(|| missing("password")),
+            Field::Database => self.database.clone().ok_or_else(|| missing("database")),
+            Field::Url(db) => self.url(db.as_deref()),
+        }
+    }
+}
+
+/// Percent-encodes what may not appear raw in the user-info or path of a URL.
+fn encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pg() -> Endpoint {
+        Endpoint {
+            kind: Kind::Postgres,
+            host: "127.0.0.1".into(),
+            ports: BTreeMap::from([("postgres".into(), 5433)]),
+            primary: Some("postgres".into()),
+            bind_host: "127.0.0.1".into(),
+            user: Some("u".into()),
+            password: Some("p@ss".into()),
+            database: Some("app".into()),
+        }
+    }
+
+    #[test]
+    fn urls_per_kind() {
+        assert_eq!(pg().url(None).unwrap(), "postgres://u:p%40ss@127.0.0.1:5433/app");
+        assert_eq!(pg().url(Some("orders")).unwrap(), "postgres://u:p%40ss@127.0.0.1:5433/orders");
+        let amqp = Endpoint {
+            kind: Kind::Rabbitmq,
+            ports: BTreeMap::from([("amqp".into(), 5672)]),
+            primary: Some("amqp".into()),
+            database: None,
+            ..pg()
+        };
+        assert_eq!(amqp.url(None).unwrap(), "amqp://u:p%40ss@127.0.0.1:5672/%2F");
+        assert_eq!(pg().field(&Field::Bind(None)).unwrap(), "127.0.0.1:5433");
+        assert!(pg().field(&Field::Port(Some("http".into()))).is_err());
+    }
+}

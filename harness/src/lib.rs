@@ -1,0 +1,73 @@
+//! # harness
+//!
+//! A local multi-service integration test harness. A stack manifest (`stack.toml`) names the
+//! services of a system under test — PostgreSQL, Redis, RabbitMQ and services of your own —
+//! with their dependencies and readiness probes. The harness validates it, starts every
+//! service the moment its dependencies are ready, and hands tests a [`Stack`] with endpoints,
+//! fault injection and logs. Everything it started is removed afterwards: on success, failure,
+//! panic and Ctrl-C.
+//!
+//! ```no_run
+//! use harness::{Manifest, Stack, StackOptions};
+//!
+//! # async fn demo() -> Result<(), harness::Error> {
+//! let manifest = Manifest::load("fixtures/stack.toml".as_ref())?;
+//! let stack = Stack::start(manifest, StackOptions::default()).await?;
+//! let db_url = stack.url("postgres")?;          // postgres://u…:…@127.0.0.1:…/app
+//! stack.pause("redis").await?;                  // fault injection
+//! stack.unpause("redis").await?;
+//! stack.down().await;                           // or drop it: processes are killed either way
+//! # Ok(()) }
+//! ```
+//!
+//! ## Modules
+//! - [`manifest`]: the TOML model and its validation (errors with file:line:column and help).
+//! - [`template`]: `{{ postgres.url }}` references between services, resolved per backend.
+//! - [`graph`]: order, layers, transitive dependents, critical path, Graphviz.
+//! - [`scheduler`]: the DAG scheduler.
+//! - [`probe`]: readiness probes speaking each protocol.
+//! - [`backend`]: native processes and external endpoints.
+//! - [`stack`]: the handle tests use.
+//! - [`cleanup`]: teardown on signals and of runs that died.
+//! - [`bench`]: startup measurements.
+
+#![forbid(unsafe_code)]
+#![deny(missing_debug_implementations)]
+#![warn(missing_docs)]
+
+pub mod amqp;
+pub mod backend;
+pub mod bench;
+pub mod cleanup;
+pub mod endpoint;
+pub mod error;
+pub mod graph;
+pub mod manifest;
+pub mod probe;
+pub mod scheduler;
+pub mod stack;
+pub mod template;
+
+pub use endpoint::Endpoint;
+pub use error::{exit_code, Error};
+pub use graph::Graph;
+pub use manifest::Manifest;
+pub use stack::{Stack, StackOptions};
+
+/// Finds the stack manifest: `HARNESS_MANIFEST`, else `stack.toml`, else `fixtures/stack.toml`,
+/// looked up from the current directory upwards.
+pub fn default_manifest_path() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("HARNESS_MANIFEST") {
+        return p.into();
+    }
+    let cwd = std::env::current_dir().unwrap_or_default();
+    for dir in cwd.ancestors() {
+        for candidate in ["stack.toml", "fixtures/stack.toml"] {
+            let p = dir.join(candidate);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    "stack.toml".into()
+}
