@@ -33,6 +33,13 @@ struct Registry {
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 static INSTALL: Once = Once::new();
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a signal arrived and the process is being torn down; callers should stay quiet
+/// (what they see failing is the teardown) and let the handler exit.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
     let mut guard = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
@@ -48,6 +55,7 @@ pub fn install_signal_handler() {
         };
         let _ = std::thread::Builder::new().name("harness-signals".into()).spawn(move || {
             if let Some(signal) = signals.forever().next() {
+                INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
                 let (groups, dirs) = with(|r| (r.groups.len(), r.dirs.len()));
                 if groups + dirs > 0 {
                     eprintln!("\nharness: interrupted; stopping {groups} process group(s) and removing {dirs} director(ies)");

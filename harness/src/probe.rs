@@ -49,7 +49,8 @@ async fn attempt(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> {
         ProbeSpec::None => Ok(()),
         ProbeSpec::Tcp { port } => tcp(endpoint, Some(port)).await,
         ProbeSpec::Postgres => {
-            let url = endpoint.url(None)?;
+            // The maintenance database always exists; the service's own may not yet.
+            let url = endpoint.url(Some("postgres"))?;
             let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| e.to_string())?;
             let one: i32 = sqlx::query_scalar("SELECT 1")
                 .fetch_one(&mut conn)
@@ -160,10 +161,11 @@ pub async fn wait_ready(
                 Ok(()) => break,
                 Err(e) => last_error = e,
             }
-            if Instant::now() + PORT_POLL >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(fail(attempts, last_error));
             }
-            sleep(PORT_POLL).await;
+            sleep(PORT_POLL.min(deadline - now)).await;
         }
     }
     // Phase 2: the protocol probe, with backoff.
@@ -179,10 +181,11 @@ pub async fn wait_ready(
         if let Some(status) = exited() {
             return Err(fail(attempts, format!("the service exited ({status}); last probe error: {last_error}")));
         }
-        if Instant::now() + delay >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             return Err(fail(attempts, last_error));
         }
-        sleep(delay).await;
+        sleep(delay.min(deadline - now)).await;
         delay = (delay * 3 / 2).min(BACKOFF_CAP);
     }
 }

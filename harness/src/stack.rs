@@ -220,7 +220,7 @@ impl Stack {
             eprintln!("starting stack `{}` ({} services, {kind} backend)", manifest.name, manifest.services.len());
         }
         let result = scheduler::run(&graph, &launcher, options.max_parallel, |s, p, at| {
-            if options.progress {
+            if options.progress && !cleanup::interrupted() {
                 print_phase(s, p, at, width, &mut phase_start);
             }
         })

@@ -382,7 +382,6 @@ async fn rabbitmq(base: &ProcSpec, ep: &Endpoint, dir: &Path, run_id: &str) -> R
         ("RABBITMQ_CONFIG_FILE".into(), d("rabbitmq.conf")),
         ("RABBITMQ_ADVANCED_CONFIG_FILE".into(), d("advanced.config")),
         ("RABBITMQ_CONF_ENV_FILE".into(), d("rabbitmq-env.conf")),
-        ("RABBITMQ_ALLOW_INPUT".into(), "false".into()),
     ];
     let rabbit = Proc::new(ProcSpec {
         program: server,

@@ -83,6 +83,10 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            if harness::cleanup::interrupted() {
+                // The signal handler is tearing down and will exit; what failed here is that.
+                std::thread::sleep(Duration::from_secs(30));
+            }
             eprintln!("{e}");
             ExitCode::from(e.exit_code())
         }
