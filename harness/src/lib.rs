@@ -38,12 +38,14 @@
 pub mod amqp;
 pub mod backend;
 pub mod bench;
+pub mod build;
 pub mod cleanup;
 pub mod endpoint;
 pub mod error;
 pub mod graph;
 pub mod manifest;
 pub mod probe;
+pub mod runner;
 pub mod scheduler;
 pub mod stack;
 pub mod template;

@@ -143,7 +143,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Up { backend, no_build } => {
             let m = load(&cli.manifest)?;
             if !no_build {
-                build_binaries(&m)?;
+                harness::build::cargo_binaries(&m)?;
             }
             let state = state_file(&m);
             let stack = Stack::start(
@@ -171,7 +171,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         }
         Command::Test { args } => {
             let m = load(&cli.manifest)?;
-            build_binaries(&m)?;
+            harness::build::cargo_binaries(&m)?;
             let status = std::process::Command::new("cargo")
                 .args(["test", "-p", "suites", "--"])
                 .args(&args)
@@ -186,41 +186,12 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         } => {
             let m = load(&cli.manifest)?;
             if !no_build {
-                build_binaries(&m)?;
+                harness::build::cargo_binaries(&m)?;
             }
             let report = harness::bench::startup(&m, runs.max(1), lag_samples).await?;
             print!("{}", report.render());
             Ok(exit_code::OK)
         }
-    }
-}
-
-/// Builds the cargo binaries the manifest runs natively, so `up` never starts stale code.
-fn build_binaries(m: &Manifest) -> Result<(), Error> {
-    let bins: Vec<&str> = m
-        .services
-        .iter()
-        .filter_map(|s| match &s.launch {
-            harness::manifest::Launch::Binary(b) => Some(b.as_str()),
-            _ => None,
-        })
-        .collect();
-    if bins.is_empty() || std::env::var_os("HARNESS_BIN_DIR").is_some() {
-        return Ok(());
-    }
-    let mut cmd = std::process::Command::new("cargo");
-    cmd.arg("build").arg("--quiet").current_dir(m.dir());
-    for b in &bins {
-        cmd.args(["--bin", b]);
-    }
-    let status = cmd.status().map_err(|e| Error::io("running `cargo build`", e))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::Prerequisite {
-            what: format!("building the service binaries ({}) failed", bins.join(", ")),
-            help: "fix the build errors above, or pass --no-build and set HARNESS_BIN_DIR".into(),
-        })
     }
 }
 

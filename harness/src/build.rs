@@ -1,0 +1,35 @@
+//! Building the workspace binaries a manifest runs, so a stack never starts stale code.
+
+use crate::error::Error;
+use crate::manifest::{Launch, Manifest};
+
+/// Runs `cargo build --bin …` for every `binary` service of the manifest (a no-op when they
+/// are fresh). Skipped when `HARNESS_BIN_DIR` points at prebuilt binaries.
+pub fn cargo_binaries(manifest: &Manifest) -> Result<(), Error> {
+    let bins: Vec<&str> = manifest
+        .services
+        .iter()
+        .filter_map(|s| match &s.launch {
+            Launch::Binary(b) => Some(b.as_str()),
+            _ => None,
+        })
+        .collect();
+    if bins.is_empty() || std::env::var_os("HARNESS_BIN_DIR").is_some() {
+        return Ok(());
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.arg("build").arg("--quiet").current_dir(manifest.dir());
+    for b in &bins {
+        cmd.args(["--bin", b]);
+    }
+    let status = cmd.status().map_err(|e| Error::io("running `cargo build`", e))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::Prerequisite {
+            what: format!("building the service binaries ({}) failed", bins.join(", ")),
+            help: "fix the build errors above, or set HARNESS_BIN_DIR to a directory of prebuilt binaries".into(),
+        })
+    }
+}
