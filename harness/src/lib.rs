@@ -43,10 +43,12 @@ pub mod cleanup;
 pub mod endpoint;
 pub mod error;
 pub mod graph;
+pub mod journey;
 pub mod manifest;
 pub mod probe;
 pub mod runner;
 pub mod scheduler;
+pub mod snapshot;
 pub mod stack;
 pub mod template;
 
