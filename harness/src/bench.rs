@@ -5,6 +5,11 @@
 //! - **critical path**: the longest dependency chain of solo times, the floor for any scheduler.
 //! - **stack-up**: a cold start of the whole stack with the DAG scheduler, wall time.
 //! - **readiness lag**: how long after a port starts answering the probe notices.
+//!
+//! [`compose`] compares a cold start on the container backend with docker-compose
+//! (`harness bench compose`).
+
+pub mod compose;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -56,8 +56,10 @@ pub fn install_signal_handler() {
         let _ = std::thread::Builder::new().name("harness-signals".into()).spawn(move || {
             if let Some(signal) = signals.forever().next() {
                 INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-                let (groups, dirs) = with(|r| (r.groups.len(), r.dirs.len()));
-                if groups + dirs > 0 {
+                let (groups, dirs, hooks) = with(|r| (r.groups.len(), r.dirs.len(), r.hooks.len()));
+                if hooks > 0 {
+                    eprintln!("\nharness: interrupted; stopping {groups} process group(s), removing {dirs} director(ies) and running {hooks} cleanup hook(s)");
+                } else if groups + dirs > 0 {
                     eprintln!("\nharness: interrupted; stopping {groups} process group(s) and removing {dirs} director(ies)");
                 }
                 emergency_cleanup();

@@ -367,6 +367,21 @@ pub struct Message {
 }
 
 impl Message {
+    /// A header's value as text (strings, numbers and booleans; `None` when absent).
+    pub fn header(&self, name: &str) -> Option<String> {
+        use lapin::types::AMQPValue;
+        let headers = self.properties.headers().as_ref()?;
+        Some(match headers.inner().get(name)? {
+            AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            AMQPValue::ShortString(s) => s.to_string(),
+            AMQPValue::Boolean(b) => b.to_string(),
+            AMQPValue::LongLongInt(n) => n.to_string(),
+            AMQPValue::LongInt(n) => n.to_string(),
+            AMQPValue::ShortInt(n) => n.to_string(),
+            other => format!("{other:?}"),
+        })
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> anyhow::Result<Value> {
         serde_json::from_slice(&self.body).context("the message body is not JSON")

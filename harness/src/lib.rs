@@ -26,9 +26,10 @@
 //! - [`graph`]: order, layers, transitive dependents, critical path, Graphviz.
 //! - [`scheduler`]: the DAG scheduler.
 //! - [`probe`]: readiness probes speaking each protocol.
-//! - [`backend`]: native processes and external endpoints.
+//! - [`backend`]: native processes, containers on a private network, external endpoints.
 //! - [`stack`]: the handle tests use.
 //! - [`cleanup`]: teardown on signals and of runs that died.
+//! - [`contract`]: consumer-driven contracts verified against a running stack.
 //! - [`bench`]: startup measurements.
 
 #![forbid(unsafe_code)]
@@ -40,9 +41,11 @@ pub mod backend;
 pub mod bench;
 pub mod build;
 pub mod cleanup;
+pub mod contract;
 pub mod endpoint;
 pub mod error;
 pub mod graph;
+pub mod isolation;
 pub mod journey;
 pub mod manifest;
 pub mod probe;

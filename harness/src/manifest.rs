@@ -5,6 +5,11 @@
 //! [stack]
 //! name = "shop"
 //! startup-timeout = "60s"          # default for every service
+//! pull = "if-missing"              # container backend: never | if-missing | always
+//! image-prefix = "mirror.local:5000"   # prepended to every image the manifest names
+//!
+//! [stack.images]                   # per-service image replacements (no prefix applied)
+//! postgres = "harness-local/postgres:15"
 //!
 //! [services.postgres]
 //! kind = "postgres"                # postgres | redis | rabbitmq | service
@@ -219,6 +224,61 @@ impl Service {
     }
 }
 
+/// When the container backend pulls an image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Never: every image must be present locally.
+    Never,
+    /// Only images that are not present locally (the default).
+    #[default]
+    IfMissing,
+    /// Every image, before anything starts.
+    Always,
+}
+
+impl PullPolicy {
+    /// The accepted spellings, for messages.
+    pub const CHOICES: &'static str = "`never`, `if-missing` or `always`";
+
+    /// Parses `never`, `if-missing` or `always`.
+    pub fn parse(text: &str) -> Option<PullPolicy> {
+        match text.trim() {
+            "never" => Some(PullPolicy::Never),
+            "if-missing" => Some(PullPolicy::IfMissing),
+            "always" => Some(PullPolicy::Always),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PullPolicy::Never => "never",
+            PullPolicy::IfMissing => "if-missing",
+            PullPolicy::Always => "always",
+        })
+    }
+}
+
+/// Image settings of a stack, used by the container backend. Environment variables
+/// (`HARNESS_PULL`, `HARNESS_IMAGE_PREFIX`, `HARNESS_IMAGE_<SERVICE>`) override them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Images {
+    /// `[stack] pull`; `None`: the default ([`PullPolicy::IfMissing`]).
+    pub pull: Option<PullPolicy>,
+    /// `[stack] image-prefix`: a registry or mirror put in front of every image the services
+    /// name (`<prefix>/<image>`).
+    pub prefix: Option<String>,
+    /// `[stack.images]`: service name to the image that replaces its own (used as is).
+    pub overrides: BTreeMap<String, String>,
+}
+
+/// Whether a text can be an image reference (`name[:tag]`, `registry/name@digest`).
+pub fn valid_image(image: &str) -> bool {
+    !image.trim().is_empty() && !image.contains(char::is_whitespace)
+}
+
 /// A parsed and validated manifest.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -228,6 +288,8 @@ pub struct Manifest {
     pub name: String,
     /// Services, sorted by name.
     pub services: Vec<Service>,
+    /// Image settings for the container backend.
+    pub images: Images,
 }
 
 impl Manifest {
@@ -289,6 +351,10 @@ struct RawManifest {
 struct RawStack {
     name: Option<String>,
     startup_timeout: Option<Spanned<String>>,
+    pull: Option<Spanned<String>>,
+    image_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    images: BTreeMap<Spanned<String>, Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -458,10 +524,12 @@ const SERVICE_KEYS: &[&str] = &[
     "paths",
 ];
 
+const STACK_KEYS: &[&str] = &["stack", "services", "name", "type", "path", "port", "pull", "image-prefix", "images"];
+
 fn toml_problem(e: &toml::de::Error) -> Problem {
     let message = e.message().trim().to_string();
     let help = if let Some(field) = between(&message, "unknown field `", "`") {
-        match closest(field, SERVICE_KEYS.iter().copied().chain(["stack", "services", "name", "type", "path", "port"])) {
+        match closest(field, SERVICE_KEYS.iter().copied().chain(STACK_KEYS.iter().copied())) {
             Some(s) => format!("did you mean `{s}`? remove or rename the key"),
             None => "remove the key; the manifest format is described in the README".into(),
         }
@@ -588,10 +656,12 @@ fn build(path: &Path, raw: RawManifest, problems: &mut Vec<Problem>) -> Manifest
         services.push(build_service(name_str, body, &names, default_timeout, problems));
     }
     check_templates(&raw, &services, problems);
+    let images = build_images(&raw.stack, &names, problems);
     let manifest = Manifest {
         path: path.to_path_buf(),
         name: raw.stack.name.clone().unwrap_or_else(|| "stack".into()),
         services,
+        images,
     };
     if problems.is_empty() {
         if let Err(cycle) = crate::graph::Graph::new(&manifest) {
@@ -610,6 +680,58 @@ fn build(path: &Path, raw: RawManifest, problems: &mut Vec<Problem>) -> Manifest
         }
     }
     manifest
+}
+
+fn build_images(stack: &RawStack, names: &BTreeSet<&str>, problems: &mut Vec<Problem>) -> Images {
+    let pull = stack.pull.as_ref().and_then(|p| {
+        let policy = PullPolicy::parse(p.get_ref());
+        if policy.is_none() {
+            problems.push(Problem::at(
+                p.span(),
+                format!("`{}` is not a pull policy", p.get_ref()),
+                format!("use {}", PullPolicy::CHOICES),
+            ));
+        }
+        policy
+    });
+    let prefix = stack.image_prefix.as_ref().and_then(|p| {
+        let text = p.get_ref().trim_end_matches('/');
+        if !valid_image(text) || text.contains("://") {
+            problems.push(Problem::at(
+                p.span(),
+                format!("`{}` is not an image prefix", p.get_ref()),
+                "write a registry or mirror without a scheme, e.g. `image-prefix = \"mirror.example.com:5000\"`; images become `<prefix>/<image>`",
+            ));
+            return None;
+        }
+        Some(text.to_string())
+    });
+    let mut overrides = BTreeMap::new();
+    for (service, image) in &stack.images {
+        let name = service.get_ref().as_str();
+        if !names.contains(name) {
+            let help = match closest(name, names.iter().copied()) {
+                Some(s) => format!("did you mean `{s}`? the services are: {}", join(names.iter().copied())),
+                None => format!("keys of `[stack.images]` are service names: {}", join(names.iter().copied())),
+            };
+            problems.push(Problem::at(
+                service.span(),
+                format!("`[stack.images]` names `{name}`, which is not a service"),
+                help,
+            ));
+            continue;
+        }
+        if !valid_image(image.get_ref()) {
+            problems.push(Problem::at(
+                image.span(),
+                format!("`{}` is not an image reference", image.get_ref()),
+                format!("write `name:tag`, e.g. `{name} = \"harness-local/{name}:latest\"`"),
+            ));
+            continue;
+        }
+        overrides.insert(name.to_string(), image.get_ref().clone());
+    }
+    Images { pull, prefix, overrides }
 }
 
 fn build_service(
@@ -748,7 +870,7 @@ fn build_service(
 
     if let Some(image) = &raw.image {
         let i = image.get_ref();
-        if i.trim().is_empty() || i.contains(char::is_whitespace) {
+        if !valid_image(i) {
             problems.push(Problem::at(
                 image.span(),
                 format!("`{i}` is not an image reference"),
@@ -973,5 +1095,88 @@ fn join<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
         "(none)".into()
     } else {
         v.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVICES: &str = r#"
+[services.postgres]
+kind = "postgres"
+
+[services.redis]
+kind = "redis"
+"#;
+
+    fn parse(stack: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(Path::new("m.toml"), &format!("{stack}\n{SERVICES}"))
+    }
+
+    #[test]
+    fn image_settings_default_to_nothing() {
+        let m = parse("").unwrap();
+        assert_eq!(m.images, Images::default());
+        assert_eq!(m.service("postgres").unwrap().image.as_deref(), Some("postgres:16"));
+    }
+
+    #[test]
+    fn pull_prefix_and_per_service_images_are_read() {
+        let m = parse(
+            r#"
+[stack]
+pull = "never"
+image-prefix = "mirror.local:5000/"
+
+[stack.images]
+postgres = "harness-local/postgres:15"
+"#,
+        )
+        .unwrap();
+        assert_eq!(m.images.pull, Some(PullPolicy::Never));
+        assert_eq!(m.images.prefix.as_deref(), Some("mirror.local:5000"));
+        assert_eq!(
+            m.images.overrides,
+            BTreeMap::from([("postgres".to_string(), "harness-local/postgres:15".to_string())])
+        );
+    }
+
+    #[test]
+    fn every_image_setting_problem_is_reported_with_its_position() {
+        let err = parse(
+            r#"[stack]
+pull = "sometimes"
+image-prefix = "https://mirror"
+
+[stack.images]
+postgress = "harness-local/postgres:15"
+redis = "harness local/redis"
+"#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 4, "{text}");
+        assert!(text.contains("error: `sometimes` is not a pull policy\n  --> m.toml:2:8"), "{text}");
+        assert!(text.contains("use `never`, `if-missing` or `always`"), "{text}");
+        assert!(text.contains("`https://mirror` is not an image prefix\n  --> m.toml:3:16"), "{text}");
+        assert!(text.contains("`[stack.images]` names `postgress`, which is not a service\n  --> m.toml:6:1"), "{text}");
+        assert!(text.contains("did you mean `postgres`?"), "{text}");
+        assert!(text.contains("`harness local/redis` is not an image reference\n  --> m.toml:7:9"), "{text}");
+    }
+
+    #[test]
+    fn a_misspelt_stack_key_gets_a_suggestion() {
+        let err = parse("[stack]\nimage-prefx = \"m\"\n").unwrap_err().to_string();
+        assert!(err.contains("did you mean `image-prefix`?"), "{err}");
+    }
+
+    #[test]
+    fn pull_policies_parse_and_print() {
+        for p in [PullPolicy::Never, PullPolicy::IfMissing, PullPolicy::Always] {
+            assert_eq!(PullPolicy::parse(&p.to_string()), Some(p));
+        }
+        assert_eq!(PullPolicy::parse("missing"), None);
+        assert_eq!(PullPolicy::default(), PullPolicy::IfMissing);
     }
 }

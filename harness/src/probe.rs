@@ -22,6 +22,10 @@ pub const BACKOFF_START: Duration = Duration::from_millis(10);
 pub const BACKOFF_CAP: Duration = Duration::from_millis(250);
 /// Longest a single probe attempt may take.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a TCP probe keeps its connection to see that it was really accepted. A port
+/// published by a container engine's proxy accepts connections even while nothing listens
+/// behind it, and closes them at once (well under a millisecond); a listening server keeps them.
+pub const TCP_HOLD: Duration = Duration::from_millis(20);
 
 /// Why a service did not become ready.
 #[derive(Debug, Clone)]
@@ -47,7 +51,7 @@ pub async fn check(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> 
 async fn attempt(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> {
     match spec {
         ProbeSpec::None => Ok(()),
-        ProbeSpec::Tcp { port } => tcp(endpoint, Some(port)).await,
+        ProbeSpec::Tcp { port } => tcp_accepted(endpoint, port).await,
         ProbeSpec::Postgres => {
             // The maintenance database always exists; the service's own may not yet.
             let url = endpoint.url(Some("postgres"))?;
@@ -121,6 +125,23 @@ async fn tcp(endpoint: &Endpoint, port: Option<&str>) -> Result<(), String> {
         .await
         .map(drop)
         .map_err(|e| format!("connect to {}:{port}: {e}", endpoint.host))
+}
+
+/// A TCP connect that the listener keeps for [`TCP_HOLD`] (or greets): something accepted it.
+async fn tcp_accepted(endpoint: &Endpoint, port: &str) -> Result<(), String> {
+    let number = endpoint.port(Some(port))?;
+    let stream = TcpStream::connect((endpoint.host.as_str(), number))
+        .await
+        .map_err(|e| format!("connect to {}:{number}: {e}", endpoint.host))?;
+    let mut buf = [0u8; 1];
+    match timeout(TCP_HOLD, stream.peek(&mut buf)).await {
+        Err(_) | Ok(Ok(1..)) => Ok(()),
+        Ok(Ok(_)) => Err(format!(
+            "{}:{number} accepted the connection and closed it at once (nothing listens behind it yet)",
+            endpoint.host
+        )),
+        Ok(Err(e)) => Err(format!("{}:{number}: {e}", endpoint.host)),
+    }
 }
 
 /// The port the probe talks to, if any.
@@ -255,6 +276,25 @@ mod tests {
         .unwrap_err();
         assert!(failure.waited < Duration::from_millis(100));
         assert!(failure.last_error.contains("exit status: 1"));
+    }
+
+    #[tokio::test]
+    async fn a_port_that_closes_every_connection_at_once_is_not_ready() {
+        // What a container engine's proxy does while nothing listens in the container.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                drop(s);
+            }
+        });
+        let spec = ProbeSpec::Tcp { port: "http".into() };
+        let err = check(&spec, &local(port)).await.unwrap_err();
+        assert!(err.contains("closed it at once"), "{err}");
+        // A listener that keeps its connections is ready.
+        let holding = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = holding.local_addr().unwrap().port();
+        assert_eq!(check(&spec, &local(port)).await, Ok(()));
     }
 
     #[tokio::test]

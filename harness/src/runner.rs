@@ -33,6 +33,8 @@ use crate::{exit_code, Manifest};
 
 type TrialFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 type TrialFn = Arc<dyn Fn(Arc<TrialContext>) -> TrialFuture + Send + Sync>;
+type LocalFn = Arc<dyn Fn() -> TrialFuture + Send + Sync>;
+type ManifestHook = Arc<dyn Fn(&mut Manifest) -> Result<(), crate::Error> + Send + Sync>;
 
 /// What a trial gets: the shared stack and its own name.
 #[derive(Debug)]
@@ -48,6 +50,9 @@ pub struct Suite {
     name: String,
     trials: Vec<(String, TrialFn, bool)>,
     manifest: Option<std::path::PathBuf>,
+    sequential: bool,
+    local: Vec<(String, LocalFn, bool)>,
+    manifest_hooks: Vec<ManifestHook>,
 }
 
 impl std::fmt::Debug for Suite {
@@ -55,6 +60,7 @@ impl std::fmt::Debug for Suite {
         f.debug_struct("Suite")
             .field("name", &self.name)
             .field("trials", &self.trials.iter().map(|t| &t.0).collect::<Vec<_>>())
+            .field("local", &self.local.iter().map(|t| &t.0).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -66,12 +72,22 @@ impl Suite {
             name: name.to_string(),
             trials: Vec::new(),
             manifest: None,
+            sequential: false,
+            local: Vec::new(),
+            manifest_hooks: Vec::new(),
         }
     }
 
     /// Uses this manifest instead of the default one.
     pub fn manifest(mut self, path: impl Into<std::path::PathBuf>) -> Suite {
         self.manifest = Some(path.into());
+        self
+    }
+
+    /// Runs the trials one at a time (unless `--test-threads` says otherwise): for trials that
+    /// break shared dependencies on purpose.
+    pub fn sequential(mut self) -> Suite {
+        self.sequential = true;
         self
     }
 
@@ -93,6 +109,29 @@ impl Suite {
         self.add(name, f, true)
     }
 
+    /// Adds a trial that needs no stack (e.g. a consumer contract test against a mock). When
+    /// the arguments select only such trials, no stack is started.
+    pub fn local_trial<F, Fut>(mut self, name: &str, f: F) -> Suite
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let full = format!("{}::{name}", self.name);
+        let f: LocalFn = Arc::new(move || Box::pin(f()));
+        self.local.push((full, f, false));
+        self
+    }
+
+    /// Adjusts the manifest after it is loaded and before the stack starts (e.g. to run a
+    /// candidate build of one service). Hooks run in the order added.
+    pub fn configure_manifest<F>(mut self, f: F) -> Suite
+    where
+        F: Fn(&mut Manifest) -> Result<(), crate::Error> + Send + Sync + 'static,
+    {
+        self.manifest_hooks.push(Arc::new(f));
+        self
+    }
+
     fn add<F, Fut>(mut self, name: &str, f: F, ignored: bool) -> Suite
     where
         F: Fn(Arc<TrialContext>) -> Fut + Send + Sync + 'static,
@@ -108,19 +147,16 @@ impl Suite {
     fn selected(&self, args: &Arguments) -> Vec<&str> {
         self.trials
             .iter()
-            .filter(|(name, _, ignored)| {
-                let by_filter = match &args.filter {
-                    None => true,
-                    Some(f) if args.exact => name == f,
-                    Some(f) => name.contains(f.as_str()),
-                };
-                let skipped = args
-                    .skip
-                    .iter()
-                    .any(|s| if args.exact { name == s } else { name.contains(s.as_str()) });
-                let by_ignore = if args.ignored { *ignored } else { args.include_ignored || !*ignored };
-                by_filter && !skipped && by_ignore
-            })
+            .filter(|(name, _, ignored)| is_selected(args, name, *ignored))
+            .map(|(n, _, _)| n.as_str())
+            .collect()
+    }
+
+    /// Names of the stackless trials the arguments select.
+    fn selected_local(&self, args: &Arguments) -> Vec<&str> {
+        self.local
+            .iter()
+            .filter(|(name, _, ignored)| is_selected(args, name, *ignored))
             .map(|(n, _, _)| n.as_str())
             .collect()
     }
@@ -128,12 +164,18 @@ impl Suite {
     /// Parses the command line, starts the stack if any trial is selected, runs the trials,
     /// tears the stack down, and returns the exit code.
     pub fn run(self) -> ExitCode {
-        let args = Arguments::from_args();
-        if args.list || self.selected(&args).is_empty() {
+        let mut args = Arguments::from_args();
+        if self.sequential && args.test_threads.is_none() {
+            args.test_threads = Some(1);
+        }
+        let needs_stack = !self.selected(&args).is_empty();
+        if args.list || (!needs_stack && self.selected_local(&args).is_empty()) {
             let trials = self
                 .trials
                 .iter()
-                .map(|(name, _, ignored)| Trial::test(name.clone(), || Ok(())).with_ignored_flag(*ignored))
+                .map(|(name, _, ignored)| (name, ignored))
+                .chain(self.local.iter().map(|(name, _, ignored)| (name, ignored)))
+                .map(|(name, ignored)| Trial::test(name.clone(), || Ok(())).with_ignored_flag(*ignored))
                 .collect();
             return libtest_mimic::run(&args, trials).exit_code();
         }
@@ -144,14 +186,32 @@ impl Suite {
                 return ExitCode::from(exit_code::INTERNAL);
             }
         };
-        let stack = match runtime.block_on(start_stack(self.manifest.clone())) {
+        let handle = runtime.handle().clone();
+        let local: Vec<Trial> = self
+            .local
+            .iter()
+            .map(|(name, f, ignored)| {
+                let (f, handle) = (f.clone(), handle.clone());
+                Trial::test(name.clone(), move || handle.block_on(f()).map_err(|e| Failed::from(format!("{e:#}"))))
+                    .with_ignored_flag(*ignored)
+            })
+            .collect();
+        if !needs_stack {
+            let trials = self
+                .trials
+                .iter()
+                .map(|(name, _, ignored)| Trial::test(name.clone(), || Ok(())).with_ignored_flag(*ignored))
+                .chain(local)
+                .collect();
+            return libtest_mimic::run(&args, trials).exit_code();
+        }
+        let stack = match runtime.block_on(start_stack(self.manifest.clone(), &self.manifest_hooks)) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::from(e.exit_code());
             }
         };
-        let handle = runtime.handle().clone();
         let trials = self
             .trials
             .into_iter()
@@ -172,6 +232,7 @@ impl Suite {
                 })
                 .with_ignored_flag(ignored)
             })
+            .chain(local)
             .collect();
         let conclusion = libtest_mimic::run(&args, trials);
         match Arc::try_unwrap(stack) {
@@ -182,9 +243,26 @@ impl Suite {
     }
 }
 
-async fn start_stack(manifest: Option<std::path::PathBuf>) -> Result<Stack, crate::Error> {
+fn is_selected(args: &Arguments, name: &str, ignored: bool) -> bool {
+    let by_filter = match &args.filter {
+        None => true,
+        Some(f) if args.exact => name == f,
+        Some(f) => name.contains(f.as_str()),
+    };
+    let skipped = args
+        .skip
+        .iter()
+        .any(|s| if args.exact { name == s } else { name.contains(s.as_str()) });
+    let by_ignore = if args.ignored { ignored } else { args.include_ignored || !ignored };
+    by_filter && !skipped && by_ignore
+}
+
+async fn start_stack(manifest: Option<std::path::PathBuf>, hooks: &[ManifestHook]) -> Result<Stack, crate::Error> {
     let path = manifest.unwrap_or_else(crate::default_manifest_path);
-    let manifest = Manifest::load(&path)?;
+    let mut manifest = Manifest::load(&path)?;
+    for hook in hooks {
+        hook(&mut manifest)?;
+    }
     crate::build::cargo_binaries(&manifest)?;
     Stack::start(
         manifest,
@@ -199,6 +277,10 @@ async fn start_stack(manifest: Option<std::path::PathBuf>) -> Result<Stack, crat
 /// The error with its cause chain, and the log tails of the stack's own services.
 async fn failure_report(stack: &Stack, error: &anyhow::Error) -> String {
     let mut out = format!("{error:#}");
+    if out.contains("--- last lines of") {
+        // A journey step already showed the services it talked to.
+        return out;
+    }
     for service in &stack.manifest().services {
         if service.kind != Kind::Service {
             continue;

@@ -190,7 +190,7 @@ pub async fn run<L: Launcher>(
                     };
                     // Keep the endpoint with the handle so a cancelled service is still stopped.
                     let _ = &endpoint;
-                    Step::Ready(service, handle, result.map(|()| ()))
+                    Step::Ready(service, handle, result)
                 }));
             }
             Step::Launched(service, Err(f), _) => {
@@ -202,7 +202,7 @@ pub async fn run<L: Launcher>(
             }
             Step::Ready(service, handle, result) => {
                 probing -= 1;
-                let endpoint = started.get(&service).cloned().unwrap_or_else(|| unreachable_endpoint());
+                let endpoint = started.get(&service).cloned().unwrap_or_else(unreachable_endpoint);
                 match result {
                     Ok(()) if failure.is_none() => {
                         on_phase(&service, Phase::Ready, t0.elapsed());

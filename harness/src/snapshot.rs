@@ -141,17 +141,63 @@ impl Snapshots {
     /// Like [`Snapshots::assert_json`], but returns the mismatch as an error instead of panicking.
     pub fn check_json(&self, name: &str, value: &Value) -> anyhow::Result<()> {
         let this = self.clone();
-        let value = value.clone();
-        let name = name.to_string();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || this.assert_json(&name, &value)));
+        let (owned_name, owned_value) = (name.to_string(), value.clone());
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            this.assert_json(&owned_name, &owned_value)
+        }));
         outcome.map_err(|panic| {
             let message = panic
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "snapshot assertion failed".into());
-            anyhow::anyhow!("{message}")
+            let differences = self
+                .stored(name)
+                .map(|stored| diff(&stored, &redact(value), "$"))
+                .unwrap_or_default();
+            if differences.is_empty() {
+                anyhow::anyhow!("{message}")
+            } else {
+                anyhow::anyhow!("{message}; differences:\n  {}", differences.join("\n  "))
+            }
         })
+    }
+
+    /// The value stored in snapshot `name`, if it exists.
+    pub fn stored(&self, name: &str) -> Option<Value> {
+        let text = std::fs::read_to_string(self.dir.join(format!("{name}.snap"))).ok()?;
+        // The header is front matter between the first two `---` lines.
+        let body = text.splitn(3, "---\n").nth(2)?;
+        serde_json::from_str(body).ok()
+    }
+}
+
+/// Paths where two JSON values differ, with both sides: `$.status: "PAID" -> "DECLINED"`.
+pub fn diff(expected: &Value, actual: &Value, path: &str) -> Vec<String> {
+    match (expected, actual) {
+        (Value::Object(a), Value::Object(b)) => {
+            let mut out = Vec::new();
+            for (k, v) in a {
+                match b.get(k) {
+                    Some(w) => out.extend(diff(v, w, &format!("{path}.{k}"))),
+                    None => out.push(format!("{path}.{k}: missing (expected {v})")),
+                }
+            }
+            for (k, w) in b {
+                if !a.contains_key(k) {
+                    out.push(format!("{path}.{k}: unexpected (got {w})"));
+                }
+            }
+            out
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .flat_map(|(i, (v, w))| diff(v, w, &format!("{path}[{i}]")))
+            .collect(),
+        (a, b) if a == b => Vec::new(),
+        (a, b) => vec![format!("{path}: {a} -> {b}")],
     }
 }
 
@@ -184,6 +230,20 @@ mod tests {
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
+    }
+
+    #[test]
+    fn diff_names_the_paths_that_changed() {
+        let a = json!({"status": "PAID", "items": [{"sku": "a"}], "id": 1});
+        let b = json!({"state": "PAID", "items": [{"sku": "b"}], "id": 1});
+        assert_eq!(
+            diff(&a, &b, "$"),
+            vec![
+                "$.items[0].sku: \"a\" -> \"b\"".to_string(),
+                "$.status: missing (expected \"PAID\")".into(),
+                "$.state: unexpected (got \"PAID\")".into(),
+            ]
+        );
     }
 
     #[test]

@@ -23,7 +23,8 @@ pub const LOG_TAIL_LINES: usize = 20;
 /// How a stack is started.
 #[derive(Debug, Clone, Default)]
 pub struct StackOptions {
-    /// The backend; `None` picks one from `HARNESS_BACKEND`, else native.
+    /// The backend; `None` picks one from `HARNESS_BACKEND`, else detects one (see
+    /// [`backend::detect`]).
     pub backend: Option<BackendKind>,
     /// Launch at most this many services at once (`Some(1)`: sequential).
     pub max_parallel: Option<usize>,
@@ -202,10 +203,7 @@ impl Stack {
             eprintln!("removed what {} dead run(s) left behind", reaped.len());
         }
         let graph = Graph::new(&manifest).map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
-        let kind = match options.backend {
-            Some(k) => k,
-            None => BackendKind::from_env()?,
-        };
+        let kind = backend::resolve(options.backend, &manifest).await?;
         let run = RunDir::create().map_err(|e| Error::io("creating the run directory", e))?;
         let backend = backend::create(kind, &run, &manifest);
         backend.preflight(&manifest).await?;

@@ -39,7 +39,11 @@ fn every_invalid_manifest_is_rejected_with_its_own_message() {
 
 #[test]
 fn the_example_manifests_are_valid() {
-    for file in ["../fixtures/manifests/infra.toml", "../fixtures/stack.toml"] {
+    for file in [
+        "../fixtures/manifests/infra.toml",
+        "../fixtures/manifests/infra-container.toml",
+        "../fixtures/stack.toml",
+    ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
         if let Err(e) = Manifest::load(&path) {
             panic!("{file}:\n{e}");

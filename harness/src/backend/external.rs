@@ -53,6 +53,24 @@ fn endpoint(service: &Service, missing: &mut Vec<String>) -> Endpoint {
     }
 }
 
+/// Whether every service's endpoint is given in the environment; lists every variable missing.
+pub fn check(manifest: &Manifest) -> Result<(), Error> {
+    let mut missing = Vec::new();
+    for s in &manifest.services {
+        endpoint(s, &mut missing);
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Prerequisite {
+        what: format!(
+            "the external backend needs every service's endpoint; not set:\n  - {}",
+            missing.join("\n  - ")
+        ),
+        help: "export them (e.g. `HARNESS_POSTGRES_PORT=5432`), or use the native backend".into(),
+    })
+}
+
 #[async_trait]
 impl Backend for External {
     fn kind(&self) -> BackendKind {
@@ -60,20 +78,7 @@ impl Backend for External {
     }
 
     async fn preflight(&self, manifest: &Manifest) -> Result<(), Error> {
-        let mut missing = Vec::new();
-        for s in &manifest.services {
-            endpoint(s, &mut missing);
-        }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        Err(Error::Prerequisite {
-            what: format!(
-                "the external backend needs every service's endpoint; not set:\n  - {}",
-                missing.join("\n  - ")
-            ),
-            help: "export them (e.g. `HARNESS_POSTGRES_PORT=5432`), or use the native backend".into(),
-        })
+        check(manifest)
     }
 
     async fn start(&self, req: StartRequest<'_>) -> Result<Box<dyn Instance>, Error> {

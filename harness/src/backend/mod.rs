@@ -1,7 +1,12 @@
-//! Backends run services: as local processes ([`native`]), or not at all ([`external`]:
-//! endpoints come from the environment). Every backend produces [`Instance`]s, and the
-//! [`Stack`](crate::stack::Stack) handle on top is the same for all of them.
+//! Backends run services: as local processes ([`native`]), as containers on a private network
+//! ([`container`]), or not at all ([`external`]: endpoints come from the environment). Every
+//! backend produces [`Instance`]s, and the [`Stack`](crate::stack::Stack) handle on top is the
+//! same for all of them.
+//!
+//! Which one runs a stack: `--backend` / [`StackOptions::backend`](crate::StackOptions), else
+//! `HARNESS_BACKEND`, else [`detect`]ed.
 
+pub mod container;
 pub mod external;
 pub mod native;
 
@@ -22,22 +27,92 @@ pub enum BackendKind {
     Native,
     /// Nothing is started; endpoints come from `HARNESS_<SERVICE>_*` environment variables.
     External,
+    /// Containers on a private network of a Docker engine (`DOCKER_HOST`).
+    Container,
 }
 
 impl BackendKind {
-    /// Picks the backend: `HARNESS_BACKEND` if set, else native.
-    pub fn from_env() -> Result<BackendKind, Error> {
-        match std::env::var("HARNESS_BACKEND") {
-            Err(_) => Ok(BackendKind::Native),
-            Ok(v) => match v.as_str() {
-                "native" => Ok(BackendKind::Native),
-                "external" => Ok(BackendKind::External),
-                other => Err(Error::Usage(format!(
-                    "HARNESS_BACKEND is `{other}`; use `native` or `external`"
-                ))),
-            },
-        }
+    /// The backend `HARNESS_BACKEND` asks for: `None` when it is unset, empty or `auto`.
+    pub fn from_env() -> Result<Option<BackendKind>, Error> {
+        parse_backend(std::env::var("HARNESS_BACKEND").ok().as_deref())
     }
+}
+
+/// Parses a `HARNESS_BACKEND` value; `None` (and `auto`) leave the choice to [`detect`].
+pub fn parse_backend(value: Option<&str>) -> Result<Option<BackendKind>, Error> {
+    match value.map(str::trim) {
+        None | Some("") | Some("auto") => Ok(None),
+        Some("native") => Ok(Some(BackendKind::Native)),
+        Some("container") => Ok(Some(BackendKind::Container)),
+        Some("external") => Ok(Some(BackendKind::External)),
+        Some(other) => Err(Error::Usage(format!(
+            "HARNESS_BACKEND is `{other}`; use `container`, `native`, `external` or `auto`"
+        ))),
+    }
+}
+
+/// The backend for a stack: `requested` (from `--backend`) if given, else `HARNESS_BACKEND`,
+/// else [`detect`]ed.
+pub async fn resolve(requested: Option<BackendKind>, manifest: &Manifest) -> Result<BackendKind, Error> {
+    if let Some(kind) = requested {
+        return Ok(kind);
+    }
+    if let Some(kind) = BackendKind::from_env()? {
+        return Ok(kind);
+    }
+    detect(manifest).await
+}
+
+/// Picks a backend able to run the manifest without fetching anything: the container backend
+/// when a Docker engine answers and every image the manifest needs is present locally; else
+/// native when its servers and binaries are installed; else external when every endpoint is
+/// configured; else an error naming what each one lacks. Nothing is pulled or built, so the
+/// choice depends only on what this machine already has.
+pub async fn detect(manifest: &Manifest) -> Result<BackendKind, Error> {
+    let container = container::available(manifest).await;
+    if container.is_ok() {
+        return Ok(BackendKind::Container);
+    }
+    let native = native::check(manifest, &native::bin_dir(manifest.dir()));
+    if native.is_ok() {
+        return Ok(BackendKind::Native);
+    }
+    choose(container, native, external::check(manifest))
+}
+
+/// The decision of [`detect`], given what each backend lacks (`Err`) or that it can run the
+/// stack (`Ok`): container first, then native, then external.
+pub fn choose(
+    container: Result<(), String>,
+    native: Result<(), Error>,
+    external: Result<(), Error>,
+) -> Result<BackendKind, Error> {
+    let (container, native, external) = match (container, native, external) {
+        (Ok(()), _, _) => return Ok(BackendKind::Container),
+        (_, Ok(()), _) => return Ok(BackendKind::Native),
+        (_, _, Ok(())) => return Ok(BackendKind::External),
+        (Err(c), Err(n), Err(e)) => (c, n, e),
+    };
+    let what = |e: Error| match e {
+        Error::Prerequisite { what, .. } => what,
+        other => other.to_string(),
+    };
+    let indent = |s: String| s.replace('\n', "\n    ");
+    Err(Error::Prerequisite {
+        what: format!(
+            "no backend can run this stack on this machine:\n  - container: {}\n  - native: {}\n  - external: {}",
+            indent(container),
+            indent(what(native)),
+            indent(what(external)),
+        ),
+        help: [
+            "containers: start a Docker engine (or set DOCKER_HOST) and provide the images: `fixtures/images/build.sh`, then `set -a; . fixtures/images/local.env; set +a`",
+            "native: install the servers (`apt-get install -y postgresql redis-server rabbitmq-server`) and `cargo build` the service binaries",
+            "external: export every service's endpoint (`HARNESS_<SERVICE>_HOST`, `_PORT`, ...)",
+            "or choose one explicitly with `--backend` or HARNESS_BACKEND=container|native|external",
+        ]
+        .join("\n  = help: "),
+    })
 }
 
 impl fmt::Display for BackendKind {
@@ -45,6 +120,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Native => "native",
             BackendKind::External => "external",
+            BackendKind::Container => "container",
         })
     }
 }
@@ -106,5 +182,68 @@ pub fn create(kind: BackendKind, run: &crate::cleanup::RunDir, manifest: &Manife
     match kind {
         BackendKind::Native => Box::new(native::Native::new(run, manifest.dir())),
         BackendKind::External => Box::new(external::External),
+        BackendKind::Container => Box::new(container::Container::new(run, manifest)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn missing(what: &str) -> Error {
+        Error::Prerequisite {
+            what: what.into(),
+            help: "h".into(),
+        }
+    }
+
+    #[test]
+    fn harness_backend_values() {
+        assert_eq!(parse_backend(None).unwrap(), None);
+        assert_eq!(parse_backend(Some("auto")).unwrap(), None);
+        assert_eq!(parse_backend(Some("")).unwrap(), None);
+        assert_eq!(parse_backend(Some("container")).unwrap(), Some(BackendKind::Container));
+        assert_eq!(parse_backend(Some("native")).unwrap(), Some(BackendKind::Native));
+        assert_eq!(parse_backend(Some("external")).unwrap(), Some(BackendKind::External));
+        let err = parse_backend(Some("docker")).unwrap_err().to_string();
+        assert!(err.contains("HARNESS_BACKEND is `docker`; use `container`, `native`, `external` or `auto`"), "{err}");
+    }
+
+    #[test]
+    fn containers_win_when_the_engine_and_every_image_are_there() {
+        let kind = choose(Ok(()), Ok(()), Ok(())).unwrap();
+        assert_eq!(kind, BackendKind::Container);
+        let kind = choose(Ok(()), Err(missing("n")), Err(missing("e"))).unwrap();
+        assert_eq!(kind, BackendKind::Container);
+    }
+
+    #[test]
+    fn native_when_containers_cannot_run_it() {
+        let kind = choose(Err("images not present locally: postgres:16".into()), Ok(()), Ok(())).unwrap();
+        assert_eq!(kind, BackendKind::Native);
+    }
+
+    #[test]
+    fn external_only_when_nothing_else_can() {
+        let kind = choose(Err("no engine".into()), Err(missing("no initdb")), Ok(())).unwrap();
+        assert_eq!(kind, BackendKind::External);
+    }
+
+    #[test]
+    fn nothing_available_names_what_each_backend_lacks_and_how_to_get_it() {
+        let err = choose(
+            Err("no Docker engine answers at unix:///var/run/docker.sock".into()),
+            Err(missing("the native backend cannot start this stack; missing:\n  - `initdb`")),
+            Err(missing("HARNESS_POSTGRES_PORT not set")),
+        )
+        .unwrap_err();
+        assert_eq!(err.exit_code(), crate::exit_code::PREREQUISITE_MISSING);
+        let text = err.to_string();
+        assert!(text.contains("  - container: no Docker engine answers"), "{text}");
+        assert!(text.contains("  - native: the native backend cannot start this stack; missing:\n      - `initdb`"), "{text}");
+        assert!(text.contains("  - external: HARNESS_POSTGRES_PORT not set"), "{text}");
+        assert!(text.contains("fixtures/images/build.sh"), "{text}");
+        assert!(text.contains("apt-get install"), "{text}");
+        assert!(text.contains("--backend"), "{text}");
     }
 }

@@ -109,6 +109,52 @@ impl Programs {
     }
 }
 
+/// Whether the native backend can run every service of a manifest: the servers installed and
+/// the service binaries built (in `bins`, see [`bin_dir`]). Lists everything missing at once.
+pub fn check(manifest: &Manifest, bins: &Path) -> Result<(), Error> {
+    let mut p = Programs { missing: Vec::new() };
+    for s in &manifest.services {
+        let name = s.name.as_str();
+        match (s.kind, &s.launch) {
+            (Kind::Postgres, _) => {
+                let help = "install PostgreSQL: `apt-get install -y postgresql`";
+                p.need("initdb", &postgres_dirs(), name, help);
+                p.need("postgres", &postgres_dirs(), name, help);
+            }
+            (Kind::Redis, _) => {
+                p.need("redis-server", &[], name, "install Redis: `apt-get install -y redis-server`");
+            }
+            (Kind::Rabbitmq, _) => {
+                let help = "install RabbitMQ: `apt-get install -y rabbitmq-server`";
+                p.need("rabbitmq-server", &rabbitmq_dirs(), name, help);
+                p.need("epmd", &[], name, help);
+            }
+            (Kind::Service, Launch::Binary(b)) => {
+                if !bins.join(b).is_file() {
+                    p.missing.push((
+                        format!("binary `{b}` (for service `{name}`) at {}", bins.join(b).display()),
+                        format!("build it with `cargo build --bin {b}`, or point HARNESS_BIN_DIR at the directory holding it"),
+                    ));
+                }
+            }
+            (Kind::Service, Launch::ImageOnly) => p.missing.push((
+                format!("a way to run service `{name}` natively"),
+                format!("give `{name}` a `binary` or `command` in the manifest, or use the container backend"),
+            )),
+            (Kind::Service, _) => {}
+        }
+    }
+    if p.missing.is_empty() {
+        return Ok(());
+    }
+    let what = p.missing.iter().map(|(w, _)| format!("\n  - {w}")).collect::<String>();
+    let help: BTreeSet<&str> = p.missing.iter().map(|(_, h)| h.as_str()).collect();
+    Err(Error::Prerequisite {
+        what: format!("the native backend cannot start this stack; missing:{what}"),
+        help: help.into_iter().collect::<Vec<_>>().join("\n  = help: "),
+    })
+}
+
 #[async_trait]
 impl Backend for Native {
     fn kind(&self) -> BackendKind {
@@ -116,48 +162,7 @@ impl Backend for Native {
     }
 
     async fn preflight(&self, manifest: &Manifest) -> Result<(), Error> {
-        let mut p = Programs { missing: Vec::new() };
-        let bins = &self.bin_dir;
-        for s in &manifest.services {
-            let name = s.name.as_str();
-            match (s.kind, &s.launch) {
-                (Kind::Postgres, _) => {
-                    let help = "install PostgreSQL: `apt-get install -y postgresql`";
-                    p.need("initdb", &postgres_dirs(), name, help);
-                    p.need("postgres", &postgres_dirs(), name, help);
-                }
-                (Kind::Redis, _) => {
-                    p.need("redis-server", &[], name, "install Redis: `apt-get install -y redis-server`");
-                }
-                (Kind::Rabbitmq, _) => {
-                    let help = "install RabbitMQ: `apt-get install -y rabbitmq-server`";
-                    p.need("rabbitmq-server", &rabbitmq_dirs(), name, help);
-                    p.need("epmd", &[], name, help);
-                }
-                (Kind::Service, Launch::Binary(b)) => {
-                    if !bins.join(b).is_file() {
-                        p.missing.push((
-                            format!("binary `{b}` (for service `{name}`) at {}", bins.join(b).display()),
-                            format!("build it with `cargo build --bin {b}`, or point HARNESS_BIN_DIR at the directory holding it"),
-                        ));
-                    }
-                }
-                (Kind::Service, Launch::ImageOnly) => p.missing.push((
-                    format!("a way to run service `{name}` natively"),
-                    format!("give `{name}` a `binary` or `command` in the manifest, or use the container backend"),
-                )),
-                (Kind::Service, _) => {}
-            }
-        }
-        if p.missing.is_empty() {
-            return Ok(());
-        }
-        let what = p.missing.iter().map(|(w, _)| format!("\n  - {w}")).collect::<String>();
-        let help: BTreeSet<&str> = p.missing.iter().map(|(_, h)| h.as_str()).collect();
-        Err(Error::Prerequisite {
-            what: format!("the native backend cannot start this stack; missing:{what}"),
-            help: help.into_iter().collect::<Vec<_>>().join("\n  = help: "),
-        })
+        check(manifest, &self.bin_dir)
     }
 
     async fn start(&self, req: StartRequest<'_>) -> Result<Box<dyn Instance>, Error> {

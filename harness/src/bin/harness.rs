@@ -33,7 +33,8 @@ enum Command {
     },
     /// Start the stack, print its endpoints, and keep it up until Ctrl-C or `harness down`.
     Up {
-        /// Which backend runs the services (default: $HARNESS_BACKEND, else native).
+        /// Which backend runs the services (default: $HARNESS_BACKEND, else detected: containers
+        /// when a Docker engine answers and every image is present, else native, else external).
         #[arg(long, value_enum)]
         backend: Option<BackendKind>,
         /// Do not build the workspace binaries the manifest names.
@@ -41,7 +42,12 @@ enum Command {
         no_build: bool,
     },
     /// Stop a stack started by `harness up`.
-    Down,
+    Down {
+        /// Also remove every container, network and volume the harness owns in the Docker
+        /// engine (label org.harness.managed=true), of any run, live or dead.
+        #[arg(long)]
+        all: bool,
+    },
     /// Run every suite against the stack (the main job).
     Test {
         /// Extra arguments for the test runner (filters, --list, ...).
@@ -53,6 +59,51 @@ enum Command {
         #[command(subcommand)]
         what: Bench,
     },
+    /// Verify every contract in which PROVIDER is the provider against a candidate of it, with
+    /// the rest of the stack real. Runs the suite binary that holds the provider states.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// The provider: a service of the manifest named as provider in the contracts.
+    provider: String,
+    /// Run this binary as the provider instead of the manifest's.
+    #[arg(long, value_name = "PATH", conflicts_with = "image")]
+    binary: Option<PathBuf>,
+    /// Run this image as the provider instead of the manifest's (container backend).
+    #[arg(long, value_name = "REF")]
+    image: Option<String>,
+    /// Fetch the pacts from this Pact Broker instead of contracts/ (token: $PACT_BROKER_TOKEN).
+    #[arg(long, value_name = "URL")]
+    broker_url: Option<String>,
+    /// A consumer version selector as JSON, e.g. '{"mainBranch":true}' (repeatable).
+    #[arg(long = "consumer-version-selector", value_name = "JSON")]
+    selectors: Vec<String>,
+    /// Verify pending pacts without failing on them.
+    #[arg(long)]
+    enable_pending: bool,
+    /// Also verify work-in-progress pacts created since this date (YYYY-MM-DD).
+    #[arg(long, value_name = "DATE")]
+    include_wip_pacts_since: Option<String>,
+    /// Publish the verification results to the broker (needs --provider-version).
+    #[arg(long)]
+    publish: bool,
+    /// The provider version the results are published for.
+    #[arg(long, value_name = "VERSION")]
+    provider_version: Option<String>,
+    /// The provider's branch, published with the results.
+    #[arg(long, value_name = "BRANCH")]
+    branch: Option<String>,
+    /// A link to the build, published with the results.
+    #[arg(long, value_name = "URL")]
+    build_url: Option<String>,
+    /// The cargo package of the suite that holds the provider states.
+    #[arg(long, default_value = "suites")]
+    suite_package: String,
+    /// Its test target.
+    #[arg(long, default_value = "contracts")]
+    suite_test: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,9 +120,17 @@ enum Bench {
         #[arg(long)]
         no_build: bool,
     },
+    /// Cold stack-up on the container backend vs docker-compose, with solo ready times and the
+    /// critical path (default manifest: fixtures/manifests/infra-container.toml).
+    Compose {
+        /// Runs of each side.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 fn main() -> ExitCode {
+    harness::contract::do_not_track();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -165,9 +224,13 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             eprintln!("stopped; nothing left behind");
             Ok(exit_code::OK)
         }
-        Command::Down => {
+        Command::Down { all } => {
             let m = load(&cli.manifest)?;
-            down(&state_file(&m)).await
+            let code = down(&state_file(&m)).await?;
+            if all {
+                remove_all().await?;
+            }
+            Ok(code)
         }
         Command::Test { args } => {
             let m = load(&cli.manifest)?;
@@ -192,6 +255,112 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             print!("{}", report.render());
             Ok(exit_code::OK)
         }
+        Command::Bench {
+            what: Bench::Compose { runs },
+        } => {
+            let path = match &cli.manifest {
+                Some(p) => p.clone(),
+                None => find_upwards("fixtures/manifests/infra-container.toml")
+                    .ok_or_else(|| Error::Usage("no fixtures/manifests/infra-container.toml here; pass --manifest".into()))?,
+            };
+            let m = Manifest::load(&path)?;
+            let report = harness::bench::compose::compose(&m, runs.max(1)).await?;
+            print!("{}", report.render());
+            Ok(exit_code::OK)
+        }
+        Command::Verify(args) => verify(&cli.manifest, args),
+    }
+}
+
+/// `harness verify`: the request for the suite binary, checked before anything is built.
+fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Error> {
+    use harness::contract::{BrokerSource, Candidate, Publish, SuiteTarget, VerifyRequest};
+    let m = load(cli_manifest)?;
+    if m.service(&args.provider).is_none() {
+        return Err(Error::Usage(format!("the manifest has no service `{}` to verify", args.provider)));
+    }
+    let broker = match &args.broker_url {
+        Some(url) => {
+            let selectors = args
+                .selectors
+                .iter()
+                .map(|s| {
+                    serde_json::from_str::<serde_json::Value>(s)
+                        .map_err(|e| Error::Usage(format!("--consumer-version-selector {s}: not JSON: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(BrokerSource {
+                url: url.clone(),
+                // Read again by the suite binary, which inherits the environment.
+                token: None,
+                selectors,
+                enable_pending: args.enable_pending,
+                include_wip_pacts_since: args.include_wip_pacts_since.clone(),
+            })
+        }
+        None => {
+            if !args.selectors.is_empty() || args.enable_pending || args.include_wip_pacts_since.is_some() {
+                return Err(Error::Usage(
+                    "--consumer-version-selector, --enable-pending and --include-wip-pacts-since need --broker-url".into(),
+                ));
+            }
+            None
+        }
+    };
+    let publish = if args.publish {
+        Some(Publish {
+            provider_version: args.provider_version.clone().ok_or_else(|| {
+                Error::Usage("--publish needs the provider version the results are for: add --provider-version <version>".into())
+            })?,
+            branch: args.branch.clone(),
+            build_url: args.build_url.clone(),
+        })
+    } else {
+        None
+    };
+    let request = VerifyRequest {
+        provider: args.provider.clone(),
+        candidate: match (args.binary, args.image) {
+            (Some(b), _) => Some(Candidate::Binary(b)),
+            (None, Some(i)) => Some(Candidate::Image(i)),
+            (None, None) => None,
+        },
+        broker,
+        publish,
+    };
+    let target = SuiteTarget {
+        package: args.suite_package,
+        test: args.suite_test,
+    };
+    harness::contract::run_verify_command(&request, &target, &m.path)
+}
+
+/// A file relative to the current directory or one of its parents.
+fn find_upwards(relative: &str) -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors().map(|d| d.join(relative)).find(|p| p.is_file())
+}
+
+/// `harness down --all`: every harness-owned resource in the Docker engine, and what dead runs
+/// left on this machine (processes, run directories).
+async fn remove_all() -> Result<(), Error> {
+    let reaped = harness::cleanup::reap_dead_runs();
+    if !reaped.is_empty() {
+        println!("removed the processes and directories of {} dead run(s)", reaped.len());
+    }
+    match harness::backend::container::remove_all().await {
+        Ok(r) => {
+            println!(
+                "removed {} container(s), {} network(s) and {} volume(s) of the harness",
+                r.containers, r.networks, r.volumes
+            );
+            Ok(())
+        }
+        Err(e) if e.starts_with("no Docker engine") => {
+            println!("no Docker engine answers ({e}); nothing to remove there");
+            Ok(())
+        }
+        Err(e) => Err(Error::service("docker", e)),
     }
 }
 

@@ -1,0 +1,482 @@
+//! `harness bench compose`: a cold stack-up on the container backend against `docker-compose`
+//! starting the same stack, both from nothing to every service ready, both torn down after.
+//!
+//! The compose file is generated from the manifest into a temporary directory: the same images
+//! (as the container backend resolves them), environment, commands and published loopback
+//! ports, `depends_on` with `condition: service_healthy` (`service_started` for `started`
+//! dependencies), and a healthcheck per service probing what the harness probes, every second:
+//! `pg_isready` for PostgreSQL, `redis-cli ping` for Redis, a TCP connect to AMQP for
+//! RabbitMQ, a TCP connect or an HTTP GET (via bash's `/dev/tcp`) for services. docker-compose
+//! v1 has no `--wait`, so the clock runs from `docker-compose up -d` until every container
+//! reports healthy (polled every 20 ms); then `docker-compose down -v`.
+//!
+//! Alongside: each service's solo ready time (a sequential start, dependencies already up), the
+//! critical path of those, and the per-service ready times inside the parallel start.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use crate::backend::container::{self, ImagePlan, LABEL_RUN_ID};
+use crate::backend::BackendKind;
+use crate::endpoint::Endpoint;
+use crate::error::Error;
+use crate::manifest::{Condition, Kind, Manifest, ProbeSpec, Service};
+use crate::stack::{Stack, StackOptions};
+use crate::Graph;
+
+/// Results of the comparison.
+#[derive(Debug, Clone)]
+pub struct ComposeReport {
+    /// Runs of each mode.
+    pub runs: usize,
+    /// `docker-compose version --short`.
+    pub compose_version: String,
+    /// Median solo ready time per service (container backend).
+    pub solo: BTreeMap<String, Duration>,
+    /// Median ready time per service inside the parallel start.
+    pub in_stack: BTreeMap<String, Duration>,
+    /// The critical path of solo times.
+    pub critical_path: (Vec<String>, Duration),
+    /// Cold stack-up wall times on the container backend.
+    pub harness: Vec<Duration>,
+    /// Cold `docker-compose up -d` until every service is healthy.
+    pub compose: Vec<Duration>,
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    if b.is_zero() {
+        0.0
+    } else {
+        a.as_secs_f64() / b.as_secs_f64()
+    }
+}
+
+impl ComposeReport {
+    /// Median harness stack-up.
+    pub fn harness_median(&self) -> Duration {
+        median(&self.harness)
+    }
+
+    /// Median compose stack-up.
+    pub fn compose_median(&self) -> Duration {
+        median(&self.compose)
+    }
+
+    /// Harness over compose (target: at most 0.8).
+    pub fn vs_compose(&self) -> f64 {
+        ratio(self.harness_median(), self.compose_median())
+    }
+
+    /// Harness over the critical path (target: at most 1.1).
+    pub fn vs_critical_path(&self) -> f64 {
+        ratio(self.harness_median(), self.critical_path.1)
+    }
+
+    /// The report as a table with ratios.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "cold stack-up: container backend vs docker-compose {} ({} runs of each)\n",
+            self.compose_version, self.runs
+        );
+        let _ = writeln!(out, "  {:<16} {:>10} {:>14}", "service", "solo (ms)", "in stack (ms)");
+        for (name, solo) in &self.solo {
+            let par = self.in_stack.get(name).copied().unwrap_or_default();
+            let _ = writeln!(out, "  {name:<16} {:>10.0} {:>14.0}", ms(*solo), ms(par));
+        }
+        let list = |v: &[Duration]| v.iter().map(|d| format!("{:.0}", ms(*d))).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "  critical path (solo)     {:>8.0} ms  ({})",
+            ms(self.critical_path.1),
+            self.critical_path.0.join(" -> ")
+        );
+        let _ = writeln!(
+            out,
+            "  harness stack-up         {:>8.0} ms  (median of {})",
+            ms(self.harness_median()),
+            list(&self.harness)
+        );
+        let _ = writeln!(
+            out,
+            "  docker-compose up        {:>8.0} ms  (median of {})",
+            ms(self.compose_median()),
+            list(&self.compose)
+        );
+        let _ = writeln!(out);
+        let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+        let (c, p) = (self.vs_compose(), self.vs_critical_path());
+        let _ = writeln!(out, "  harness / compose        = {c:.2}  (target <= 0.80: {})", verdict(c <= 0.80));
+        let _ = writeln!(out, "  harness / critical path  = {p:.2}  (target <= 1.10: {})", verdict(p <= 1.10));
+        out
+    }
+}
+
+/// Credentials of the compose stack (fixed; the harness generates its own per run).
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-password";
+
+/// Endpoints as services see each other on the compose network: name and container port.
+fn compose_endpoints(manifest: &Manifest) -> BTreeMap<String, Endpoint> {
+    manifest
+        .services
+        .iter()
+        .map(|s| {
+            let creds = matches!(s.kind, Kind::Postgres | Kind::Rabbitmq);
+            let ep = Endpoint {
+                kind: s.kind,
+                host: s.name.clone(),
+                ports: s.ports.clone(),
+                primary: s.primary_port().map(str::to_string),
+                bind_host: "0.0.0.0".into(),
+                user: creds.then(|| USER.to_string()).or(s.credentials.user.clone()),
+                password: creds.then(|| PASSWORD.to_string()).or(s.credentials.password.clone()),
+                database: match s.kind {
+                    Kind::Postgres => Some(s.credentials.database.clone().unwrap_or_else(|| "app".into())),
+                    _ => s.credentials.database.clone(),
+                },
+            };
+            (s.name.clone(), ep)
+        })
+        .collect()
+}
+
+/// Compose interpolates `$VAR`; a literal `$` is `$$`.
+fn escape(s: &str) -> String {
+    s.replace('$', "$$")
+}
+
+fn healthcheck(service: &Service, ep: &Endpoint) -> Option<Value> {
+    let tcp = |port: u16| format!("bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'");
+    let port = |name: Option<&str>| ep.port(name).unwrap_or_default();
+    let test = match &service.probe {
+        ProbeSpec::None => return None,
+        ProbeSpec::Postgres => format!(
+            "pg_isready -q -h 127.0.0.1 -p {} -U {} -d postgres",
+            port(None),
+            ep.user.as_deref().unwrap_or("postgres")
+        ),
+        ProbeSpec::Redis => format!("redis-cli -h 127.0.0.1 -p {} ping | grep -q PONG", port(None)),
+        ProbeSpec::Amqp => tcp(port(None)),
+        ProbeSpec::Tcp { port: p } => tcp(port(Some(p))),
+        ProbeSpec::Http { path, port: p } => format!(
+            "bash -c 'exec 3<>/dev/tcp/127.0.0.1/{} && printf \"GET {path} HTTP/1.0\\r\\n\\r\\n\" >&3 && head -n1 <&3 | grep -q \" 2[0-9][0-9] \"'",
+            port(Some(p))
+        ),
+    };
+    Some(json!({
+        "test": ["CMD-SHELL", escape(&test)],
+        "interval": "1s",
+        "timeout": "2s",
+        "retries": 120,
+    }))
+}
+
+/// The compose file (JSON, which docker-compose reads as YAML) equivalent to the manifest on
+/// the container backend.
+pub fn compose_file(manifest: &Manifest, plan: &ImagePlan, labels: &BTreeMap<String, String>) -> Result<String, Error> {
+    let endpoints = compose_endpoints(manifest);
+    let mut services = Map::new();
+    for s in &manifest.services {
+        let ep = &endpoints[&s.name];
+        let image = plan
+            .images
+            .get(&s.name)
+            .ok_or_else(|| Error::service(&s.name, "names no image"))?;
+        let render = |t: &crate::template::Template| {
+            t.render(|name| if name == "self" { Some(ep) } else { endpoints.get(name) })
+                .map_err(|e| Error::service(&s.name, e))
+        };
+        let mut env = Map::new();
+        for (k, v) in container::builtin_env(s.kind, ep) {
+            env.insert(k, Value::String(escape(&v)));
+        }
+        for (k, v) in &s.env {
+            env.insert(k.clone(), Value::String(escape(&render(v)?)));
+        }
+        let mut cmd = s.args.iter().map(render).collect::<Result<Vec<_>, _>>()?;
+        if cmd.is_empty() && s.kind == Kind::Postgres {
+            cmd = container::POSTGRES_SETTINGS.iter().map(|a| a.to_string()).collect();
+        }
+        let mut service = json!({
+            "image": image.image,
+            "hostname": s.name,
+            "environment": env,
+            "labels": labels,
+            "ports": s.ports.values().map(|p| format!("127.0.0.1::{p}")).collect::<Vec<_>>(),
+        });
+        if !cmd.is_empty() {
+            service["command"] = json!(cmd.iter().map(|c| escape(c)).collect::<Vec<_>>());
+        }
+        if let Some(h) = healthcheck(s, ep) {
+            service["healthcheck"] = h;
+        }
+        let mut depends = Map::new();
+        for d in &s.depends_on {
+            let target = manifest.service(&d.service).map(|t| t.probe != ProbeSpec::None).unwrap_or(false);
+            let condition = match d.condition {
+                Condition::Ready if target => "service_healthy",
+                _ => "service_started",
+            };
+            depends.insert(d.service.clone(), json!({ "condition": condition }));
+        }
+        if !depends.is_empty() {
+            service["depends_on"] = Value::Object(depends);
+        }
+        services.insert(s.name.clone(), service);
+    }
+    let file = json!({
+        "version": "2.4",
+        "services": services,
+        "networks": { "default": { "labels": labels } },
+    });
+    serde_json::to_string_pretty(&file).map_err(|e| Error::Usage(format!("cannot write the compose file: {e}")))
+}
+
+async fn compose_cmd(dir: &Path, project: &str, args: &[&str]) -> Result<(), String> {
+    let out = tokio::process::Command::new("docker-compose")
+        .arg("-p")
+        .arg(project)
+        .arg("-f")
+        .arg(dir.join("docker-compose.yml"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run docker-compose: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`docker-compose {}` failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Waits until every container of the compose project is healthy (or running, without a
+/// healthcheck); returns when that was seen.
+async fn compose_ready(docker: &testcontainers::bollard::Docker, project: &str, services: usize) -> Result<Instant, String> {
+    use testcontainers::bollard::query_parameters::ListContainersOptionsBuilder;
+    let filter = std::collections::HashMap::from([(
+        "label".to_string(),
+        vec![format!("com.docker.compose.project={project}")],
+    )]);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filter).build();
+        let list = docker.list_containers(Some(options)).await.map_err(|e| e.to_string())?;
+        let ready = list
+            .iter()
+            .filter(|c| {
+                let status = c.status.as_deref().unwrap_or("");
+                status.starts_with("Up") && (status.contains("(healthy)") || !status.contains('('))
+            })
+            .count();
+        if list.len() == services && ready == services {
+            return Ok(Instant::now());
+        }
+        if let Some(c) = list.iter().find(|c| c.status.as_deref().unwrap_or("").starts_with("Exited")) {
+            return Err(format!("a compose container exited: {:?} {:?}", c.names, c.status));
+        }
+        if Instant::now() > deadline {
+            return Err("the compose stack did not become healthy within 180 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One cold `docker-compose up -d` until healthy, then `down -v`.
+async fn compose_run(dir: &Path, project: &str, services: usize) -> Result<Duration, Error> {
+    let docker = container::connect().await.map_err(|e| Error::Prerequisite {
+        what: e,
+        help: "start a Docker engine or set DOCKER_HOST".into(),
+    })?;
+    let t0 = Instant::now();
+    let up = async {
+        compose_cmd(dir, project, &["up", "-d", "--no-build"]).await?;
+        compose_ready(&docker, project, services).await
+    };
+    let result = up.await;
+    let down = compose_cmd(dir, project, &["down", "-v", "--remove-orphans", "-t", "1"]).await;
+    let ready = result.map_err(|e| Error::service("docker-compose", e))?;
+    down.map_err(|e| Error::service("docker-compose", e))?;
+    Ok(ready - t0)
+}
+
+async fn harness_run(
+    manifest: &Manifest,
+    sequential: bool,
+) -> Result<(Duration, BTreeMap<String, Duration>), Error> {
+    let options = StackOptions {
+        backend: Some(BackendKind::Container),
+        max_parallel: sequential.then_some(1),
+        ..StackOptions::default()
+    };
+    let t0 = Instant::now();
+    let stack = Stack::start(manifest.clone(), options).await?;
+    let wall = t0.elapsed();
+    let ready = stack.timings().iter().map(|t| (t.service.clone(), t.ready_in())).collect();
+    stack.down().await;
+    Ok((wall, ready))
+}
+
+/// Runs the comparison `runs` times.
+pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, Error> {
+    let version = std::process::Command::new("docker-compose")
+        .args(["version", "--short"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .ok_or_else(|| Error::Prerequisite {
+            what: "`docker-compose` is not installed".into(),
+            help: "install it (`apt-get install -y docker-compose`)".into(),
+        })?;
+    let graph = Graph::new(manifest).map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
+    if let Err(e) = container::available(manifest).await {
+        return Err(Error::Prerequisite {
+            what: format!("both sides need every image locally: {e}"),
+            help: "build them with `fixtures/images/build.sh`, then `set -a; . fixtures/images/local.env; set +a`".into(),
+        });
+    }
+    let plan = container::plan(manifest, &container::process_env)?;
+    let id = format!("{}-bench{:08x}", std::process::id(), rand::random::<u32>());
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let labels: BTreeMap<String, String> = container::run_labels(&id, None, started_at).into_iter().collect();
+    let dir = std::env::temp_dir().join(format!("harness-compose-{id}"));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    crate::cleanup::register_dir(&dir);
+    // Ctrl-C: the compose containers and network carry the run's labels.
+    let hook = crate::cleanup::register_hook({
+        let id = id.clone();
+        move || {
+            let _ = container::remove_run_blocking(&id);
+        }
+    });
+    let file = compose_file(manifest, &plan, &labels)?;
+    std::fs::write(dir.join("docker-compose.yml"), file).map_err(|e| Error::io("writing the compose file", e))?;
+
+    let result = async {
+        let mut solo: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+        let mut in_stack: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+        let (mut harness, mut compose) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            // Alternate which side goes first so neither always meets the warmer page cache.
+            for side in if run % 2 == 0 { [0, 1, 2] } else { [1, 0, 2] } {
+                match side {
+                    0 => {
+                        let (wall, ready) = harness_run(manifest, false).await?;
+                        harness.push(wall);
+                        for (s, d) in ready {
+                            in_stack.entry(s).or_default().push(d);
+                        }
+                    }
+                    1 => {
+                        let project = format!("hbench{:08x}", rand::random::<u32>());
+                        compose.push(compose_run(&dir, &project, manifest.services.len()).await?);
+                    }
+                    _ => {
+                        let (_, ready) = harness_run(manifest, true).await?;
+                        for (s, d) in ready {
+                            solo.entry(s).or_default().push(d);
+                        }
+                    }
+                }
+            }
+        }
+        Ok::<_, Error>((solo, in_stack, harness, compose))
+    }
+    .await;
+    let label = format!("{LABEL_RUN_ID}={id}");
+    if let Ok(docker) = container::connect().await {
+        let _ = container::remove_labelled(&docker, &label, true).await;
+    }
+    crate::cleanup::unregister_hook(hook);
+    let _ = std::fs::remove_dir_all(&dir);
+    crate::cleanup::unregister_dir(&dir);
+    let (solo, in_stack, harness, compose) = result?;
+    let solo: BTreeMap<String, Duration> = solo.into_iter().map(|(k, v)| (k, median(&v))).collect();
+    let (path, crit) = graph.critical_path(|s| solo.get(s).map(|d| d.as_secs_f64()).unwrap_or(0.0));
+    Ok(ComposeReport {
+        runs,
+        compose_version: version,
+        in_stack: in_stack.into_iter().map(|(k, v)| (k, median(&v))).collect(),
+        solo,
+        critical_path: (path, Duration::from_secs_f64(crit)),
+        harness,
+        compose,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compose_file_mirrors_the_manifest() {
+        let source = r#"
+[services.postgres]
+kind = "postgres"
+
+[services.redis]
+kind = "redis"
+
+[services.web]
+kind = "service"
+image = "base:1"
+args = ["sh", "-c", "echo $HOME", "{{ self.bind.http }}"]
+ports = { http = 8080 }
+depends-on = { postgres = "ready", redis = "started" }
+probe = { type = "http", path = "/env" }
+env = { DATABASE_URL = "{{ postgres.url }}" }
+"#;
+        let manifest = Manifest::parse(Path::new("m.toml"), source).unwrap();
+        let env = |name: &str| (name == "HARNESS_IMAGE_POSTGRES").then(|| "local/pg:15".to_string());
+        let plan = container::plan(&manifest, &env).unwrap();
+        let labels = BTreeMap::from([("org.harness.managed".to_string(), "true".to_string())]);
+        let file: Value = serde_json::from_str(&compose_file(&manifest, &plan, &labels).unwrap()).unwrap();
+        let s = &file["services"];
+        assert_eq!(s["postgres"]["image"], "local/pg:15");
+        assert_eq!(s["postgres"]["environment"]["POSTGRES_USER"], USER);
+        assert_eq!(s["postgres"]["ports"], json!(["127.0.0.1::5432"]));
+        assert_eq!(s["postgres"]["command"][1], "fsync=off");
+        assert!(s["postgres"]["healthcheck"]["test"][1].as_str().unwrap().starts_with("pg_isready"));
+        assert_eq!(s["redis"]["image"], "redis:7");
+        assert_eq!(
+            s["web"]["environment"]["DATABASE_URL"],
+            format!("postgres://{USER}:{PASSWORD}@postgres:5432/app")
+        );
+        assert_eq!(s["web"]["command"], json!(["sh", "-c", "echo $$HOME", "0.0.0.0:8080"]));
+        assert_eq!(s["web"]["depends_on"]["postgres"]["condition"], "service_healthy");
+        assert_eq!(s["web"]["depends_on"]["redis"]["condition"], "service_started");
+        assert!(s["web"]["healthcheck"]["test"][1].as_str().unwrap().contains("GET /env HTTP/1.0"));
+        assert_eq!(s["web"]["healthcheck"]["interval"], "1s");
+        assert_eq!(file["networks"]["default"]["labels"]["org.harness.managed"], "true");
+        assert_eq!(s["web"]["labels"]["org.harness.managed"], "true");
+    }
+}
