@@ -10,6 +10,9 @@
 //! (`harness bench compose`).
 
 pub mod compose;
+pub mod suites;
+
+pub use suites::suites;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -389,7 +389,7 @@ impl Contracts {
                         "{} -> {}: `{}`{}\n{f}",
                         r.consumer,
                         r.provider,
-                        r.description,
+                        r.interaction,
                         if r.pending { " (pending: does not fail the run)" } else { "" },
                     ));
                 }
@@ -421,6 +421,7 @@ impl Contracts {
             .trial(&name, move |ctx| {
                 let (contracts, request) = (contracts.clone(), request.clone());
                 async move {
+                    println!("\n{}", request.describe(contracts.dir()));
                     let report = contracts.verify_provider(ctx.stack.clone(), &request).await?;
                     println!("\n{}", report.table());
                     if let Some(p) = &request.publish {
@@ -736,6 +737,20 @@ impl VerifyRequest {
         Ok(Some(request))
     }
 
+    /// One line saying what is verified against what (never the broker token).
+    pub fn describe(&self, dir: &Path) -> String {
+        let candidate = match &self.candidate {
+            None => "as the manifest runs it".to_string(),
+            Some(Candidate::Binary(b)) => format!("candidate binary {}", b.display()),
+            Some(Candidate::Image(i)) => format!("candidate image {i}"),
+        };
+        let source = match &self.broker {
+            None => format!("the pacts in {}", dir.display()),
+            Some(b) => format!("the pacts of the broker at {}", b.url),
+        };
+        format!("verifying `{}` ({candidate}) against {source}", self.provider)
+    }
+
     /// Replaces the provider's launch in the manifest with the candidate's.
     pub fn apply_candidate(&self, manifest: &mut Manifest) -> Result<(), Error> {
         let Some(candidate) = &self.candidate else {
@@ -821,7 +836,10 @@ struct Outcome {
 struct InteractionOutcome {
     consumer: String,
     provider: String,
+    /// The verifier's description: pact, states and interaction (keys its errors).
     description: String,
+    /// The interaction's own description.
+    interaction: String,
     states: Vec<String>,
     pending: bool,
     failure: Option<String>,
@@ -836,6 +854,7 @@ impl Outcome {
                 consumer: r.consumer.clone(),
                 provider: r.provider.clone(),
                 description: r.description.clone(),
+                interaction: r.interaction_description.clone(),
                 states: r.provider_states.clone(),
                 pending: r.pending,
                 failure: r.result.as_ref().err().map(render_mismatch),

@@ -36,7 +36,9 @@
 #![deny(missing_debug_implementations)]
 #![warn(missing_docs)]
 
+pub mod affected;
 pub mod amqp;
+pub mod attach;
 pub mod backend;
 pub mod bench;
 pub mod build;
@@ -49,6 +51,7 @@ pub mod isolation;
 pub mod journey;
 pub mod manifest;
 pub mod probe;
+pub mod report;
 pub mod runner;
 pub mod scheduler;
 pub mod snapshot;

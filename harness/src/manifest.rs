@@ -290,6 +290,8 @@ pub struct Manifest {
     pub services: Vec<Service>,
     /// Image settings for the container backend.
     pub images: Images,
+    /// Suites (trial-name prefixes) and the services each exercises: `[suites]` table.
+    pub suites: BTreeMap<String, Vec<String>>,
 }
 
 impl Manifest {
@@ -344,6 +346,8 @@ struct RawManifest {
     stack: RawStack,
     #[serde(default)]
     services: BTreeMap<Spanned<String>, Spanned<RawService>>,
+    #[serde(default)]
+    suites: BTreeMap<String, Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -662,7 +666,23 @@ fn build(path: &Path, raw: RawManifest, problems: &mut Vec<Problem>) -> Manifest
         name: raw.stack.name.clone().unwrap_or_else(|| "stack".into()),
         services,
         images,
+        suites: BTreeMap::new(),
     };
+    let mut manifest = manifest;
+    for (suite, services) in &raw.suites {
+        let mut list = Vec::new();
+        for s in services {
+            if manifest.service(s.get_ref()).is_none() {
+                problems.push(Problem::at(
+                    s.span(),
+                    format!("suite `{suite}` names service `{}`, which is not defined", s.get_ref()),
+                    "list the services the suite exercises, by their names under [services]",
+                ));
+            }
+            list.push(s.get_ref().clone());
+        }
+        manifest.suites.insert(suite.clone(), list);
+    }
     if problems.is_empty() {
         if let Err(cycle) = crate::graph::Graph::new(&manifest) {
             let first = &cycle.path[0];

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::manifest::Kind;
+use crate::report::{Outcome, TrialRecord};
 use crate::stack::{Stack, StackOptions};
 use crate::{exit_code, Manifest};
 
@@ -162,12 +163,21 @@ impl Suite {
     }
 
     /// Parses the command line, starts the stack if any trial is selected, runs the trials,
-    /// tears the stack down, and returns the exit code.
-    pub fn run(self) -> ExitCode {
+    /// tears the stack down, writes the reports, and returns the exit code.
+    pub fn run(mut self) -> ExitCode {
         let mut args = Arguments::from_args();
         if self.sequential && args.test_threads.is_none() {
             args.test_threads = Some(1);
         }
+        let selection = match Selection::from_env() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(e.exit_code());
+            }
+        };
+        self.trials.retain(|(name, _, _)| selection.keeps(name));
+        self.local.retain(|(name, _, _)| selection.keeps(name));
         let needs_stack = !self.selected(&args).is_empty();
         if args.list || (!needs_stack && self.selected_local(&args).is_empty()) {
             let trials = self
@@ -187,13 +197,19 @@ impl Suite {
             }
         };
         let handle = runtime.handle().clone();
+        let records: Records = Arc::default();
+        let retries = selection.retries;
         let local: Vec<Trial> = self
             .local
             .iter()
             .map(|(name, f, ignored)| {
-                let (f, handle) = (f.clone(), handle.clone());
-                Trial::test(name.clone(), move || handle.block_on(f()).map_err(|e| Failed::from(format!("{e:#}"))))
-                    .with_ignored_flag(*ignored)
+                let (f, handle, records, name2) = (f.clone(), handle.clone(), records.clone(), name.clone());
+                Trial::test(name.clone(), move || {
+                    attempts(&name2, retries, &records, || {
+                        handle.block_on(f()).map_err(|e| format!("{e:#}"))
+                    })
+                })
+                .with_ignored_flag(*ignored)
             })
             .collect();
         if !needs_stack {
@@ -203,15 +219,21 @@ impl Suite {
                 .map(|(name, _, ignored)| Trial::test(name.clone(), || Ok(())).with_ignored_flag(*ignored))
                 .chain(local)
                 .collect();
-            return libtest_mimic::run(&args, trials).exit_code();
+            let conclusion = libtest_mimic::run(&args, trials);
+            finish(&self.name, &records, &[], self.manifest.as_deref());
+            return conclusion.exit_code();
         }
-        let stack = match runtime.block_on(start_stack(self.manifest.clone(), &self.manifest_hooks)) {
+        let attachable = !self.sequential && self.manifest_hooks.is_empty();
+        let stack = match runtime.block_on(start_stack(self.manifest.clone(), &self.manifest_hooks, attachable)) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::from(e.exit_code());
             }
         };
+        if stack.attached_to().is_none() {
+            write_timeline(&stack, &self.name);
+        }
         let trials = self
             .trials
             .into_iter()
@@ -220,14 +242,17 @@ impl Suite {
                     stack: stack.clone(),
                     name: name.clone(),
                 });
-                let handle = handle.clone();
-                Trial::test(name, move || {
-                    let stack = ctx.stack.clone();
-                    handle.block_on(async move {
-                        match f(ctx).await {
-                            Ok(()) => Ok(()),
-                            Err(e) => Err(Failed::from(failure_report(&stack, &e).await)),
-                        }
+                let (handle, records) = (handle.clone(), records.clone());
+                Trial::test(name.clone(), move || {
+                    attempts(&name, retries, &records, || {
+                        let (ctx, f) = (ctx.clone(), f.clone());
+                        handle.block_on(async move {
+                            let stack = ctx.stack.clone();
+                            match f(ctx).await {
+                                Ok(()) => Ok(()),
+                                Err(e) => Err(failure_report(&stack, &e).await),
+                            }
+                        })
                     })
                 })
                 .with_ignored_flag(ignored)
@@ -235,11 +260,192 @@ impl Suite {
             .chain(local)
             .collect();
         let conclusion = libtest_mimic::run(&args, trials);
+        let timings = if stack.attached_to().is_none() { stack.timings().to_vec() } else { Vec::new() };
+        let manifest_path = stack.manifest().path.clone();
         match Arc::try_unwrap(stack) {
             Ok(stack) => runtime.block_on(stack.down()),
             Err(stack) => drop(stack),
         }
+        finish(&self.name, &records, &timings, Some(&manifest_path));
         conclusion.exit_code()
+    }
+}
+
+type Records = Arc<std::sync::Mutex<Vec<TrialRecord>>>;
+
+/// Runs a trial up to `1 + retries` times and records how it ended; a pass after a failure
+/// is recorded (and reported) as flaky.
+fn attempts(
+    name: &str,
+    retries: u32,
+    records: &Records,
+    mut run: impl FnMut() -> Result<(), String>,
+) -> Result<(), Failed> {
+    let started = std::time::Instant::now();
+    let mut first_failure = None;
+    let mut outcome = Err(String::new());
+    let mut passed_on = 1;
+    for attempt in 1..=retries + 1 {
+        outcome = run();
+        passed_on = attempt;
+        match &outcome {
+            Ok(()) => break,
+            Err(e) => {
+                if attempt <= retries {
+                    eprintln!("harness: `{name}` failed on attempt {attempt}; retrying ({} left)", retries + 1 - attempt);
+                }
+                first_failure.get_or_insert_with(|| e.clone());
+            }
+        }
+    }
+    let record = match (&outcome, first_failure) {
+        (Ok(()), None) => Outcome::Passed,
+        (Ok(()), Some(first)) => {
+            eprintln!("harness: FLAKY `{name}`: failed, then passed on attempt {passed_on}");
+            Outcome::Flaky { passed_on, first_failure: first }
+        }
+        (Err(e), _) => Outcome::Failed(e.clone()),
+    };
+    records.lock().unwrap_or_else(|p| p.into_inner()).push(TrialRecord {
+        name: name.to_string(),
+        outcome: record,
+        duration: started.elapsed(),
+    });
+    outcome.map_err(Failed::from)
+}
+
+/// Trial selection from the environment: a CI shard, an "only these" filter (from
+/// `harness affected`), and retries.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// `(index, count)`, 1-based index: `HARNESS_SHARD=2/4`.
+    pub shard: Option<(u64, u64)>,
+    /// Trial-name prefixes to keep: `HARNESS_ONLY=journeys::,contracts::orders->payments`.
+    pub only: Option<Vec<String>>,
+    /// Extra attempts for a failing trial: `HARNESS_RETRIES=2`.
+    pub retries: u32,
+}
+
+impl Selection {
+    /// Reads `HARNESS_SHARD`, `HARNESS_ONLY` and `HARNESS_RETRIES`.
+    pub fn from_env() -> Result<Selection, crate::Error> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let shard = match var("HARNESS_SHARD") {
+            None => None,
+            Some(v) => Some(parse_shard(&v).ok_or_else(|| {
+                crate::Error::Usage(format!("HARNESS_SHARD is `{v}`; write `<index>/<count>` with 1 <= index <= count, e.g. `2/4`"))
+            })?),
+        };
+        let only = var("HARNESS_ONLY").map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+        let retries = match var("HARNESS_RETRIES") {
+            None => 0,
+            Some(v) => v
+                .parse()
+                .map_err(|_| crate::Error::Usage(format!("HARNESS_RETRIES is `{v}`; write a number of retries, e.g. `2`")))?,
+        };
+        Ok(Selection { shard, only, retries })
+    }
+
+    /// Whether a trial is kept.
+    pub fn keeps(&self, name: &str) -> bool {
+        let in_shard = self.shard.is_none_or(|(i, n)| shard_of(name, n) == i);
+        let wanted = self.only.as_ref().is_none_or(|prefixes| prefixes.iter().any(|p| name.starts_with(p.as_str())));
+        in_shard && wanted
+    }
+}
+
+fn parse_shard(v: &str) -> Option<(u64, u64)> {
+    let (i, n) = v.split_once('/')?;
+    let (i, n): (u64, u64) = (i.trim().parse().ok()?, n.trim().parse().ok()?);
+    (n >= 1 && (1..=n).contains(&i)).then_some((i, n))
+}
+
+/// The 1-based shard a trial belongs to out of `count`, by a stable hash of its name.
+pub fn shard_of(name: &str, count: u64) -> u64 {
+    crate::attach::fnv1a(name.as_bytes()) % count.max(1) + 1
+}
+
+fn write_timeline(stack: &Stack, suite: &str) {
+    let dir = crate::attach::target_dir(stack.manifest()).join("harness");
+    let path = dir.join(format!("timeline-{suite}.svg"));
+    let svg = crate::report::timeline_svg(stack.graph(), stack.timings(), &format!("startup of `{}` for suite `{suite}`", stack.manifest().name));
+    if std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, svg)).is_ok() {
+        eprintln!("startup timeline: {}", path.display());
+    }
+}
+
+/// Prints the summary and writes the JUnit report (`HARNESS_JUNIT`, else
+/// `target/harness/junit/<suite>.xml`).
+fn finish(suite: &str, records: &Records, timings: &[crate::scheduler::Timing], manifest: Option<&std::path::Path>) {
+    let mut records = records.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    records.sort_by(|a, b| a.name.cmp(&b.name));
+    eprint!("{}", crate::report::summary(&records, timings));
+    let path = match std::env::var_os("HARNESS_JUNIT") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            let manifest = manifest.map(std::path::Path::to_path_buf).unwrap_or_else(crate::default_manifest_path);
+            let dir = crate::backend::native::bin_dir(manifest.parent().unwrap_or(std::path::Path::new(".")));
+            dir.parent().unwrap_or(std::path::Path::new("target")).join("harness").join("junit").join(format!("{suite}.xml"))
+        }
+    };
+    let xml = crate::report::junit(suite, &records);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    match std::fs::write(&path, xml) {
+        Ok(()) => eprintln!("junit report: {}", path.display()),
+        Err(e) => eprintln!("warning: cannot write the junit report {}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_trial_exactly_once() {
+        let names: Vec<String> = (0..500).map(|i| format!("suite::trial_{i}")).collect();
+        for n in [1u64, 2, 3, 4, 7] {
+            let mut seen = std::collections::BTreeMap::new();
+            for i in 1..=n {
+                let s = Selection { shard: Some((i, n)), ..Selection::default() };
+                for name in names.iter().filter(|t| s.keeps(t)) {
+                    *seen.entry(name.clone()).or_insert(0) += 1;
+                }
+            }
+            assert_eq!(seen.len(), names.len(), "{n} shards miss trials");
+            assert!(seen.values().all(|c| *c == 1), "{n} shards run a trial twice");
+        }
+        // Stable: the same name lands in the same shard every time.
+        assert_eq!(shard_of("journeys::happy_path", 4), shard_of("journeys::happy_path", 4));
+    }
+
+    #[test]
+    fn shard_and_only_are_parsed_and_checked() {
+        assert_eq!(parse_shard("2/4"), Some((2, 4)));
+        assert_eq!(parse_shard("0/4"), None);
+        assert_eq!(parse_shard("5/4"), None);
+        assert_eq!(parse_shard("x"), None);
+        let s = Selection { only: Some(vec!["journeys::".into(), "contracts::orders->payments".into()]), ..Selection::default() };
+        assert!(s.keeps("journeys::happy_path"));
+        assert!(s.keeps("contracts::orders->payments::declined"));
+        assert!(!s.keeps("faults::redis_down"));
+    }
+
+    #[test]
+    fn a_pass_after_a_failure_is_flaky_not_green() {
+        let records: Records = Arc::default();
+        let mut calls = 0;
+        let r = attempts("s::t", 2, &records, || {
+            calls += 1;
+            if calls == 1 { Err("boom".into()) } else { Ok(()) }
+        });
+        assert!(r.is_ok());
+        let rec = records.lock().unwrap()[0].clone();
+        assert_eq!(rec.outcome, Outcome::Flaky { passed_on: 2, first_failure: "boom".into() });
+        let r = attempts("s::u", 1, &records, || Err("always".into()));
+        assert!(r.is_err());
+        assert_eq!(records.lock().unwrap()[1].outcome, Outcome::Failed("always".into()));
     }
 }
 
@@ -257,9 +463,19 @@ fn is_selected(args: &Arguments, name: &str, ignored: bool) -> bool {
     by_filter && !skipped && by_ignore
 }
 
-async fn start_stack(manifest: Option<std::path::PathBuf>, hooks: &[ManifestHook]) -> Result<Stack, crate::Error> {
+async fn start_stack(
+    manifest: Option<std::path::PathBuf>,
+    hooks: &[ManifestHook],
+    attachable: bool,
+) -> Result<Stack, crate::Error> {
     let path = manifest.unwrap_or_else(crate::default_manifest_path);
     let mut manifest = Manifest::load(&path)?;
+    if attachable {
+        if let Some(state) = crate::attach::find(&manifest) {
+            eprintln!("attached to the running stack of process {} ({} backend)", state.pid, state.backend);
+            return Stack::attach(manifest, state);
+        }
+    }
     for hook in hooks {
         hook(&mut manifest)?;
     }

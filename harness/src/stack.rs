@@ -37,11 +37,68 @@ pub struct StackOptions {
 pub struct Stack {
     manifest: Manifest,
     graph: Graph,
-    backend: Box<dyn Backend>,
+    kind: BackendKind,
+    /// Kept alive while the stack runs; `None` for an attached stack.
+    backend: Option<Box<dyn Backend>>,
     instances: BTreeMap<String, tokio::sync::Mutex<Box<dyn Instance>>>,
     endpoints: RwLock<BTreeMap<String, Endpoint>>,
     timings: Vec<Timing>,
     run: Option<RunDir>,
+    attached: Option<u32>,
+}
+
+/// A service of a stack another process owns: endpoints and logs, no fault injection.
+#[derive(Debug)]
+struct AttachedInstance {
+    name: String,
+    owner: u32,
+    endpoint: Endpoint,
+    log: Option<crate::attach::LogSource>,
+}
+
+impl AttachedInstance {
+    fn refuse(&self, what: &str) -> Result<(), Error> {
+        Err(Error::service(
+            &self.name,
+            format!(
+                "cannot {what}: this suite is attached to the stack of process {} (see `harness up --detach`); \
+                 fault injection needs a stack of the suite's own: use `Suite::sequential()` or HARNESS_ATTACH=0",
+                self.owner
+            ),
+        ))
+    }
+}
+
+#[async_trait]
+impl Instance for AttachedInstance {
+    fn endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
+    }
+    fn internal_endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
+    }
+    fn exited(&mut self) -> Option<String> {
+        None
+    }
+    fn log_tail(&self, n: usize) -> Vec<String> {
+        self.log.as_ref().map(|l| crate::attach::tail(l, n)).unwrap_or_default()
+    }
+    async fn stop(&mut self) -> Result<(), Error> {
+        self.refuse("stop")
+    }
+    async fn start(&mut self) -> Result<(), Error> {
+        self.refuse("start")
+    }
+    async fn kill(&mut self) -> Result<(), Error> {
+        self.refuse("kill")
+    }
+    async fn pause(&mut self) -> Result<(), Error> {
+        self.refuse("pause")
+    }
+    async fn unpause(&mut self) -> Result<(), Error> {
+        self.refuse("unpause")
+    }
+    async fn remove(&mut self) {}
 }
 
 fn random_token(len: usize) -> String {
@@ -246,12 +303,56 @@ impl Stack {
         Ok(Stack {
             manifest,
             graph,
-            backend,
+            kind,
+            backend: Some(backend),
             instances,
             endpoints: RwLock::new(endpoints),
             timings: started.timings,
             run: Some(run),
+            attached: None,
         })
+    }
+
+    /// A handle on a stack another process started (see [`crate::attach`]).
+    pub fn attach(manifest: Manifest, state: crate::attach::State) -> Result<Stack, Error> {
+        let graph = Graph::new(&manifest).map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
+        let mut instances = BTreeMap::new();
+        for service in &manifest.services {
+            let endpoint = state.endpoints.get(&service.name).cloned().ok_or_else(|| {
+                Error::Usage(format!("the running stack has no service `{}`; run `harness down` and start again", service.name))
+            })?;
+            let instance: Box<dyn Instance> = Box::new(AttachedInstance {
+                name: service.name.clone(),
+                owner: state.pid,
+                endpoint,
+                log: state.logs.get(&service.name).cloned(),
+            });
+            instances.insert(service.name.clone(), tokio::sync::Mutex::new(instance));
+        }
+        Ok(Stack {
+            timings: state.timings(),
+            graph,
+            kind: state.backend,
+            backend: None,
+            instances,
+            endpoints: RwLock::new(state.endpoints),
+            manifest,
+            run: None,
+            attached: Some(state.pid),
+        })
+    }
+
+    /// The pid of the process owning the stack, when this handle is attached to it.
+    pub fn attached_to(&self) -> Option<u32> {
+        self.attached
+    }
+
+    /// Where each service's output can be read.
+    pub fn log_sources(&self) -> BTreeMap<String, crate::attach::LogSource> {
+        self.instances
+            .iter()
+            .filter_map(|(name, i)| Some((name.clone(), i.try_lock().ok()?.log_source()?)))
+            .collect()
     }
 
     /// The manifest this stack was started from.
@@ -266,7 +367,7 @@ impl Stack {
 
     /// The backend that runs it.
     pub fn backend(&self) -> BackendKind {
-        self.backend.kind()
+        self.kind
     }
 
     /// The run's id (also `HARNESS_RUN_ID` of every process it started).
@@ -372,6 +473,7 @@ impl Stack {
             }
         }
         self.instances.clear();
+        self.backend.take();
         self.run.take();
     }
 }

@@ -163,6 +163,10 @@ pub trait Instance: Send + Sync + fmt::Debug {
     fn exited(&mut self) -> Option<String>;
     /// The last `n` lines of its output.
     fn log_tail(&self, n: usize) -> Vec<String>;
+    /// Where its output can be read by another process (for attached stacks).
+    fn log_source(&self) -> Option<crate::attach::LogSource> {
+        None
+    }
     /// Stops it gracefully (data kept, can be started again).
     async fn stop(&mut self) -> Result<(), Error>;
     /// Starts it again after [`Instance::stop`] or [`Instance::kill`].

@@ -592,6 +592,10 @@ impl Instance for NativeInstance {
         self.procs.last().map(|p| tail(&p.spec.log, n)).unwrap_or_default()
     }
 
+    fn log_source(&self) -> Option<crate::attach::LogSource> {
+        self.procs.last().map(|p| crate::attach::LogSource::File(p.spec.log.clone()))
+    }
+
     async fn stop(&mut self) -> Result<(), Error> {
         for p in self.procs.iter_mut().rev() {
             p.stop(STOP_GRACE).await;

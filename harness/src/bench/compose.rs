@@ -45,8 +45,14 @@ pub struct ComposeReport {
     pub critical_path: (Vec<String>, Duration),
     /// Cold stack-up wall times on the container backend.
     pub harness: Vec<Duration>,
+    /// Of those, the time before the scheduler started (engine, images, network, reaping).
+    pub preflight: Vec<Duration>,
     /// Cold `docker-compose up -d` until every service is healthy.
     pub compose: Vec<Duration>,
+    /// Median time from `docker-compose up` until each service was first seen healthy.
+    pub compose_ready: BTreeMap<String, Duration>,
+    /// Median time from the start of the harness stack-up until each service was ready.
+    pub harness_ready: BTreeMap<String, Duration>,
 }
 
 fn median(v: &[Duration]) -> Duration {
@@ -96,11 +102,26 @@ impl ComposeReport {
             "cold stack-up: container backend vs docker-compose {} ({} runs of each)\n",
             self.compose_version, self.runs
         );
-        let _ = writeln!(out, "  {:<16} {:>10} {:>14}", "service", "solo (ms)", "in stack (ms)");
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>10} {:>14} {:>18} {:>18}",
+            "service", "solo (ms)", "in stack (ms)", "harness: up at", "compose: up at"
+        );
         for (name, solo) in &self.solo {
-            let par = self.in_stack.get(name).copied().unwrap_or_default();
-            let _ = writeln!(out, "  {name:<16} {:>10.0} {:>14.0}", ms(*solo), ms(par));
+            let get = |m: &BTreeMap<String, Duration>| ms(m.get(name).copied().unwrap_or_default());
+            let _ = writeln!(
+                out,
+                "  {name:<12} {:>10.0} {:>14.0} {:>18.0} {:>18.0}",
+                ms(*solo),
+                get(&self.in_stack),
+                get(&self.harness_ready),
+                get(&self.compose_ready)
+            );
         }
+        let _ = writeln!(
+            out,
+            "  (solo: launch to ready, started alone; in stack: launch to ready in the parallel start;\n   up at: since the stack-up began)"
+        );
         let list = |v: &[Duration]| v.iter().map(|d| format!("{:.0}", ms(*d))).collect::<Vec<_>>().join(", ");
         let _ = writeln!(out);
         let _ = writeln!(
@@ -114,6 +135,11 @@ impl ComposeReport {
             "  harness stack-up         {:>8.0} ms  (median of {})",
             ms(self.harness_median()),
             list(&self.harness)
+        );
+        let _ = writeln!(
+            out,
+            "    of which preflight     {:>8.0} ms  (engine, images, network, reaping dead runs)",
+            ms(median(&self.preflight))
         );
         let _ = writeln!(
             out,
@@ -276,26 +302,37 @@ async fn compose_cmd(dir: &Path, project: &str, args: &[&str]) -> Result<(), Str
 }
 
 /// Waits until every container of the compose project is healthy (or running, without a
-/// healthcheck); returns when that was seen.
-async fn compose_ready(docker: &testcontainers::bollard::Docker, project: &str, services: usize) -> Result<Instant, String> {
+/// healthcheck); returns when each service was first seen so.
+async fn compose_ready(
+    docker: &testcontainers::bollard::Docker,
+    project: &str,
+    services: usize,
+) -> Result<BTreeMap<String, Instant>, String> {
     use testcontainers::bollard::query_parameters::ListContainersOptionsBuilder;
     let filter = std::collections::HashMap::from([(
         "label".to_string(),
         vec![format!("com.docker.compose.project={project}")],
     )]);
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen = BTreeMap::new();
     loop {
         let options = ListContainersOptionsBuilder::new().all(true).filters(&filter).build();
         let list = docker.list_containers(Some(options)).await.map_err(|e| e.to_string())?;
-        let ready = list
-            .iter()
-            .filter(|c| {
-                let status = c.status.as_deref().unwrap_or("");
-                status.starts_with("Up") && (status.contains("(healthy)") || !status.contains('('))
-            })
-            .count();
-        if list.len() == services && ready == services {
-            return Ok(Instant::now());
+        let now = Instant::now();
+        for c in &list {
+            let status = c.status.as_deref().unwrap_or("");
+            if status.starts_with("Up") && (status.contains("(healthy)") || !status.contains('(')) {
+                let name = c
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("com.docker.compose.service"))
+                    .cloned()
+                    .unwrap_or_default();
+                seen.entry(name).or_insert(now);
+            }
+        }
+        if list.len() == services && seen.len() == services {
+            return Ok(seen);
         }
         if let Some(c) = list.iter().find(|c| c.status.as_deref().unwrap_or("").starts_with("Exited")) {
             return Err(format!("a compose container exited: {:?} {:?}", c.names, c.status));
@@ -307,28 +344,43 @@ async fn compose_ready(docker: &testcontainers::bollard::Docker, project: &str, 
     }
 }
 
-/// One cold `docker-compose up -d` until healthy, then `down -v`.
-async fn compose_run(dir: &Path, project: &str, services: usize) -> Result<Duration, Error> {
+/// One cold `docker-compose up -d` until healthy, then `down -v`: the wall time, and when each
+/// service was first seen healthy.
+async fn compose_run(
+    dir: &Path,
+    project: &str,
+    services: usize,
+) -> Result<(Duration, BTreeMap<String, Duration>), Error> {
     let docker = container::connect().await.map_err(|e| Error::Prerequisite {
         what: e,
         help: "start a Docker engine or set DOCKER_HOST".into(),
     })?;
     let t0 = Instant::now();
-    let up = async {
-        compose_cmd(dir, project, &["up", "-d", "--no-build"]).await?;
-        compose_ready(&docker, project, services).await
-    };
-    let result = up.await;
+    // Watched while `up -d` runs: it returns only once it has started the last service.
+    let (up, ready) = tokio::join!(
+        compose_cmd(dir, project, &["up", "-d", "--no-build"]),
+        compose_ready(&docker, project, services)
+    );
+    let result = up.and(ready);
     let down = compose_cmd(dir, project, &["down", "-v", "--remove-orphans", "-t", "1"]).await;
     let ready = result.map_err(|e| Error::service("docker-compose", e))?;
     down.map_err(|e| Error::service("docker-compose", e))?;
-    Ok(ready - t0)
+    let wall = ready.values().max().map(|t| *t - t0).unwrap_or_default();
+    Ok((wall, ready.into_iter().map(|(s, t)| (s, t - t0)).collect()))
 }
 
-async fn harness_run(
-    manifest: &Manifest,
-    sequential: bool,
-) -> Result<(Duration, BTreeMap<String, Duration>), Error> {
+/// What one cold start measured.
+struct HarnessRun {
+    wall: Duration,
+    /// Before the scheduler started.
+    preflight: Duration,
+    /// Launch to ready, per service.
+    ready_in: BTreeMap<String, Duration>,
+    /// Stack-up start to ready, per service.
+    ready_at: BTreeMap<String, Duration>,
+}
+
+async fn harness_run(manifest: &Manifest, sequential: bool) -> Result<HarnessRun, Error> {
     let options = StackOptions {
         backend: Some(BackendKind::Container),
         max_parallel: sequential.then_some(1),
@@ -337,9 +389,16 @@ async fn harness_run(
     let t0 = Instant::now();
     let stack = Stack::start(manifest.clone(), options).await?;
     let wall = t0.elapsed();
-    let ready = stack.timings().iter().map(|t| (t.service.clone(), t.ready_in())).collect();
+    let scheduled = stack.timings().iter().map(|t| t.ready).max().unwrap_or_default();
+    let preflight = wall.saturating_sub(scheduled);
+    let run = HarnessRun {
+        wall,
+        preflight,
+        ready_in: stack.timings().iter().map(|t| (t.service.clone(), t.ready_in())).collect(),
+        ready_at: stack.timings().iter().map(|t| (t.service.clone(), preflight + t.ready)).collect(),
+    };
     stack.down().await;
-    Ok((wall, ready))
+    Ok(run)
 }
 
 /// Runs the comparison `runs` times.
@@ -384,32 +443,42 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
     let result = async {
         let mut solo: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
         let mut in_stack: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
-        let (mut harness, mut compose) = (Vec::new(), Vec::new());
+        let (mut harness, mut preflight, mut compose) = (Vec::new(), Vec::new(), Vec::new());
+        let mut harness_at: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+        let mut compose_at: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
         for run in 0..runs {
             // Alternate which side goes first so neither always meets the warmer page cache.
             for side in if run % 2 == 0 { [0, 1, 2] } else { [1, 0, 2] } {
                 match side {
                     0 => {
-                        let (wall, ready) = harness_run(manifest, false).await?;
-                        harness.push(wall);
-                        for (s, d) in ready {
+                        let run = harness_run(manifest, false).await?;
+                        harness.push(run.wall);
+                        preflight.push(run.preflight);
+                        for (s, d) in run.ready_in {
                             in_stack.entry(s).or_default().push(d);
+                        }
+                        for (s, d) in run.ready_at {
+                            harness_at.entry(s).or_default().push(d);
                         }
                     }
                     1 => {
                         let project = format!("hbench{:08x}", rand::random::<u32>());
-                        compose.push(compose_run(&dir, &project, manifest.services.len()).await?);
+                        let (wall, at) = compose_run(&dir, &project, manifest.services.len()).await?;
+                        compose.push(wall);
+                        for (s, d) in at {
+                            compose_at.entry(s).or_default().push(d);
+                        }
                     }
                     _ => {
-                        let (_, ready) = harness_run(manifest, true).await?;
-                        for (s, d) in ready {
+                        let run = harness_run(manifest, true).await?;
+                        for (s, d) in run.ready_in {
                             solo.entry(s).or_default().push(d);
                         }
                     }
                 }
             }
         }
-        Ok::<_, Error>((solo, in_stack, harness, compose))
+        Ok::<_, Error>((solo, in_stack, harness, preflight, compose, harness_at, compose_at))
     }
     .await;
     let label = format!("{LABEL_RUN_ID}={id}");
@@ -419,16 +488,20 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
     crate::cleanup::unregister_hook(hook);
     let _ = std::fs::remove_dir_all(&dir);
     crate::cleanup::unregister_dir(&dir);
-    let (solo, in_stack, harness, compose) = result?;
+    let (solo, in_stack, harness, preflight, compose, harness_at, compose_at) = result?;
+    let medians = |m: BTreeMap<String, Vec<Duration>>| m.into_iter().map(|(k, v)| (k, median(&v))).collect();
     let solo: BTreeMap<String, Duration> = solo.into_iter().map(|(k, v)| (k, median(&v))).collect();
     let (path, crit) = graph.critical_path(|s| solo.get(s).map(|d| d.as_secs_f64()).unwrap_or(0.0));
     Ok(ComposeReport {
         runs,
         compose_version: version,
-        in_stack: in_stack.into_iter().map(|(k, v)| (k, median(&v))).collect(),
+        in_stack: medians(in_stack),
+        harness_ready: medians(harness_at),
+        compose_ready: medians(compose_at),
         solo,
         critical_path: (path, Duration::from_secs_f64(crit)),
         harness,
+        preflight,
         compose,
     })
 }

@@ -40,6 +40,22 @@ enum Command {
         /// Do not build the workspace binaries the manifest names.
         #[arg(long)]
         no_build: bool,
+        /// Start the stack in the background and return once it is ready; suites then attach
+        /// to it (nextest, repeated `cargo test`), and `harness down` ends it.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Which suites a change affects, from git: changed paths -> services -> dependents -> suites.
+    Affected {
+        /// The revision to compare the working tree with (e.g. `origin/main`, `HEAD~1`).
+        #[arg(long, value_name = "REV")]
+        since: String,
+        /// Print JSON instead of text.
+        #[arg(long, conflicts_with = "filter")]
+        json: bool,
+        /// Print only the runner filter (the value for HARNESS_ONLY).
+        #[arg(long)]
+        filter: bool,
     },
     /// Stop a stack started by `harness up`.
     Down {
@@ -61,7 +77,7 @@ enum Command {
     },
     /// Verify every contract in which PROVIDER is the provider against a candidate of it, with
     /// the rest of the stack real. Runs the suite binary that holds the provider states.
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +135,19 @@ enum Bench {
         /// Do not build the workspace binaries the manifest names.
         #[arg(long)]
         no_build: bool,
+    },
+    /// Whole-suite wall time: a cold run (the suite starts its own stack) vs a warm run
+    /// attached to a running stack, and the time to the first trial in each.
+    Suites {
+        /// Runs of each mode.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The suite (test target of the `suites` package).
+        #[arg(long, default_value = "journeys")]
+        suite: String,
+        /// Which backend runs the stacks.
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
     },
     /// Cold stack-up on the container backend vs docker-compose, with solo ready times and the
     /// critical path (default manifest: fixtures/manifests/infra-container.toml).
@@ -199,10 +228,13 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             }
             Ok(exit_code::OK)
         }
-        Command::Up { backend, no_build } => {
+        Command::Up { backend, no_build, detach } => {
             let m = load(&cli.manifest)?;
             if !no_build {
                 harness::build::cargo_binaries(&m)?;
+            }
+            if detach {
+                return up_detached(&m, backend).await;
             }
             let state = state_file(&m);
             let stack = Stack::start(
@@ -215,7 +247,8 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             )
             .await?;
             print_endpoints(&stack);
-            write_state(&state, &stack)?;
+            harness::attach::write(&stack)?;
+            write_timeline(&stack);
             println!("\nthe stack is up; Ctrl-C or `harness down` stops it");
             wait_for_signal().await;
             eprintln!("stopping…");
@@ -232,17 +265,29 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             }
             Ok(code)
         }
-        Command::Test { args } => {
+        Command::Test { args } => main_job(load(&cli.manifest)?, args).await,
+        Command::Affected { since, json, filter } => {
+            let m = load(&cli.manifest)?;
+            let repo = harness::affected::repo_root(m.dir())?;
+            let changed = harness::affected::changed_since(&repo, &since)?;
+            let affected = harness::affected::analyze(&m, &repo, changed);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&affected).unwrap_or_default());
+            } else if filter {
+                println!("{}", affected.filter);
+            } else {
+                print!("{}", affected.render());
+            }
+            Ok(exit_code::OK)
+        }
+        Command::Bench {
+            what: Bench::Suites { runs, suite, backend },
+        } => {
             let m = load(&cli.manifest)?;
             harness::build::cargo_binaries(&m)?;
-            let status = std::process::Command::new("cargo")
-                .args(["test", "-p", "suites", "--"])
-                .args(&args)
-                .env("HARNESS_MANIFEST", &m.path)
-                .env("PACT_DO_NOT_TRACK", "true")
-                .status()
-                .map_err(|e| Error::io("running `cargo test -p suites`", e))?;
-            Ok(if status.success() { exit_code::OK } else { exit_code::TESTS_FAILED })
+            let report = harness::bench::suites(&m, &suite, runs.max(1), backend).await?;
+            print!("{report}");
+            Ok(exit_code::OK)
         }
         Command::Bench {
             what: Bench::Startup { runs, lag_samples, no_build },
@@ -268,7 +313,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             print!("{}", report.render());
             Ok(exit_code::OK)
         }
-        Command::Verify(args) => verify(&cli.manifest, args),
+        Command::Verify(args) => verify(&cli.manifest, *args),
     }
 }
 
@@ -364,6 +409,111 @@ async fn remove_all() -> Result<(), Error> {
     }
 }
 
+fn write_timeline(stack: &Stack) {
+    let path = harness::attach::target_dir(stack.manifest()).join("harness").join("timeline.svg");
+    let svg = harness::report::timeline_svg(stack.graph(), stack.timings(), &format!("startup of `{}`", stack.manifest().name));
+    if std::fs::write(&path, svg).is_ok() {
+        println!("startup timeline: {} (open it in a browser)", path.display());
+    }
+}
+
+/// `harness up --detach`: runs `harness up` as a background process of its own (its own
+/// process group, so the terminal's Ctrl-C does not reach it) and waits until its state file
+/// says the stack is ready.
+async fn up_detached(m: &Manifest, backend: Option<BackendKind>) -> Result<u8, Error> {
+    let state = harness::attach::state_file(m);
+    if let Some(running) = harness::attach::find(m) {
+        println!("a stack of this manifest is already up (process {}); `harness down` ends it", running.pid);
+        return Ok(exit_code::OK);
+    }
+    let dir = state.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let log_path = dir.join("up.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+    let log2 = log.try_clone().map_err(|e| Error::io("opening the log", e))?;
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding the harness binary", e))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["up", "--no-build", "--manifest"]).arg(&m.path);
+    if let Some(b) = backend {
+        cmd.arg("--backend").arg(b.to_string());
+    }
+    use std::os::unix::process::CommandExt as _;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io("starting `harness up` in the background", e))?;
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Some(s) = harness::attach::read(&state).filter(|s| s.pid == pid) {
+            println!("the stack is up in the background (process {pid}; log: {})", log_path.display());
+            println!("\n  {:<16} {:<24} url", "service", "address");
+            for (name, ep) in &s.endpoints {
+                println!("  {name:<16} {:<24} {}", ep.address().unwrap_or_default(), ep.url(None).unwrap_or_default());
+            }
+            println!("\nsuites attach to it; `harness down` stops it");
+            return Ok(exit_code::OK);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = harness::backend::native::tail(&log_path, 30).join("\n  | ");
+            return Err(Error::Service {
+                service: "stack".into(),
+                message: format!("`harness up` ended ({status}) before the stack was ready; its log:\n  | {tail}"),
+            });
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+            return Err(Error::service("stack", format!("not ready after 300 s; see {}", log_path.display())));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The main job: one stack for every suite that can share it, the suites run against it,
+/// the report, the teardown. Suites that break dependencies on purpose start their own.
+async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
+    harness::build::cargo_binaries(&m)?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let built = std::process::Command::new(&cargo)
+        .args(["test", "-p", "suites", "--no-run", "--quiet"])
+        .current_dir(m.dir())
+        .status()
+        .map_err(|e| Error::io("building the suites", e))?;
+    if !built.success() {
+        return Err(Error::Prerequisite {
+            what: "the suites do not build".into(),
+            help: "fix the build errors above".into(),
+        });
+    }
+    let started = std::time::Instant::now();
+    let stack = Stack::start(m.clone(), StackOptions { progress: true, ..StackOptions::default() }).await?;
+    let state = harness::attach::write(&stack)?;
+    write_timeline(&stack);
+    let status = std::process::Command::new(&cargo)
+        .args(["test", "-p", "suites", "--"])
+        .args(&args)
+        .current_dir(m.dir())
+        .env("HARNESS_MANIFEST", &m.path)
+        .env("PACT_DO_NOT_TRACK", "true")
+        .status();
+    let timings = stack.timings().to_vec();
+    stack.down().await;
+    let _ = std::fs::remove_file(&state);
+    harness::cleanup::unregister_dir(&state);
+    let status = status.map_err(|e| Error::io("running `cargo test -p suites`", e))?;
+    println!("{}", harness::report::summary(&[], &timings).trim_end().replace("0 passed, 0 failed, 0 flaky", "shared stack"));
+    println!(
+        "main job {} in {:.1} s; JUnit reports in {}",
+        if status.success() { "passed" } else { "FAILED" },
+        started.elapsed().as_secs_f64(),
+        harness::attach::target_dir(&m).join("harness/junit").display()
+    );
+    Ok(if status.success() { exit_code::OK } else { exit_code::TESTS_FAILED })
+}
+
 fn print_endpoints(stack: &Stack) {
     println!("\n  {:<16} {:<24} url", "service", "address");
     for (name, ep) in stack.endpoints() {
@@ -373,21 +523,6 @@ fn print_endpoints(stack: &Stack) {
     }
 }
 
-fn write_state(path: &Path, stack: &Stack) -> Result<(), Error> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    }
-    let state = serde_json::json!({
-        "pid": std::process::id(),
-        "run_id": stack.run_id(),
-        "backend": stack.backend(),
-        "endpoints": stack.endpoints(),
-    });
-    std::fs::write(path, serde_json::to_vec_pretty(&state).unwrap_or_default())
-        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    harness::cleanup::register_dir(path);
-    Ok(())
-}
 
 async fn wait_for_signal() {
     // The cleanup thread owns SIGINT/SIGTERM and exits after tearing down; this only returns

@@ -278,7 +278,7 @@ pub fn http_cases() -> Vec<HttpCase> {
             },
             exercise: |client| {
                 Box::pin(async move {
-                    let id = Uuid::parse_str(EXISTING_PAYMENT)?;
+                    let id = Uuid::parse_str(MISSING_PAYMENT)?;
                     let p = client.get_payment(id, None).await.map_err(client_error)?;
                     ensure!(p.id == id && p.status == PaymentStatus::Approved, "{p:?}");
                     Ok(())
@@ -550,7 +550,10 @@ async fn check_drift(committed: &Path) -> anyhow::Result<()> {
         let path = committed.join(name);
         match std::fs::read_to_string(&path) {
             Ok(current) if &current == text => {}
-            Ok(current) => problems.push((path, format!("differs from what the consumer tests generate:\n{}", line_diff(&current, text)))),
+            Ok(current) => problems.push((
+                path,
+                format!("differs from what the consumer tests generate (- committed, + generated):\n{}", line_diff(&current, text)),
+            )),
             Err(_) => problems.push((path, "is missing".to_string())),
         }
     }
@@ -608,12 +611,12 @@ fn line_diff(old: &str, new: &str) -> String {
             ops.push((' ', a[i]));
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            ops.push(('+', b[j]));
-            j += 1;
-        } else {
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
             ops.push(('-', a[i]));
             i += 1;
+        } else {
+            ops.push(('+', b[j]));
+            j += 1;
         }
     }
     let near = |k: usize| ops[k.saturating_sub(2)..(k + 3).min(ops.len())].iter().any(|(c, _)| *c != ' ');
