@@ -71,9 +71,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Turns off the Pact libraries' usage reporting for this process. Call it first thing in
 /// `main`, before threads exist (setting the environment is only sound then).
 pub fn do_not_track() {
-    if std::env::var_os("PACT_DO_NOT_TRACK").is_none() {
-        std::env::set_var("PACT_DO_NOT_TRACK", "true");
-    }
+    std::env::set_var("PACT_DO_NOT_TRACK", "true");
 }
 
 /// A provider state as a handler sees it: its name and parameters.
@@ -95,10 +93,13 @@ impl StateCall {
 
     /// A string parameter; an error names the state and the parameter.
     pub fn str(&self, key: &str) -> anyhow::Result<&str> {
-        self.params
-            .get(key)
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("provider state `{}` needs a string parameter `{key}`; it has {}", self.name, Value::Object(self.params.clone())))
+        self.params.get(key).and_then(Value::as_str).ok_or_else(|| {
+            anyhow!(
+                "provider state `{}` needs a string parameter `{key}`; it has {}",
+                self.name,
+                Value::Object(self.params.clone())
+            )
+        })
     }
 
     /// A parameter deserialised into `T`.
@@ -107,7 +108,8 @@ impl StateCall {
             .params
             .get(key)
             .ok_or_else(|| anyhow!("provider state `{}` has no parameter `{key}`", self.name))?;
-        serde_json::from_value(v.clone()).with_context(|| format!("parameter `{key}` of provider state `{}`", self.name))
+        serde_json::from_value(v.clone())
+            .with_context(|| format!("parameter `{key}` of provider state `{}`", self.name))
     }
 }
 
@@ -152,7 +154,11 @@ impl std::fmt::Debug for Contracts {
             .field("dir", &self.dir)
             .field(
                 "states",
-                &self.states.iter().map(|(p, s)| (p, s.keys().collect::<Vec<_>>())).collect::<BTreeMap<_, _>>(),
+                &self
+                    .states
+                    .iter()
+                    .map(|(p, s)| (p, s.keys().collect::<Vec<_>>()))
+                    .collect::<BTreeMap<_, _>>(),
             )
             .field("producers", &self.producers.keys().collect::<Vec<_>>())
             .finish()
@@ -160,8 +166,10 @@ impl std::fmt::Debug for Contracts {
 }
 
 impl Contracts {
-    /// Contracts whose pact files are in `dir` (the `*.json` files directly in it).
+    /// Contracts whose pact files are in `dir` (the `*.json` files directly in it). Also turns
+    /// off the Pact libraries' usage reporting ([`do_not_track`]): create it early in `main`.
     pub fn new(dir: impl Into<PathBuf>) -> Contracts {
+        do_not_track();
         Contracts {
             dir: dir.into(),
             states: BTreeMap::new(),
@@ -225,7 +233,8 @@ impl Contracts {
     }
 
     /// Adds one trial per interaction of every pact file, named
-    /// `<consumer>-><provider>::<description>`. A directory that cannot be read becomes one
+    /// `<consumer>-><provider>::<description>`; each verifies that interaction alone (the
+    /// verifier's description filter, anchored). A directory that cannot be read becomes one
     /// failing trial, `load pact files`.
     pub fn add_trials(&self, mut suite: Suite) -> Suite {
         let pacts = match self.pacts() {
@@ -240,12 +249,21 @@ impl Contracts {
         };
         for pact in pacts {
             let pact = Arc::new(pact);
+            let mut seen = std::collections::BTreeSet::new();
             for interaction in &pact.interactions {
+                // Interactions sharing a description (with different states) are one trial.
+                if !seen.insert(interaction.description.clone()) {
+                    continue;
+                }
                 let name = format!("{}->{}::{}", pact.consumer, pact.provider, interaction.description);
                 let (contracts, pact, description) = (self.clone(), pact.clone(), interaction.description.clone());
                 suite = suite.trial(&name, move |ctx| {
                     let (contracts, pact, description) = (contracts.clone(), pact.clone(), description.clone());
-                    async move { contracts.verify_interaction(ctx.stack.clone(), &pact, &description).await }
+                    async move {
+                        contracts
+                            .verify_interaction(ctx.stack.clone(), &pact, &description)
+                            .await
+                    }
                 });
             }
         }
@@ -253,9 +271,16 @@ impl Contracts {
     }
 
     /// Verifies one interaction of a pact file against the provider of `stack`.
-    pub async fn verify_interaction(&self, stack: Arc<Stack>, pact: &PactFile, description: &str) -> anyhow::Result<()> {
+    pub async fn verify_interaction(
+        &self,
+        stack: Arc<Stack>,
+        pact: &PactFile,
+        description: &str,
+    ) -> anyhow::Result<()> {
         let endpoint = stack.endpoint(&pact.provider)?;
-        let port = endpoint.port(None).map_err(|e| anyhow!("provider `{}`: {e}", pact.provider))?;
+        let port = endpoint
+            .port(None)
+            .map_err(|e| anyhow!("provider `{}`: {e}", pact.provider))?;
         let target = Target {
             host: endpoint.host.clone(),
             port,
@@ -272,7 +297,11 @@ impl Contracts {
         description: &str,
         target: Target,
     ) -> anyhow::Result<()> {
-        let count = pact.interactions.iter().filter(|i| i.description == description).count();
+        let count = pact
+            .interactions
+            .iter()
+            .filter(|i| i.description == description)
+            .count();
         if count == 0 {
             anyhow::bail!("{} has no interaction `{description}`", pact.path.display());
         }
@@ -321,7 +350,13 @@ impl Contracts {
         }
         let lines = stack.logs(&pact.provider, PROVIDER_LOG_LINES).await.unwrap_or_default();
         if !lines.is_empty() {
-            let _ = write!(report, "\n--- last {} lines of `{}` ---\n{}", lines.len(), pact.provider, lines.join("\n"));
+            let _ = write!(
+                report,
+                "\n--- last {} lines of `{}` ---\n{}",
+                lines.len(),
+                pact.provider,
+                lines.join("\n")
+            );
         }
         Err(anyhow!(report))
     }
@@ -347,7 +382,10 @@ impl Contracts {
             Some(b) => {
                 let selectors = pact_verifier::selectors::json_to_selectors(b.selectors.clone());
                 if selectors.len() != b.selectors.len() {
-                    anyhow::bail!("a consumer version selector is not valid: {}", Value::Array(b.selectors.clone()));
+                    anyhow::bail!(
+                        "a consumer version selector is not valid: {}",
+                        Value::Array(b.selectors.clone())
+                    );
                 }
                 PactSource::BrokerWithDynamicConfiguration {
                     provider_name: provider.clone(),
@@ -368,7 +406,9 @@ impl Contracts {
             provider_tags: vec![],
             provider_branch: p.branch.clone(),
         });
-        let outcome = run.run(vec![source], FilterInfo::None, vec![], publish.as_ref()).await?;
+        let outcome = run
+            .run(vec![source], FilterInfo::None, vec![], publish.as_ref())
+            .await?;
         let mut rows: BTreeMap<String, SummaryRow> = BTreeMap::new();
         let mut failures = Vec::new();
         for r in &outcome.interactions {
@@ -390,14 +430,28 @@ impl Contracts {
                         r.consumer,
                         r.provider,
                         r.interaction,
-                        if r.pending { " (pending: does not fail the run)" } else { "" },
+                        if r.pending {
+                            " (pending: does not fail the run)"
+                        } else {
+                            ""
+                        },
                     ));
                 }
             }
         }
         failures.extend(outcome.other_errors.iter().cloned());
-        failures.extend(outcome.state_errors.iter().map(|e| format!("provider state failed: {e}")));
-        failures.extend(outcome.producer_errors.iter().map(|e| format!("message producer failed: {e}")));
+        failures.extend(
+            outcome
+                .state_errors
+                .iter()
+                .map(|e| format!("provider state failed: {e}")),
+        );
+        failures.extend(
+            outcome
+                .producer_errors
+                .iter()
+                .map(|e| format!("message producer failed: {e}")),
+        );
         let ok = outcome.passed && outcome.other_errors.is_empty() && rows.values().all(|r| r.failed == 0);
         Ok(VerifyReport {
             provider,
@@ -423,12 +477,20 @@ impl Contracts {
                 async move {
                     println!("\n{}", request.describe(contracts.dir()));
                     let report = contracts.verify_provider(ctx.stack.clone(), &request).await?;
+                    if let Some(path) = std::env::var_os(ENV_REPORT) {
+                        let json = serde_json::to_vec_pretty(&report)?;
+                        std::fs::write(&path, json)
+                            .with_context(|| format!("writing {}", Path::new(&path).display()))?;
+                    }
                     println!("\n{}", report.table());
                     if let Some(p) = &request.publish {
                         println!(
                             "verification results published for provider version {}{}",
                             p.provider_version,
-                            p.branch.as_deref().map(|b| format!(" (branch {b})")).unwrap_or_default()
+                            p.branch
+                                .as_deref()
+                                .map(|b| format!(" (branch {b})"))
+                                .unwrap_or_default()
                         );
                     }
                     if report.ok {
@@ -507,7 +569,7 @@ pub fn load_pact(path: &Path) -> anyhow::Result<PactFile> {
 }
 
 /// One row of the summary: a consumer's interactions with the provider.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SummaryRow {
     /// The consumer.
     pub consumer: String,
@@ -522,7 +584,7 @@ pub struct SummaryRow {
 }
 
 /// What [`Contracts::verify_provider`] found.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     /// The provider verified.
     pub provider: String,
@@ -539,10 +601,23 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// The summary as a table.
     pub fn table(&self) -> String {
-        let width = self.rows.iter().map(|r| r.consumer.len()).max().unwrap_or(0).max("consumer".len());
-        let mut out = format!("{:<width$}  {:<12}  {:>6}  {:>6}  {:>7}\n", "consumer", "provider", "passed", "failed", "pending");
+        let width = self
+            .rows
+            .iter()
+            .map(|r| r.consumer.len())
+            .max()
+            .unwrap_or(0)
+            .max("consumer".len());
+        let mut out = format!(
+            "{:<width$}  {:<12}  {:>6}  {:>6}  {:>7}\n",
+            "consumer", "provider", "passed", "failed", "pending"
+        );
         for r in &self.rows {
-            let _ = writeln!(out, "{:<width$}  {:<12}  {:>6}  {:>6}  {:>7}", r.consumer, r.provider, r.passed, r.failed, r.pending);
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:<12}  {:>6}  {:>6}  {:>7}",
+                r.consumer, r.provider, r.passed, r.failed, r.pending
+            );
         }
         if self.rows.is_empty() {
             let _ = writeln!(out, "(no interactions were verified for `{}`)", self.provider);
@@ -625,6 +700,8 @@ const ENV_VERSION: &str = "HARNESS_VERIFY_PROVIDER_VERSION";
 const ENV_BRANCH: &str = "HARNESS_VERIFY_BRANCH";
 const ENV_BUILD_URL: &str = "HARNESS_VERIFY_BUILD_URL";
 const ENV_PUBLISH: &str = "HARNESS_VERIFY_PUBLISH";
+/// Where the suite binary writes its [`VerifyReport`] as JSON for `harness verify`.
+const ENV_REPORT: &str = "HARNESS_VERIFY_REPORT";
 
 impl VerifyRequest {
     /// Checks the request: publishing needs a broker and a provider version.
@@ -635,16 +712,22 @@ impl VerifyRequest {
         if let Some(p) = &self.publish {
             if p.provider_version.trim().is_empty() {
                 return Err(Error::Usage(
-                    "publishing verification results needs the provider version: add --provider-version <version>".into(),
+                    "publishing verification results needs the provider version: add --provider-version <version>"
+                        .into(),
                 ));
             }
             if self.broker.is_none() {
-                return Err(Error::Usage("results can only be published to a Pact Broker: add --broker-url <url>".into()));
+                return Err(Error::Usage(
+                    "results can only be published to a Pact Broker: add --broker-url <url>".into(),
+                ));
             }
         }
         if let Some(Candidate::Binary(b)) = &self.candidate {
             if !b.is_file() {
-                return Err(Error::Usage(format!("the candidate binary {} does not exist", b.display())));
+                return Err(Error::Usage(format!(
+                    "the candidate binary {} does not exist",
+                    b.display()
+                )));
             }
         }
         Ok(())
@@ -764,8 +847,8 @@ impl VerifyRequest {
         match candidate {
             Candidate::Binary(path) => {
                 let text = path.to_string_lossy();
-                let program =
-                    Template::parse(&text).map_err(|e| Error::Usage(format!("the candidate binary path {text}: {}", e.message)))?;
+                let program = Template::parse(&text)
+                    .map_err(|e| Error::Usage(format!("the candidate binary path {text}: {}", e.message)))?;
                 service.launch = Launch::Command(vec![program]);
             }
             Candidate::Image(image) => {
@@ -790,7 +873,9 @@ pub struct SuiteTarget {
 }
 
 /// `harness verify`: validates the request, runs the suite binary with the request in its
-/// environment (so its own state handlers and producers are used), and returns the exit code.
+/// environment (so its own state handlers and producers are used), prints the summary table
+/// the suite reports back, and returns the exit code: 0 verified, 1 an interaction failed, or
+/// the suite's own code when the stack could not be started (2–5).
 pub fn run_verify_command(request: &VerifyRequest, target: &SuiteTarget, manifest: &Path) -> Result<u8, Error> {
     request.validate()?;
     let mut request = request.clone();
@@ -799,12 +884,19 @@ pub fn run_verify_command(request: &VerifyRequest, target: &SuiteTarget, manifes
         request.candidate = Some(Candidate::Binary(abs));
     }
     let manifest = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
+    let report_path = std::env::temp_dir().join(format!(
+        "harness-verify-{}-{}.json",
+        request.provider,
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&report_path);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
+    // In verify mode the suite holds the one trial `<suite>::verify::<provider>`.
     cmd.args(["test", "--quiet", "-p", &target.package, "--test", &target.test, "--"])
-        .arg("--exact")
-        .arg(format!("{}::verify::{}", target.test, request.provider))
+        .arg(format!("::verify::{}", request.provider))
         .env("HARNESS_MANIFEST", &manifest)
+        .env(ENV_REPORT, &report_path)
         .env("PACT_DO_NOT_TRACK", "true");
     if let Some(dir) = manifest.parent() {
         cmd.current_dir(dir);
@@ -812,14 +904,29 @@ pub fn run_verify_command(request: &VerifyRequest, target: &SuiteTarget, manifes
     for (k, v) in request.to_env() {
         cmd.env(k, v);
     }
-    let status = cmd
-        .status()
-        .map_err(|e| Error::io(format!("running `cargo test -p {} --test {}`", target.package, target.test), e))?;
-    Ok(match status.code() {
-        Some(0) => crate::exit_code::OK,
-        Some(c @ 2..=5) => c as u8,
-        _ => crate::exit_code::TESTS_FAILED,
-    })
+    let what = format!("`cargo test -p {} --test {}`", target.package, target.test);
+    let status = cmd.status().map_err(|e| Error::io(format!("running {what}"), e))?;
+    let report = std::fs::read(&report_path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<VerifyReport>(&bytes).ok());
+    let _ = std::fs::remove_file(&report_path);
+    match (report, status.code()) {
+        (_, Some(c @ 2..=5)) => Ok(c as u8),
+        (Some(report), _) => {
+            println!("\nharness verify {}:\n{}", report.provider, report.table());
+            Ok(if report.ok && status.success() {
+                crate::exit_code::OK
+            } else {
+                crate::exit_code::TESTS_FAILED
+            })
+        }
+        (None, _) if status.success() => Err(Error::Usage(format!(
+            "{what} ran no verification of `{}`: its main must hand a HARNESS_VERIFY_PROVIDER request to \
+             `Contracts::verify_suite` (see harness::contract)",
+            request.provider
+        ))),
+        (None, _) => Ok(crate::exit_code::TESTS_FAILED),
+    }
 }
 
 /// What a verifier run found, reduced to text (the verifier's own result is neither `Send`
@@ -867,7 +974,13 @@ impl Outcome {
             .filter(|(what, _)| !interactions.iter().any(|r| &r.description == what))
             .map(|(what, e)| {
                 let v: Value = e.into();
-                format!("{what}: {}", v["message"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                format!(
+                    "{what}: {}",
+                    v["message"]
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                )
             })
             .collect();
         Outcome {
@@ -905,7 +1018,8 @@ impl Verification<'_> {
         }];
         let server = match self.contracts.producers.get(&self.provider) {
             Some(producer) => {
-                let server = MessageServer::start(producer.clone(), self.stack.clone(), producer_errors.clone()).await?;
+                let server =
+                    MessageServer::start(producer.clone(), self.stack.clone(), producer_errors.clone()).await?;
                 transports.push(ProviderTransport {
                     transport: "message".into(),
                     port: Some(server.port),
@@ -1003,7 +1117,12 @@ fn render_mismatch(result: &MismatchResult) -> String {
                 out.push('\n');
             }
             let (e, a) = (describe(expected.as_ref()), describe(actual.as_ref()));
-            let _ = write!(out, "  expected {}\n  actual   {}", e.replace('\n', "\n  "), a.replace('\n', "\n  "));
+            let _ = write!(
+                out,
+                "  expected {}\n  actual   {}",
+                e.replace('\n', "\n  "),
+                a.replace('\n', "\n  ")
+            );
             out
         }
     }
@@ -1017,7 +1136,12 @@ fn describe(i: &dyn Interaction) -> String {
         format!("response: status {}, body:\n  {}", r.status, body.replace('\n', "\n  "))
     } else if let Some(m) = i.as_v4_async_message() {
         let body = pretty(&m.contents.contents.display_string());
-        let metadata: Map<String, Value> = m.contents.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let metadata: Map<String, Value> = m
+            .contents
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         format!(
             "message: metadata {}, body:\n  {}",
             Value::Object(metadata),
@@ -1074,7 +1198,11 @@ impl ProviderStateExecutor for StateExecutor {
                 if self.handlers.is_empty() {
                     "none".to_string()
                 } else {
-                    self.handlers.keys().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                    self.handlers
+                        .keys()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             )),
             None => Ok(()),
@@ -1088,7 +1216,10 @@ impl ProviderStateExecutor for StateExecutor {
             Ok(()) => Ok(HashMap::new()),
             Err(e) => {
                 let description = format!("`{}` ({phase}): {e:#}", provider_state.name);
-                self.errors.lock().unwrap_or_else(|p| p.into_inner()).push(description.clone());
+                self.errors
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(description.clone());
                 Err(ProviderStateError {
                     description,
                     interaction_id,
@@ -1119,12 +1250,20 @@ struct MessageServerState {
 }
 
 impl MessageServer {
-    async fn start(producer: ProducerFn, stack: Arc<Stack>, errors: Arc<Mutex<Vec<String>>>) -> anyhow::Result<MessageServer> {
+    async fn start(
+        producer: ProducerFn,
+        stack: Arc<Stack>,
+        errors: Arc<Mutex<Vec<String>>>,
+    ) -> anyhow::Result<MessageServer> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding the message transport to 127.0.0.1")?;
         let port = listener.local_addr()?.port();
-        let state = MessageServerState { producer, stack, errors };
+        let state = MessageServerState {
+            producer,
+            stack,
+            errors,
+        };
         let app = axum::Router::new().fallback(produce).with_state(state);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -1184,7 +1323,11 @@ async fn produce(
         }
         Err(e) => {
             let text = format!("`{description}`: {e:#}");
-            state.errors.lock().unwrap_or_else(|p| p.into_inner()).push(text.clone());
+            state
+                .errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(text.clone());
             (StatusCode::INTERNAL_SERVER_ERROR, text).into_response()
         }
     }
@@ -1212,7 +1355,10 @@ mod tests {
             broker: Some(BrokerSource {
                 url: "http://127.0.0.1:9292".into(),
                 token: None,
-                selectors: vec![serde_json::json!({"mainBranch": true}), serde_json::json!({"deployedOrReleased": true})],
+                selectors: vec![
+                    serde_json::json!({"mainBranch": true}),
+                    serde_json::json!({"deployedOrReleased": true}),
+                ],
                 enable_pending: true,
                 include_wip_pacts_since: Some("2024-01-01".into()),
             }),
@@ -1296,7 +1442,10 @@ mod tests {
         };
         let t = report.table();
         assert!(t.contains("consumer"), "{t}");
-        assert!(t.lines().nth(1).unwrap().split_whitespace().collect::<Vec<_>>() == ["orders", "payments", "5", "1", "0"], "{t}");
+        assert!(
+            t.lines().nth(1).unwrap().split_whitespace().collect::<Vec<_>>() == ["orders", "payments", "5", "1", "0"],
+            "{t}"
+        );
         assert!(t.ends_with("result: FAILED"), "{t}");
     }
 
@@ -1304,7 +1453,10 @@ mod tests {
     fn state_parameters_are_typed() {
         let call = StateCall {
             name: "a payment exists".into(),
-            params: serde_json::json!({"id": "x", "amount": 5}).as_object().cloned().unwrap(),
+            params: serde_json::json!({"id": "x", "amount": 5})
+                .as_object()
+                .cloned()
+                .unwrap(),
         };
         assert_eq!(call.str("id").unwrap(), "x");
         assert_eq!(call.param::<i64>("amount").unwrap(), 5);

@@ -398,56 +398,6 @@ fn finish(suite: &str, records: &Records, timings: &[crate::scheduler::Timing], 
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shards_cover_every_trial_exactly_once() {
-        let names: Vec<String> = (0..500).map(|i| format!("suite::trial_{i}")).collect();
-        for n in [1u64, 2, 3, 4, 7] {
-            let mut seen = std::collections::BTreeMap::new();
-            for i in 1..=n {
-                let s = Selection { shard: Some((i, n)), ..Selection::default() };
-                for name in names.iter().filter(|t| s.keeps(t)) {
-                    *seen.entry(name.clone()).or_insert(0) += 1;
-                }
-            }
-            assert_eq!(seen.len(), names.len(), "{n} shards miss trials");
-            assert!(seen.values().all(|c| *c == 1), "{n} shards run a trial twice");
-        }
-        // Stable: the same name lands in the same shard every time.
-        assert_eq!(shard_of("journeys::happy_path", 4), shard_of("journeys::happy_path", 4));
-    }
-
-    #[test]
-    fn shard_and_only_are_parsed_and_checked() {
-        assert_eq!(parse_shard("2/4"), Some((2, 4)));
-        assert_eq!(parse_shard("0/4"), None);
-        assert_eq!(parse_shard("5/4"), None);
-        assert_eq!(parse_shard("x"), None);
-        let s = Selection { only: Some(vec!["journeys::".into(), "contracts::orders->payments".into()]), ..Selection::default() };
-        assert!(s.keeps("journeys::happy_path"));
-        assert!(s.keeps("contracts::orders->payments::declined"));
-        assert!(!s.keeps("faults::redis_down"));
-    }
-
-    #[test]
-    fn a_pass_after_a_failure_is_flaky_not_green() {
-        let records: Records = Arc::default();
-        let mut calls = 0;
-        let r = attempts("s::t", 2, &records, || {
-            calls += 1;
-            if calls == 1 { Err("boom".into()) } else { Ok(()) }
-        });
-        assert!(r.is_ok());
-        let rec = records.lock().unwrap()[0].clone();
-        assert_eq!(rec.outcome, Outcome::Flaky { passed_on: 2, first_failure: "boom".into() });
-        let r = attempts("s::u", 1, &records, || Err("always".into()));
-        assert!(r.is_err());
-        assert_eq!(records.lock().unwrap()[1].outcome, Outcome::Failed("always".into()));
-    }
-}
 
 fn is_selected(args: &Arguments, name: &str, ignored: bool) -> bool {
     let by_filter = match &args.filter {
@@ -507,4 +457,55 @@ async fn failure_report(stack: &Stack, error: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_cover_every_trial_exactly_once() {
+        let names: Vec<String> = (0..500).map(|i| format!("suite::trial_{i}")).collect();
+        for n in [1u64, 2, 3, 4, 7] {
+            let mut seen = std::collections::BTreeMap::new();
+            for i in 1..=n {
+                let s = Selection { shard: Some((i, n)), ..Selection::default() };
+                for name in names.iter().filter(|t| s.keeps(t)) {
+                    *seen.entry(name.clone()).or_insert(0) += 1;
+                }
+            }
+            assert_eq!(seen.len(), names.len(), "{n} shards miss trials");
+            assert!(seen.values().all(|c| *c == 1), "{n} shards run a trial twice");
+        }
+        // Stable: the same name lands in the same shard every time.
+        assert_eq!(shard_of("journeys::happy_path", 4), shard_of("journeys::happy_path", 4));
+    }
+
+    #[test]
+    fn shard_and_only_are_parsed_and_checked() {
+        assert_eq!(parse_shard("2/4"), Some((2, 4)));
+        assert_eq!(parse_shard("0/4"), None);
+        assert_eq!(parse_shard("5/4"), None);
+        assert_eq!(parse_shard("x"), None);
+        let s = Selection { only: Some(vec!["journeys::".into(), "contracts::orders->payments".into()]), ..Selection::default() };
+        assert!(s.keeps("journeys::happy_path"));
+        assert!(s.keeps("contracts::orders->payments::declined"));
+        assert!(!s.keeps("faults::redis_down"));
+    }
+
+    #[test]
+    fn a_pass_after_a_failure_is_flaky_not_green() {
+        let records: Records = Arc::default();
+        let mut calls = 0;
+        let r = attempts("s::t", 2, &records, || {
+            calls += 1;
+            if calls == 1 { Err("boom".into()) } else { Ok(()) }
+        });
+        assert!(r.is_ok());
+        let rec = records.lock().unwrap()[0].clone();
+        assert_eq!(rec.outcome, Outcome::Flaky { passed_on: 2, first_failure: "boom".into() });
+        let r = attempts("s::u", 1, &records, || Err("always".into()));
+        assert!(r.is_err());
+        assert_eq!(records.lock().unwrap()[1].outcome, Outcome::Failed("always".into()));
+    }
 }

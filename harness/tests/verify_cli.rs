@@ -31,19 +31,31 @@ fn publishing_without_a_provider_version_is_refused() {
 
 #[test]
 fn publishing_needs_a_broker() {
-    refused(&["payments", "--publish", "--provider-version", "1.0.0"], "--broker-url");
+    refused(
+        &["payments", "--publish", "--provider-version", "1.0.0"],
+        "--broker-url",
+    );
 }
 
 #[test]
 fn broker_options_need_a_broker() {
     refused(&["payments", "--enable-pending"], "--broker-url");
-    refused(&["payments", "--consumer-version-selector", "{\"mainBranch\":true}"], "--broker-url");
+    refused(
+        &["payments", "--consumer-version-selector", "{\"mainBranch\":true}"],
+        "--broker-url",
+    );
 }
 
 #[test]
 fn a_selector_must_be_json() {
     refused(
-        &["payments", "--broker-url", "http://127.0.0.1:9", "--consumer-version-selector", "mainBranch"],
+        &[
+            "payments",
+            "--broker-url",
+            "http://127.0.0.1:9",
+            "--consumer-version-selector",
+            "mainBranch",
+        ],
         "not JSON",
     );
 }
@@ -60,5 +72,8 @@ fn a_missing_candidate_binary_is_refused() {
 
 #[test]
 fn binary_and_image_exclude_each_other() {
-    refused(&["payments", "--binary", "/bin/true", "--image", "shop/payments:rc"], "cannot be used with");
+    refused(
+        &["payments", "--binary", "/bin/true", "--image", "shop/payments:rc"],
+        "cannot be used with",
+    );
 }

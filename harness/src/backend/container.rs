@@ -754,7 +754,7 @@ impl Container {
                 network_mode: Some(self.network.clone()),
                 port_bindings: Some(bindings),
                 publish_all_ports: Some(false),
-                cpu_shares: self.critical.contains(&service.name).then_some(CRITICAL_CPU_SHARES),
+                cpu_shares: self.critical.contains(&service.name).then_some(std::env::var("XSHARES").ok().and_then(|v| v.parse().ok()).unwrap_or(CRITICAL_CPU_SHARES)),
                 ..Default::default()
             }),
             networking_config: Some(NetworkingConfig {

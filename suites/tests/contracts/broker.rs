@@ -20,9 +20,10 @@ use crate::consumer::PAYMENTS;
 const TOKEN: &str = "stand-in-token";
 
 pub fn add_trials(suite: Suite, contracts: Contracts) -> Suite {
-    suite.trial("broker::pacts from a broker are verified and the results published", move |ctx| {
-        verify_from_broker(ctx, contracts.clone())
-    })
+    suite.trial(
+        "broker::pacts from a broker are verified and the results published",
+        move |ctx| verify_from_broker(ctx, contracts.clone()),
+    )
 }
 
 async fn verify_from_broker(ctx: Arc<TrialContext>, contracts: Contracts) -> anyhow::Result<()> {
@@ -55,44 +56,85 @@ async fn verify_from_broker(ctx: Arc<TrialContext>, contracts: Contracts) -> any
         .iter()
         .find(|r| r.method == "POST" && r.path.ends_with("/for-verification"))
         .context("the verifier never asked for the pacts for verification")?;
-    ensure!(query.body["consumerVersionSelectors"] == json!([{"mainBranch": true}, {"deployedOrReleased": true}]), "selectors: {}", query.body);
-    ensure!(query.body["includePendingStatus"] == true, "pending: {}", query.body);
-    ensure!(query.body["includeWipPactsSince"] == "2024-01-01", "wip: {}", query.body);
     ensure!(
-        seen.iter().all(|r| r.authorization.as_deref() == Some(&format!("Bearer {TOKEN}"))),
+        query.body["consumerVersionSelectors"] == json!([{"mainBranch": true}, {"deployedOrReleased": true}]),
+        "selectors: {}",
+        query.body
+    );
+    ensure!(query.body["includePendingStatus"] == true, "pending: {}", query.body);
+    ensure!(
+        query.body["includeWipPactsSince"] == "2024-01-01",
+        "wip: {}",
+        query.body
+    );
+    ensure!(
+        seen.iter()
+            .all(|r| r.authorization.as_deref() == Some(&format!("Bearer {TOKEN}"))),
         "a request to the broker went without the token"
     );
 
     // The summary: the orders pact held; the pending pact of `mobile` failed without failing
     // the run.
-    let rows: BTreeMap<&str, (usize, usize, usize)> =
-        report.rows.iter().map(|r| (r.consumer.as_str(), (r.passed, r.failed, r.pending))).collect();
+    let rows: BTreeMap<&str, (usize, usize, usize)> = report
+        .rows
+        .iter()
+        .map(|r| (r.consumer.as_str(), (r.passed, r.failed, r.pending)))
+        .collect();
     let orders = contracts
         .pacts()?
         .into_iter()
         .find(|p| p.consumer == "orders" && p.provider == PAYMENTS)
         .map(|p| p.interactions.len())
         .unwrap_or_default();
-    ensure!(rows.get("orders") == Some(&(orders, 0, 0)), "orders row: {:?}\n{}", rows.get("orders"), report.table());
-    ensure!(rows.get("mobile") == Some(&(0, 0, 1)), "mobile row: {:?}\n{}", rows.get("mobile"), report.table());
-    ensure!(report.ok, "a pending failure must not fail the run:\n{}", report.failures.join("\n"));
+    ensure!(
+        rows.get("orders") == Some(&(orders, 0, 0)),
+        "orders row: {:?}\n{}",
+        rows.get("orders"),
+        report.table()
+    );
+    ensure!(
+        rows.get("mobile") == Some(&(0, 0, 1)),
+        "mobile row: {:?}\n{}",
+        rows.get("mobile"),
+        report.table()
+    );
+    ensure!(
+        report.ok,
+        "a pending failure must not fail the run:\n{}",
+        report.failures.join("\n")
+    );
 
     // What it published.
-    let results: Vec<&Seen> = seen.iter().filter(|r| r.path.ends_with("/verification-results")).collect();
+    let results: Vec<&Seen> = seen
+        .iter()
+        .filter(|r| r.path.ends_with("/verification-results"))
+        .collect();
     ensure!(results.len() == 2, "expected a result per pact, got {}", results.len());
     for r in &results {
-        ensure!(r.body["providerApplicationVersion"] == "1.2.3-contract-test", "published: {}", r.body);
+        ensure!(
+            r.body["providerApplicationVersion"] == "1.2.3-contract-test",
+            "published: {}",
+            r.body
+        );
     }
     let orders_result = results
         .iter()
         .find(|r| r.path.contains("/consumer/orders/"))
         .context("no result for the orders pact")?;
-    ensure!(orders_result.body["success"] == true, "orders result: {}", orders_result.body);
+    ensure!(
+        orders_result.body["success"] == true,
+        "orders result: {}",
+        orders_result.body
+    );
     let mobile_result = results
         .iter()
         .find(|r| r.path.contains("/consumer/mobile/"))
         .context("no result for the mobile pact")?;
-    ensure!(mobile_result.body["success"] == false, "mobile result: {}", mobile_result.body);
+    ensure!(
+        mobile_result.body["success"] == false,
+        "mobile result: {}",
+        mobile_result.body
+    );
     ensure!(
         seen.iter().any(|r| r.method == "PUT" && r.path == "/pacticipants/payments/branches/main/versions/1.2.3-contract-test"),
         "the provider branch was not recorded: {:?}",
@@ -162,7 +204,12 @@ impl StandIn {
                 })
                 .await;
         });
-        Ok(StandIn { url: base, seen, stop, task })
+        Ok(StandIn {
+            url: base,
+            seen,
+            stop,
+            task,
+        })
     }
 
     async fn stop(self) {
@@ -172,7 +219,12 @@ impl StandIn {
 }
 
 fn hal(v: Value) -> Response {
-    (StatusCode::OK, [("content-type", "application/hal+json")], v.to_string()).into_response()
+    (
+        StatusCode::OK,
+        [("content-type", "application/hal+json")],
+        v.to_string(),
+    )
+        .into_response()
 }
 
 async fn serve(State(st): State<BrokerState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
@@ -180,7 +232,10 @@ async fn serve(State(st): State<BrokerState>, method: Method, uri: Uri, headers:
     st.seen.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
         method: method.to_string(),
         path: path.clone(),
-        authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     });
     let b = &st.base;
@@ -238,7 +293,9 @@ async fn serve(State(st): State<BrokerState>, method: Method, uri: Uri, headers:
             }
         })),
         ("PUT", ["pacticipants", _, "branches", _, "versions", _]) => hal(json!({})),
-        ("POST", [.., "verification-results"]) => (StatusCode::CREATED, [("content-type", "application/hal+json")], "{}").into_response(),
+        ("POST", [.., "verification-results"]) => {
+            (StatusCode::CREATED, [("content-type", "application/hal+json")], "{}").into_response()
+        }
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }

@@ -89,7 +89,10 @@ pub fn http_cases() -> Vec<HttpCase> {
         HttpCase {
             description: "create a payment that is approved",
             define: |mut i| {
-                i.given_with_params("no payment was made with the idempotency key", &json!({"idempotency_key": APPROVED_KEY}));
+                i.given_with_params(
+                    "no payment was made with the idempotency key",
+                    &json!({"idempotency_key": APPROVED_KEY}),
+                );
                 post_payment(
                     &mut i,
                     APPROVED_KEY,
@@ -100,20 +103,27 @@ pub fn http_cases() -> Vec<HttpCase> {
                         "card_token": like!(GOOD_CARD)
                     }),
                 );
-                i.response.status(201).header("Content-Type", "application/json").json_body(json_pattern!({
-                    "id": term!(UUID, "7a1e9b30-2c4d-4e5f-8a6b-3c2d00000001"),
-                    "order_id": term!(UUID, APPROVED_KEY),
-                    "amount": like!(1234),
-                    "currency": term!(CURRENCY, "EUR"),
-                    "status": "APPROVED",
-                    "created_at": term!(TIMESTAMP, CREATED_AT)
-                }));
+                i.response
+                    .status(201)
+                    .header("Content-Type", "application/json")
+                    .json_body(json_pattern!({
+                        "id": term!(UUID, "7a1e9b30-2c4d-4e5f-8a6b-3c2d00000001"),
+                        "order_id": term!(UUID, APPROVED_KEY),
+                        "amount": like!(1234),
+                        "currency": term!(CURRENCY, "EUR"),
+                        "status": "APPROVED",
+                        "created_at": term!(TIMESTAMP, CREATED_AT)
+                    }));
                 i
             },
             exercise: |client| {
                 Box::pin(async move {
                     let p = client
-                        .create_payment(APPROVED_KEY, &payment_request(APPROVED_KEY, 1234, "EUR", GOOD_CARD), None)
+                        .create_payment(
+                            APPROVED_KEY,
+                            &payment_request(APPROVED_KEY, 1234, "EUR", GOOD_CARD),
+                            None,
+                        )
                         .await
                         .map_err(client_error)?;
                     ensure!(p.status == PaymentStatus::Approved, "status is {:?}", p.status);
@@ -125,7 +135,10 @@ pub fn http_cases() -> Vec<HttpCase> {
         HttpCase {
             description: "create a payment that is declined",
             define: |mut i| {
-                i.given_with_params("no payment was made with the idempotency key", &json!({"idempotency_key": DECLINED_KEY}));
+                i.given_with_params(
+                    "no payment was made with the idempotency key",
+                    &json!({"idempotency_key": DECLINED_KEY}),
+                );
                 post_payment(
                     &mut i,
                     DECLINED_KEY,
@@ -136,21 +149,28 @@ pub fn http_cases() -> Vec<HttpCase> {
                         "card_token": DECLINED_CARD
                     }),
                 );
-                i.response.status(201).header("Content-Type", "application/json").json_body(json_pattern!({
-                    "id": term!(UUID, "7a1e9b30-2c4d-4e5f-8a6b-3c2d00000002"),
-                    "order_id": term!(UUID, DECLINED_KEY),
-                    "amount": like!(1234),
-                    "currency": term!(CURRENCY, "EUR"),
-                    "status": "DECLINED",
-                    "decline_reason": like!("card_declined"),
-                    "created_at": term!(TIMESTAMP, CREATED_AT)
-                }));
+                i.response
+                    .status(201)
+                    .header("Content-Type", "application/json")
+                    .json_body(json_pattern!({
+                        "id": term!(UUID, "7a1e9b30-2c4d-4e5f-8a6b-3c2d00000002"),
+                        "order_id": term!(UUID, DECLINED_KEY),
+                        "amount": like!(1234),
+                        "currency": term!(CURRENCY, "EUR"),
+                        "status": "DECLINED",
+                        "decline_reason": like!("card_declined"),
+                        "created_at": term!(TIMESTAMP, CREATED_AT)
+                    }));
                 i
             },
             exercise: |client| {
                 Box::pin(async move {
                     let p = client
-                        .create_payment(DECLINED_KEY, &payment_request(DECLINED_KEY, 1234, "EUR", DECLINED_CARD), None)
+                        .create_payment(
+                            DECLINED_KEY,
+                            &payment_request(DECLINED_KEY, 1234, "EUR", DECLINED_CARD),
+                            None,
+                        )
                         .await
                         .map_err(client_error)?;
                     ensure!(p.status == PaymentStatus::Declined, "status is {:?}", p.status);
@@ -200,10 +220,17 @@ pub fn http_cases() -> Vec<HttpCase> {
             exercise: |client| {
                 Box::pin(async move {
                     let p = client
-                        .create_payment(REPLAYED_KEY, &payment_request(REPLAYED_KEY, 1234, "EUR", GOOD_CARD), None)
+                        .create_payment(
+                            REPLAYED_KEY,
+                            &payment_request(REPLAYED_KEY, 1234, "EUR", GOOD_CARD),
+                            None,
+                        )
                         .await
                         .map_err(client_error)?;
-                    ensure!(p.id.to_string() == REPLAYED_PAYMENT, "the replay is a new payment: {p:?}");
+                    ensure!(
+                        p.id.to_string() == REPLAYED_PAYMENT,
+                        "the replay is a new payment: {p:?}"
+                    );
                     ensure!(p.status == PaymentStatus::Approved, "status is {:?}", p.status);
                     Ok(())
                 })
@@ -222,14 +249,17 @@ pub fn http_cases() -> Vec<HttpCase> {
                         "card_token": like!(GOOD_CARD)
                     }),
                 );
-                i.response.status(422).header("Content-Type", "application/json").json_body(json_pattern!({
-                    "error": "validation_failed",
-                    "message": like!("request validation failed: amount, currency"),
-                    "fields": each_like!({
-                        "field": like!("amount"),
-                        "message": like!("must be greater than 0")
-                    })
-                }));
+                i.response
+                    .status(422)
+                    .header("Content-Type", "application/json")
+                    .json_body(json_pattern!({
+                        "error": "validation_failed",
+                        "message": like!("request validation failed: amount, currency"),
+                        "fields": each_like!({
+                            "field": like!("amount"),
+                            "message": like!("must be greater than 0")
+                        })
+                    }));
                 i
             },
             exercise: |client| {
@@ -239,12 +269,19 @@ pub fn http_cases() -> Vec<HttpCase> {
                         .await
                         .err()
                         .context("an invalid payment was accepted")?;
-                    let PaymentsError::Rejected { status: 422, body: Some(body) } = &e else {
+                    let PaymentsError::Rejected {
+                        status: 422,
+                        body: Some(body),
+                    } = &e
+                    else {
                         bail!("expected a 422 rejection with an error body, got {e:?}");
                     };
                     ensure!(e.error_code() == Some("validation_failed"), "{e:?}");
                     ensure!(!body.fields.is_empty(), "no fields named: {body:?}");
-                    ensure!(!e.is_retryable() && !e.indicates_outage(), "a validation error must be final: {e:?}");
+                    ensure!(
+                        !e.is_retryable() && !e.indicates_outage(),
+                        "a validation error must be final: {e:?}"
+                    );
                     Ok(())
                 })
             },
@@ -266,19 +303,22 @@ pub fn http_cases() -> Vec<HttpCase> {
                     .get()
                     .path(format!("/payments/{EXISTING_PAYMENT}"))
                     .header("Accept", "application/json");
-                i.response.status(200).header("Content-Type", "application/json").json_body(json_pattern!({
-                    "id": EXISTING_PAYMENT,
-                    "order_id": term!(UUID, EXISTING_ORDER),
-                    "amount": like!(1234),
-                    "currency": term!(CURRENCY, "EUR"),
-                    "status": term!("^(APPROVED|DECLINED)$", "APPROVED"),
-                    "created_at": term!(TIMESTAMP, CREATED_AT)
-                }));
+                i.response
+                    .status(200)
+                    .header("Content-Type", "application/json")
+                    .json_body(json_pattern!({
+                        "id": EXISTING_PAYMENT,
+                        "order_id": term!(UUID, EXISTING_ORDER),
+                        "amount": like!(1234),
+                        "currency": term!(CURRENCY, "EUR"),
+                        "status": term!("^(APPROVED|DECLINED)$", "APPROVED"),
+                        "created_at": term!(TIMESTAMP, CREATED_AT)
+                    }));
                 i
             },
             exercise: |client| {
                 Box::pin(async move {
-                    let id = Uuid::parse_str(MISSING_PAYMENT)?;
+                    let id = Uuid::parse_str(EXISTING_PAYMENT)?;
                     let p = client.get_payment(id, None).await.map_err(client_error)?;
                     ensure!(p.id == id && p.status == PaymentStatus::Approved, "{p:?}");
                     Ok(())
@@ -310,7 +350,10 @@ pub fn http_cases() -> Vec<HttpCase> {
 /// The `order.paid` example, built by orders' own code from fixed values.
 pub fn order_paid_example() -> OutgoingMessage {
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let paid_at = chrono::Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0).single().expect("a valid time")
+    let paid_at = chrono::Utc
+        .with_ymd_and_hms(2024, 5, 1, 10, 0, 0)
+        .single()
+        .expect("a valid time")
         + chrono::Duration::microseconds(123_456);
     let mut event = OrderPaid::new(
         Uuid::parse_str("6f1c0f34-6a5c-4b8e-9d7e-1b2c3d4e5f60").expect("uuid"),
@@ -331,7 +374,11 @@ pub fn message_cases() -> Vec<MessageCase> {
         define: || {
             let example = order_paid_example();
             let p = example.payload_json();
-            let s = |k: &str| p[k].as_str().map(str::to_string).ok_or_else(|| anyhow!("orders' payload has no string `{k}`: {p}"));
+            let s = |k: &str| {
+                p[k].as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| anyhow!("orders' payload has no string `{k}`: {p}"))
+            };
             let body = json_pattern!({
                 "schema_version": 1,
                 "type": "order.paid",
@@ -364,7 +411,10 @@ pub fn message_cases() -> Vec<MessageCase> {
                     _ => {}
                 }
                 let v = if k == "traceparent" {
-                    Value::String(format!("00-{}-00f067aa0ba902b7-01", p["trace_id"].as_str().unwrap_or_default()))
+                    Value::String(format!(
+                        "00-{}-00f067aa0ba902b7-01",
+                        p["trace_id"].as_str().unwrap_or_default()
+                    ))
                 } else {
                     v
                 };
@@ -373,7 +423,11 @@ pub fn message_cases() -> Vec<MessageCase> {
             let mut message = m.build();
             let category = message.contents.matching_rules.add_category("metadata");
             for (key, regex) in rules {
-                category.add_rule(DocPath::root().join(key), MatchingRule::Regex(regex.to_string()), RuleLogic::And);
+                category.add_rule(
+                    DocPath::root().join(key),
+                    MatchingRule::Regex(regex.to_string()),
+                    RuleLogic::And,
+                );
             }
             Ok(message)
         },
@@ -405,7 +459,10 @@ fn run_http_case(case: &HttpCase, out: &Path) -> anyhow::Result<()> {
     let mut builder = PactBuilder::new_v4(ORDERS, PAYMENTS);
     builder.with_output_dir(out);
     builder.interaction(case.description, "", |mut i| {
-        i.test_name(format!("contracts::consumer::{ORDERS}->{PAYMENTS}::{}", case.description));
+        i.test_name(format!(
+            "contracts::consumer::{ORDERS}->{PAYMENTS}::{}",
+            case.description
+        ));
         (case.define)(i)
     });
     let server = builder.start_mock_server(None, None);
@@ -422,9 +479,13 @@ fn run_http_case(case: &HttpCase, out: &Path) -> anyhow::Result<()> {
 /// written to `out`. Call it on a blocking thread (see [`blocking`]).
 fn run_message_case(case: &MessageCase, out: &Path) -> anyhow::Result<()> {
     let mut message = (case.define)()?;
-    message
-        .comments
-        .insert("testname".into(), json!(format!("contracts::consumer::{ORDERS}->{NOTIFICATIONS}::{}", case.description)));
+    message.comments.insert(
+        "testname".into(),
+        json!(format!(
+            "contracts::consumer::{NOTIFICATIONS}->{ORDERS}::{}",
+            case.description
+        )),
+    );
     let mut builder = PactBuilder::new_v4(NOTIFICATIONS, ORDERS);
     builder.with_output_dir(out);
     builder.push_interaction(&message);
@@ -436,12 +497,21 @@ fn run_message_case(case: &MessageCase, out: &Path) -> anyhow::Result<()> {
             .contents
             .metadata
             .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()),
+                )
+            })
             .collect();
         let event = decode_order_paid(&payload, &headers)
             .map_err(|e| anyhow!("notifications' decoder rejects the contract's message: {e}"))?;
         ensure!(event.amount == 1234 && event.currency == "EUR", "{event:?}");
-        ensure!(event.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736", "trace id: {}", event.trace_id);
+        ensure!(
+            event.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736",
+            "trace id: {}",
+            event.trace_id
+        );
     }
     ensure!(seen == 1, "expected one message, the pact has {seen}");
     Ok(())
@@ -460,7 +530,7 @@ pub fn add_trials(mut suite: Suite, committed: PathBuf) -> Suite {
         });
     }
     for (i, case) in message_cases().into_iter().enumerate() {
-        let name = format!("consumer::{ORDERS}->{NOTIFICATIONS}::{}", case.description);
+        let name = format!("consumer::{NOTIFICATIONS}->{ORDERS}::{}", case.description);
         suite = suite.local_trial(&name, move || {
             blocking(move || {
                 let out = tempfile::tempdir()?;
@@ -503,7 +573,11 @@ fn generate_files() -> anyhow::Result<BTreeMap<String, String>> {
             .collect();
         files.sort();
         for file in files {
-            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let name = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
             let pact: Value = serde_json::from_slice(&std::fs::read(&file)?)?;
             match merged.get_mut(&name) {
                 None => {
@@ -552,7 +626,10 @@ async fn check_drift(committed: &Path) -> anyhow::Result<()> {
             Ok(current) if &current == text => {}
             Ok(current) => problems.push((
                 path,
-                format!("differs from what the consumer tests generate (- committed, + generated):\n{}", line_diff(&current, text)),
+                format!(
+                    "differs from what the consumer tests generate (- committed, + generated):\n{}",
+                    line_diff(&current, text)
+                ),
             )),
             Err(_) => problems.push((path, "is missing".to_string())),
         }
@@ -601,7 +678,11 @@ fn line_diff(old: &str, new: &str) -> String {
     let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     let mut ops: Vec<(char, &str)> = Vec::new();
@@ -619,7 +700,11 @@ fn line_diff(old: &str, new: &str) -> String {
             j += 1;
         }
     }
-    let near = |k: usize| ops[k.saturating_sub(2)..(k + 3).min(ops.len())].iter().any(|(c, _)| *c != ' ');
+    let near = |k: usize| {
+        ops[k.saturating_sub(2)..(k + 3).min(ops.len())]
+            .iter()
+            .any(|(c, _)| *c != ' ')
+    };
     let mut out = String::new();
     let mut gap = false;
     for (k, (c, line)) in ops.iter().enumerate() {

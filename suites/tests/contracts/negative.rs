@@ -16,9 +16,10 @@ use serde_json::Value;
 use crate::consumer::{ORDERS, PAYMENTS};
 
 pub fn add_trials(suite: Suite, contracts: Contracts) -> Suite {
-    suite.trial("negative::a renamed response field fails the approved payment", move |ctx| {
-        renamed_field_fails(ctx, contracts.clone())
-    })
+    suite.trial(
+        "negative::a renamed response field fails the approved payment",
+        move |ctx| renamed_field_fails(ctx, contracts.clone()),
+    )
 }
 
 async fn renamed_field_fails(ctx: Arc<TrialContext>, contracts: Contracts) -> anyhow::Result<()> {
@@ -34,16 +35,33 @@ async fn renamed_field_fails(ctx: Arc<TrialContext>, contracts: Contracts) -> an
         port: proxy.port,
     };
     let result = contracts
-        .verify_interaction_at(ctx.stack.clone(), &pact, "create a payment that is approved", target.clone())
+        .verify_interaction_at(
+            ctx.stack.clone(),
+            &pact,
+            "create a payment that is approved",
+            target.clone(),
+        )
         .await;
     let failure = match result {
         Ok(()) => anyhow::bail!("the approved payment verified although payments answered `state` instead of `status`"),
         Err(e) => format!("{e:#}"),
     };
-    ensure!(failure.contains("create a payment that is approved"), "the failure does not name the interaction:\n{failure}");
-    ensure!(failure.contains("status"), "the failure does not name the field `status`:\n{failure}");
-    ensure!(failure.contains("BodyMismatch at $"), "the failure does not give the path into the body:\n{failure}");
-    ensure!(failure.contains("\"state\": \"APPROVED\""), "the failure does not show the actual body:\n{failure}");
+    ensure!(
+        failure.contains("create a payment that is approved"),
+        "the failure does not name the interaction:\n{failure}"
+    );
+    ensure!(
+        failure.contains("status"),
+        "the failure does not name the field `status`:\n{failure}"
+    );
+    ensure!(
+        failure.contains("BodyMismatch at $"),
+        "the failure does not give the path into the body:\n{failure}"
+    );
+    ensure!(
+        failure.contains("\"state\": \"APPROVED\""),
+        "the failure does not show the actual body:\n{failure}"
+    );
     // The same proxy leaves other interactions alone when the field is not in the contract.
     contracts
         .verify_interaction_at(ctx.stack.clone(), &pact, "get a payment that does not exist", target)

@@ -22,8 +22,18 @@ pub fn register(contracts: Contracts) -> Contracts {
     contracts
         .state_with_teardown(PAYMENTS, "a payment exists", payment_exists, delete_payment)
         .state(PAYMENTS, "no payment exists", delete_payment)
-        .state_with_teardown(PAYMENTS, "no payment was made with the idempotency key", forget_key, forget_key)
-        .state_with_teardown(PAYMENTS, "a payment was made with the idempotency key", payment_made_with_key, forget_key)
+        .state_with_teardown(
+            PAYMENTS,
+            "no payment was made with the idempotency key",
+            forget_key,
+            forget_key,
+        )
+        .state_with_teardown(
+            PAYMENTS,
+            "a payment was made with the idempotency key",
+            payment_made_with_key,
+            forget_key,
+        )
         // Payments approves every card but `tok_declined`: nothing to store up front. The
         // message producer places the order that gets paid.
         .state(ORDERS, "an order has been paid", |_stack, _state| async { Ok(()) })
@@ -44,7 +54,10 @@ async fn payment_exists(stack: Arc<Stack>, state: StateCall) -> anyhow::Result<(
     let id = uuid(&state, "id")?;
     let status: String = state.param("status")?;
     let decline_reason = (status == "DECLINED").then_some(payments::model::CARD_DECLINED);
-    sqlx::query("DELETE FROM payments WHERE id = $1").bind(id).execute(&db).await?;
+    sqlx::query("DELETE FROM payments WHERE id = $1")
+        .bind(id)
+        .execute(&db)
+        .await?;
     sqlx::query(
         "INSERT INTO payments (id, order_id, amount, currency, status, decline_reason, idempotency_key, request_fingerprint)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -79,7 +92,10 @@ async fn forget_key(stack: Arc<Stack>, state: StateCall) -> anyhow::Result<()> {
     let j = journey(&stack, &state);
     let key = state.str("idempotency_key")?;
     let db = j.sql(PAYMENTS).await?;
-    sqlx::query("DELETE FROM payments WHERE idempotency_key = $1").bind(key).execute(&db).await?;
+    sqlx::query("DELETE FROM payments WHERE idempotency_key = $1")
+        .bind(key)
+        .execute(&db)
+        .await?;
     db.close().await;
     let mut redis = j.redis().await?;
     redis::cmd("DEL")
@@ -104,7 +120,10 @@ async fn payment_made_with_key(stack: Arc<Stack>, state: StateCall) -> anyhow::R
     let (status, reason) = payments::model::authorize(&request.card_token);
     let id = uuid(&state, "id")?;
     let db = journey(&stack, &state).sql(PAYMENTS).await?;
-    sqlx::query("DELETE FROM payments WHERE id = $1").bind(id).execute(&db).await?;
+    sqlx::query("DELETE FROM payments WHERE id = $1")
+        .bind(id)
+        .execute(&db)
+        .await?;
     sqlx::query(
         "INSERT INTO payments (id, order_id, amount, currency, status, decline_reason, idempotency_key, request_fingerprint)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -136,7 +155,9 @@ async fn produce(stack: Arc<Stack>, request: MessageRequest) -> anyhow::Result<P
 /// `order.paid` event orders publishes for it, captured on a queue of our own.
 async fn order_paid(stack: Arc<Stack>, request: &MessageRequest) -> anyhow::Result<ProducedMessage> {
     let j = Journey::new(stack, "produce order.paid");
-    let mut bus = j.capture(orders::events::EXCHANGE, orders::events::ORDER_PAID_ROUTING_KEY).await?;
+    let mut bus = j
+        .capture(orders::events::EXCHANGE, orders::events::ORDER_PAID_ROUTING_KEY)
+        .await?;
     let currency = request
         .states
         .iter()
@@ -172,7 +193,11 @@ async fn order_paid(stack: Arc<Stack>, request: &MessageRequest) -> anyhow::Resu
     }
     Ok(ProducedMessage {
         contents: message.body.clone(),
-        content_type: p.content_type().as_ref().map(|c| c.to_string()).unwrap_or_else(|| "application/json".into()),
+        content_type: p
+            .content_type()
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "application/json".into()),
         metadata,
     })
 }
