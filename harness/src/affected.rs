@@ -55,16 +55,37 @@ fn git(repo: &Path, args: &[&str]) -> Result<String, Error> {
 
 /// The repository root around a directory.
 pub fn repo_root(dir: &Path) -> Result<PathBuf, Error> {
-    Ok(PathBuf::from(git(dir, &["rev-parse", "--show-toplevel"])?.trim()))
+    Ok(PathBuf::from(
+        git(dir, &["rev-parse", "--show-toplevel"])?.trim(),
+    ))
 }
 
 /// Paths changed since `rev` (committed, staged, unstaged and untracked), repo-relative.
 pub fn changed_since(repo: &Path, rev: &str) -> Result<Vec<String>, Error> {
-    git(repo, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]).map_err(|_| {
-        Error::Usage(format!("`{rev}` is not a commit of the repository at {}", repo.display()))
+    git(
+        repo,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{rev}^{{commit}}"),
+        ],
+    )
+    .map_err(|_| {
+        Error::Usage(format!(
+            "`{rev}` is not a commit of the repository at {}",
+            repo.display()
+        ))
     })?;
-    let mut paths: BTreeSet<String> = git(repo, &["diff", "--name-only", rev])?.lines().map(str::to_string).collect();
-    paths.extend(git(repo, &["ls-files", "--others", "--exclude-standard"])?.lines().map(str::to_string));
+    let mut paths: BTreeSet<String> = git(repo, &["diff", "--name-only", rev])?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    paths.extend(
+        git(repo, &["ls-files", "--others", "--exclude-standard"])?
+            .lines()
+            .map(str::to_string),
+    );
     Ok(paths.into_iter().filter(|p| !p.is_empty()).collect())
 }
 
@@ -92,7 +113,10 @@ pub fn analyze(manifest: &Manifest, repo: &Path, changed: Vec<String>) -> Affect
         .flat_map(|s| {
             s.paths.iter().map(|p| {
                 let full = Path::new(&manifest_dir).join(p);
-                (s.name.clone(), full.to_string_lossy().trim_end_matches('/').to_string())
+                (
+                    s.name.clone(),
+                    full.to_string_lossy().trim_end_matches('/').to_string(),
+                )
             })
         })
         .collect();
@@ -103,7 +127,11 @@ pub fn analyze(manifest: &Manifest, repo: &Path, changed: Vec<String>) -> Affect
             everything.get_or_insert_with(|| format!("the manifest changed ({path})"));
             continue;
         }
-        let owners: Vec<&String> = owned.iter().filter(|(_, dir)| under(path, dir)).map(|(s, _)| s).collect();
+        let owners: Vec<&String> = owned
+            .iter()
+            .filter(|(_, dir)| under(path, dir))
+            .map(|(s, _)| s)
+            .collect();
         if !owners.is_empty() {
             changed_services.extend(owners.into_iter().cloned());
         } else if path.ends_with(".md") {
@@ -121,7 +149,9 @@ pub fn analyze(manifest: &Manifest, repo: &Path, changed: Vec<String>) -> Affect
     let suites: Vec<String> = manifest
         .suites
         .iter()
-        .filter(|(_, services)| everything.is_some() || services.iter().any(|s| affected_services.contains(s)))
+        .filter(|(_, services)| {
+            everything.is_some() || services.iter().any(|s| affected_services.contains(s))
+        })
         .map(|(name, _)| name.clone())
         .collect();
     let filter = if everything.is_some() && manifest.suites.is_empty() {
@@ -148,15 +178,30 @@ impl Affected {
         if let Some(why) = &self.everything {
             out.push_str(&format!("everything is affected: {why}\n"));
         }
-        let list = |s: &BTreeSet<String>| if s.is_empty() { "(none)".to_string() } else { s.iter().cloned().collect::<Vec<_>>().join(", ") };
-        out.push_str(&format!("services changed:  {}\n", list(&self.changed_services)));
-        out.push_str(&format!("services affected: {}\n", list(&self.affected_services)));
+        let list = |s: &BTreeSet<String>| {
+            if s.is_empty() {
+                "(none)".to_string()
+            } else {
+                s.iter().cloned().collect::<Vec<_>>().join(", ")
+            }
+        };
+        out.push_str(&format!(
+            "services changed:  {}\n",
+            list(&self.changed_services)
+        ));
+        out.push_str(&format!(
+            "services affected: {}\n",
+            list(&self.affected_services)
+        ));
         if self.suites.is_empty() {
             out.push_str("suites to run:     (none)\n");
         } else {
             out.push_str(&format!("suites to run:     {}\n", self.suites.join(", ")));
         }
-        out.push_str(&format!("runner filter:     HARNESS_ONLY={}\n", self.filter));
+        out.push_str(&format!(
+            "runner filter:     HARNESS_ONLY={}\n",
+            self.filter
+        ));
         out
     }
 }

@@ -72,7 +72,9 @@ pub fn content_hash(path: &Path) -> String {
 
 /// FNV-1a, 64 bit: stable across runs and platforms (unlike `DefaultHasher`).
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
 }
 
 fn canonical(path: &Path) -> PathBuf {
@@ -85,7 +87,8 @@ pub fn write(stack: &crate::Stack) -> Result<PathBuf, Error> {
     let manifest = stack.manifest();
     let path = state_file(manifest);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
     let state = State {
         pid: std::process::id(),
@@ -98,14 +101,22 @@ pub fn write(stack: &crate::Stack) -> Result<PathBuf, Error> {
         timings: stack
             .timings()
             .iter()
-            .map(|t| (t.service.clone(), t.started.as_millis() as u64, t.ready.as_millis() as u64))
+            .map(|t| {
+                (
+                    t.service.clone(),
+                    t.started.as_millis() as u64,
+                    t.ready.as_millis() as u64,
+                )
+            })
             .collect(),
     };
-    let text = serde_json::to_vec_pretty(&state).map_err(|e| Error::Usage(format!("encoding the state: {e}")))?;
+    let text = serde_json::to_vec_pretty(&state)
+        .map_err(|e| Error::Usage(format!("encoding the state: {e}")))?;
     // Written whole, then renamed: a reader never sees half a file.
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, text).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    std::fs::rename(&tmp, &path)
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     crate::cleanup::register_dir(&path);
     Ok(path)
 }
@@ -118,7 +129,10 @@ pub fn read(path: &Path) -> Option<State> {
 fn alive(pid: u32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
             .unwrap_or(false)
 }
 
@@ -128,7 +142,8 @@ pub fn find(manifest: &Manifest) -> Option<State> {
         return None;
     }
     let state = read(&state_file(manifest))?;
-    let same = state.manifest == canonical(&manifest.path) && state.manifest_hash == content_hash(&manifest.path);
+    let same = state.manifest == canonical(&manifest.path)
+        && state.manifest_hash == content_hash(&manifest.path);
     (same && alive(state.pid) && state.pid != std::process::id()).then_some(state)
 }
 

@@ -70,7 +70,11 @@ impl StartupReport {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "startup benchmark ({} runs of each mode)\n", self.runs);
-        let _ = writeln!(out, "  {:<16} {:>10} {:>14}", "service", "solo (ms)", "in stack (ms)");
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>10} {:>14}",
+            "service", "solo (ms)", "in stack (ms)"
+        );
         for (name, solo) in &self.solo {
             let par = self.parallel_ready.get(name).copied().unwrap_or_default();
             let _ = writeln!(out, "  {name:<16} {:>10.0} {:>14.0}", ms(*solo), ms(par));
@@ -80,18 +84,41 @@ impl StartupReport {
         let sum = self.solo_sum();
         let _ = writeln!(out);
         let _ = writeln!(out, "  sum of solo times        {:>8.0} ms", ms(sum));
-        let _ = writeln!(out, "  sequential start (wall)  {:>8.0} ms", ms(self.sequential_wall));
+        let _ = writeln!(
+            out,
+            "  sequential start (wall)  {:>8.0} ms",
+            ms(self.sequential_wall)
+        );
         let _ = writeln!(
             out,
             "  critical path            {:>8.0} ms  ({})",
             ms(crit),
             self.critical_path.0.join(" -> ")
         );
-        let ups: Vec<String> = self.stack_up.iter().map(|d| format!("{:.0}", ms(*d))).collect();
-        let _ = writeln!(out, "  stack-up, DAG scheduler  {:>8.0} ms  (median of {})", ms(up), ups.join(", "));
+        let ups: Vec<String> = self
+            .stack_up
+            .iter()
+            .map(|d| format!("{:.0}", ms(*d)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  stack-up, DAG scheduler  {:>8.0} ms  (median of {})",
+            ms(up),
+            ups.join(", ")
+        );
         let _ = writeln!(out);
-        let ratio = |a: Duration, b: Duration| if b.is_zero() { 0.0 } else { a.as_secs_f64() / b.as_secs_f64() };
-        let _ = writeln!(out, "  stack-up / critical path = {:.2}  (target <= 1.10)", ratio(up, crit));
+        let ratio = |a: Duration, b: Duration| {
+            if b.is_zero() {
+                0.0
+            } else {
+                a.as_secs_f64() / b.as_secs_f64()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "  stack-up / critical path = {:.2}  (target <= 1.10)",
+            ratio(up, crit)
+        );
         let _ = writeln!(out, "  stack-up / sum of solo   = {:.2}", ratio(up, sum));
         if !self.lag.is_empty() {
             let max = self.lag.iter().max().copied().unwrap_or_default();
@@ -109,15 +136,24 @@ impl StartupReport {
 
 /// Measures a manifest's startup: `runs` sequential starts, `runs` cold parallel starts, and
 /// `lag_samples` readiness-lag samples.
-pub async fn startup(manifest: &Manifest, runs: usize, lag_samples: usize) -> Result<StartupReport, Error> {
-    let graph = Graph::new(manifest).map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
+pub async fn startup(
+    manifest: &Manifest,
+    runs: usize,
+    lag_samples: usize,
+) -> Result<StartupReport, Error> {
+    let graph = Graph::new(manifest)
+        .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
     let mut solo: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut parallel: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
     let mut sequential_wall = Vec::new();
     let mut stack_up = Vec::new();
     for run in 0..runs {
         // Alternate which mode goes first so neither always meets a cold page cache.
-        for sequential in if run % 2 == 0 { [true, false] } else { [false, true] } {
+        for sequential in if run % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        } {
             let options = StackOptions {
                 max_parallel: sequential.then_some(1),
                 ..StackOptions::default()
@@ -127,7 +163,9 @@ pub async fn startup(manifest: &Manifest, runs: usize, lag_samples: usize) -> Re
             let wall = t0.elapsed();
             for t in stack.timings() {
                 let into = if sequential { &mut solo } else { &mut parallel };
-                into.entry(t.service.clone()).or_default().push(t.ready_in());
+                into.entry(t.service.clone())
+                    .or_default()
+                    .push(t.ready_in());
             }
             if sequential {
                 sequential_wall.push(wall);
@@ -155,8 +193,12 @@ pub async fn startup(manifest: &Manifest, runs: usize, lag_samples: usize) -> Re
 pub async fn readiness_lag(samples: usize) -> Vec<Duration> {
     let mut lags = Vec::new();
     for i in 0..samples {
-        let Ok(probe_sock) = std::net::TcpListener::bind("127.0.0.1:0") else { continue };
-        let Ok(addr) = probe_sock.local_addr() else { continue };
+        let Ok(probe_sock) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = probe_sock.local_addr() else {
+            continue;
+        };
         drop(probe_sock);
         let endpoint = Endpoint {
             kind: Kind::Service,
@@ -175,8 +217,16 @@ pub async fn readiness_lag(samples: usize) -> Vec<Duration> {
             let opened = Instant::now();
             Some((opened, listener))
         });
-        let spec = ProbeSpec::Tcp { port: "http".into() };
-        let ok = crate::probe::wait_ready(&spec, &endpoint, Instant::now() + Duration::from_secs(5), || None).await;
+        let spec = ProbeSpec::Tcp {
+            port: "http".into(),
+        };
+        let ok = crate::probe::wait_ready(
+            &spec,
+            &endpoint,
+            Instant::now() + Duration::from_secs(5),
+            || None,
+        )
+        .await;
         let noticed = Instant::now();
         if let (Ok(_), Ok(Some((opened, _listener)))) = (ok, opener.await) {
             lags.push(noticed.saturating_duration_since(opened));

@@ -23,7 +23,9 @@ pub fn cargo_binaries(manifest: &Manifest) -> Result<(), Error> {
     for b in &bins {
         cmd.args(["--bin", b]);
     }
-    let status = cmd.status().map_err(|e| Error::io("running `cargo build`", e))?;
+    let status = cmd
+        .status()
+        .map_err(|e| Error::io("running `cargo build`", e))?;
     if status.success() {
         Ok(())
     } else {

@@ -170,7 +170,12 @@ pub fn runs_root() -> PathBuf {
 /// The start time of a process (clock ticks since boot), to tell a live owner from a reused pid.
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// The directory of one run, removed when dropped.
@@ -194,7 +199,10 @@ impl RunDir {
         std::fs::create_dir(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
         let me = std::process::id();
-        std::fs::write(path.join("owner"), format!("{me} {}\n", start_time(me).unwrap_or(0)))?;
+        std::fs::write(
+            path.join("owner"),
+            format!("{me} {}\n", start_time(me).unwrap_or(0)),
+        )?;
         register_dir(&path);
         Ok(RunDir { id, path })
     }
@@ -211,10 +219,18 @@ impl Drop for RunDir {
 /// Returns the ids of the runs reaped.
 pub fn reap_dead_runs() -> Vec<String> {
     let mut reaped = Vec::new();
-    let Ok(entries) = std::fs::read_dir(runs_root()) else { return reaped };
+    let Ok(entries) = std::fs::read_dir(runs_root()) else {
+        return reaped;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
-        let Some(id) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
         let owner = std::fs::read_to_string(path.join("owner")).unwrap_or_default();
         let mut fields = owner.split_whitespace();
         let pid: Option<u32> = fields.next().and_then(|p| p.parse().ok());

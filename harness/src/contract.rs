@@ -47,8 +47,8 @@ use pact_models::provider_states::ProviderState;
 use pact_verifier::callback_executors::{ProviderStateError, ProviderStateExecutor};
 use pact_verifier::verification_result::VerificationExecutionResult;
 use pact_verifier::{
-    FilterInfo, MismatchResult, NullRequestFilterExecutor, PactSource, ProviderInfo, ProviderTransport, PublishOptions,
-    VerificationOptions,
+    FilterInfo, MismatchResult, NullRequestFilterExecutor, PactSource, ProviderInfo,
+    ProviderTransport, PublishOptions, VerificationOptions,
 };
 use serde_json::{Map, Value};
 
@@ -60,7 +60,9 @@ use crate::template::Template;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type StateFn = Arc<dyn Fn(Arc<Stack>, StateCall) -> BoxFuture<anyhow::Result<()>> + Send + Sync>;
-type ProducerFn = Arc<dyn Fn(Arc<Stack>, MessageRequest) -> BoxFuture<anyhow::Result<ProducedMessage>> + Send + Sync>;
+type ProducerFn = Arc<
+    dyn Fn(Arc<Stack>, MessageRequest) -> BoxFuture<anyhow::Result<ProducedMessage>> + Send + Sync,
+>;
 
 /// Lines of the provider's log shown with a failed interaction.
 pub const PROVIDER_LOG_LINES: usize = 20;
@@ -87,7 +89,11 @@ impl StateCall {
     fn from_state(state: &ProviderState) -> StateCall {
         StateCall {
             name: state.name.clone(),
-            params: state.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            params: state
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 
@@ -188,12 +194,23 @@ impl Contracts {
         F: Fn(Arc<Stack>, StateCall) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        self.add_state(provider, name, Arc::new(move |s, c| Box::pin(setup(s, c))), None)
+        self.add_state(
+            provider,
+            name,
+            Arc::new(move |s, c| Box::pin(setup(s, c))),
+            None,
+        )
     }
 
     /// Registers the setup and teardown of a provider state of `provider`. The teardown runs
     /// after the interaction was verified, whether it held or not.
-    pub fn state_with_teardown<F, Fut, T, TFut>(self, provider: &str, name: &str, setup: F, teardown: T) -> Contracts
+    pub fn state_with_teardown<F, Fut, T, TFut>(
+        self,
+        provider: &str,
+        name: &str,
+        setup: F,
+        teardown: T,
+    ) -> Contracts
     where
         F: Fn(Arc<Stack>, StateCall) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
@@ -208,7 +225,13 @@ impl Contracts {
         )
     }
 
-    fn add_state(mut self, provider: &str, name: &str, setup: StateFn, teardown: Option<StateFn>) -> Contracts {
+    fn add_state(
+        mut self,
+        provider: &str,
+        name: &str,
+        setup: StateFn,
+        teardown: Option<StateFn>,
+    ) -> Contracts {
         self.states
             .entry(provider.to_string())
             .or_default()
@@ -222,8 +245,10 @@ impl Contracts {
         F: Fn(Arc<Stack>, MessageRequest) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<ProducedMessage>> + Send + 'static,
     {
-        self.producers
-            .insert(provider.to_string(), Arc::new(move |s, r| Box::pin(producer(s, r))));
+        self.producers.insert(
+            provider.to_string(),
+            Arc::new(move |s, r| Box::pin(producer(s, r))),
+        );
         self
     }
 
@@ -255,10 +280,15 @@ impl Contracts {
                 if !seen.insert(interaction.description.clone()) {
                     continue;
                 }
-                let name = format!("{}->{}::{}", pact.consumer, pact.provider, interaction.description);
-                let (contracts, pact, description) = (self.clone(), pact.clone(), interaction.description.clone());
+                let name = format!(
+                    "{}->{}::{}",
+                    pact.consumer, pact.provider, interaction.description
+                );
+                let (contracts, pact, description) =
+                    (self.clone(), pact.clone(), interaction.description.clone());
                 suite = suite.trial(&name, move |ctx| {
-                    let (contracts, pact, description) = (contracts.clone(), pact.clone(), description.clone());
+                    let (contracts, pact, description) =
+                        (contracts.clone(), pact.clone(), description.clone());
                     async move {
                         contracts
                             .verify_interaction(ctx.stack.clone(), &pact, &description)
@@ -285,7 +315,8 @@ impl Contracts {
             host: endpoint.host.clone(),
             port,
         };
-        self.verify_interaction_at(stack, pact, description, target).await
+        self.verify_interaction_at(stack, pact, description, target)
+            .await
     }
 
     /// Verifies one interaction against the provider's HTTP API at `target` (e.g. a proxy in
@@ -313,7 +344,9 @@ impl Contracts {
         };
         let filter = FilterInfo::Description(format!("^{}$", regex::escape(description)));
         let source = PactSource::File(pact.path.to_string_lossy().into_owned());
-        let outcome = run.run(vec![source], filter, vec![pact.consumer.clone()], None).await?;
+        let outcome = run
+            .run(vec![source], filter, vec![pact.consumer.clone()], None)
+            .await?;
         let results = &outcome.interactions;
         if results.len() != count {
             anyhow::bail!(
@@ -348,7 +381,10 @@ impl Contracts {
         for e in &outcome.producer_errors {
             let _ = write!(report, "\n  message producer failed: {e}");
         }
-        let lines = stack.logs(&pact.provider, PROVIDER_LOG_LINES).await.unwrap_or_default();
+        let lines = stack
+            .logs(&pact.provider, PROVIDER_LOG_LINES)
+            .await
+            .unwrap_or_default();
         if !lines.is_empty() {
             let _ = write!(
                 report,
@@ -364,10 +400,16 @@ impl Contracts {
     /// Verifies `request.provider` against all its pacts (from the directory or a broker),
     /// publishing the results if asked; returns the summary. The provider's HTTP API is the
     /// one of `stack`.
-    pub async fn verify_provider(&self, stack: Arc<Stack>, request: &VerifyRequest) -> anyhow::Result<VerifyReport> {
+    pub async fn verify_provider(
+        &self,
+        stack: Arc<Stack>,
+        request: &VerifyRequest,
+    ) -> anyhow::Result<VerifyReport> {
         let provider = request.provider.clone();
         let endpoint = stack.endpoint(&provider)?;
-        let port = endpoint.port(None).map_err(|e| anyhow!("provider `{provider}`: {e}"))?;
+        let port = endpoint
+            .port(None)
+            .map_err(|e| anyhow!("provider `{provider}`: {e}"))?;
         let run = Verification {
             contracts: self,
             stack: stack.clone(),
@@ -412,11 +454,13 @@ impl Contracts {
         let mut rows: BTreeMap<String, SummaryRow> = BTreeMap::new();
         let mut failures = Vec::new();
         for r in &outcome.interactions {
-            let row = rows.entry(r.consumer.clone()).or_insert_with(|| SummaryRow {
-                consumer: r.consumer.clone(),
-                provider: r.provider.clone(),
-                ..SummaryRow::default()
-            });
+            let row = rows
+                .entry(r.consumer.clone())
+                .or_insert_with(|| SummaryRow {
+                    consumer: r.consumer.clone(),
+                    provider: r.provider.clone(),
+                    ..SummaryRow::default()
+                });
             match &r.failure {
                 None => row.passed += 1,
                 Some(f) => {
@@ -452,7 +496,9 @@ impl Contracts {
                 .iter()
                 .map(|e| format!("message producer failed: {e}")),
         );
-        let ok = outcome.passed && outcome.other_errors.is_empty() && rows.values().all(|r| r.failed == 0);
+        let ok = outcome.passed
+            && outcome.other_errors.is_empty()
+            && rows.values().all(|r| r.failed == 0);
         Ok(VerifyReport {
             provider,
             rows: rows.into_values().collect(),
@@ -476,7 +522,9 @@ impl Contracts {
                 let (contracts, request) = (contracts.clone(), request.clone());
                 async move {
                     println!("\n{}", request.describe(contracts.dir()));
-                    let report = contracts.verify_provider(ctx.stack.clone(), &request).await?;
+                    let report = contracts
+                        .verify_provider(ctx.stack.clone(), &request)
+                        .await?;
                     if let Some(path) = std::env::var_os(ENV_REPORT) {
                         let json = serde_json::to_vec_pretty(&report)?;
                         std::fs::write(&path, json)
@@ -549,8 +597,8 @@ pub fn load_pacts(dir: &Path) -> anyhow::Result<Vec<PactFile>> {
 
 /// Reads one pact file.
 pub fn load_pact(path: &Path) -> anyhow::Result<PactFile> {
-    let pact: Box<dyn Pact + Send + Sync + RefUnwindSafe> =
-        pact_models::pact::read_pact(path).with_context(|| format!("reading the pact file {}", path.display()))?;
+    let pact: Box<dyn Pact + Send + Sync + RefUnwindSafe> = pact_models::pact::read_pact(path)
+        .with_context(|| format!("reading the pact file {}", path.display()))?;
     let interactions = pact
         .interactions()
         .iter()
@@ -620,9 +668,17 @@ impl VerifyReport {
             );
         }
         if self.rows.is_empty() {
-            let _ = writeln!(out, "(no interactions were verified for `{}`)", self.provider);
+            let _ = writeln!(
+                out,
+                "(no interactions were verified for `{}`)",
+                self.provider
+            );
         }
-        let _ = write!(out, "result: {}", if self.ok { "verified" } else { "FAILED" });
+        let _ = write!(
+            out,
+            "result: {}",
+            if self.ok { "verified" } else { "FAILED" }
+        );
         out
     }
 }
@@ -776,7 +832,11 @@ impl VerifyRequest {
             return Ok(None);
         };
         let candidate = match (var(ENV_BINARY), var(ENV_IMAGE)) {
-            (Some(_), Some(_)) => return Err(Error::Usage(format!("set {ENV_BINARY} or {ENV_IMAGE}, not both"))),
+            (Some(_), Some(_)) => {
+                return Err(Error::Usage(format!(
+                    "set {ENV_BINARY} or {ENV_IMAGE}, not both"
+                )))
+            }
             (Some(b), None) => Some(Candidate::Binary(b.into())),
             (None, Some(i)) => Some(Candidate::Image(i)),
             (None, None) => None,
@@ -789,7 +849,9 @@ impl VerifyRequest {
                     Some(s) => match serde_json::from_str::<Value>(&s) {
                         Ok(Value::Array(a)) => a,
                         Ok(other) => vec![other],
-                        Err(e) => return Err(Error::Usage(format!("{ENV_SELECTORS} is not JSON: {e}"))),
+                        Err(e) => {
+                            return Err(Error::Usage(format!("{ENV_SELECTORS} is not JSON: {e}")))
+                        }
                     },
                 };
                 Some(BrokerSource {
@@ -831,7 +893,10 @@ impl VerifyRequest {
             None => format!("the pacts in {}", dir.display()),
             Some(b) => format!("the pacts of the broker at {}", b.url),
         };
-        format!("verifying `{}` ({candidate}) against {source}", self.provider)
+        format!(
+            "verifying `{}` ({candidate}) against {source}",
+            self.provider
+        )
     }
 
     /// Replaces the provider's launch in the manifest with the candidate's.
@@ -843,12 +908,18 @@ impl VerifyRequest {
             .services
             .iter_mut()
             .find(|s| s.name == self.provider)
-            .ok_or_else(|| Error::Usage(format!("the manifest has no service `{}` to verify", self.provider)))?;
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "the manifest has no service `{}` to verify",
+                    self.provider
+                ))
+            })?;
         match candidate {
             Candidate::Binary(path) => {
                 let text = path.to_string_lossy();
-                let program = Template::parse(&text)
-                    .map_err(|e| Error::Usage(format!("the candidate binary path {text}: {}", e.message)))?;
+                let program = Template::parse(&text).map_err(|e| {
+                    Error::Usage(format!("the candidate binary path {text}: {}", e.message))
+                })?;
                 service.launch = Launch::Command(vec![program]);
             }
             Candidate::Image(image) => {
@@ -876,11 +947,16 @@ pub struct SuiteTarget {
 /// environment (so its own state handlers and producers are used), prints the summary table
 /// the suite reports back, and returns the exit code: 0 verified, 1 an interaction failed, or
 /// the suite's own code when the stack could not be started (2–5).
-pub fn run_verify_command(request: &VerifyRequest, target: &SuiteTarget, manifest: &Path) -> Result<u8, Error> {
+pub fn run_verify_command(
+    request: &VerifyRequest,
+    target: &SuiteTarget,
+    manifest: &Path,
+) -> Result<u8, Error> {
     request.validate()?;
     let mut request = request.clone();
     if let Some(Candidate::Binary(b)) = &request.candidate {
-        let abs = std::fs::canonicalize(b).map_err(|e| Error::io(format!("resolving {}", b.display()), e))?;
+        let abs = std::fs::canonicalize(b)
+            .map_err(|e| Error::io(format!("resolving {}", b.display()), e))?;
         request.candidate = Some(Candidate::Binary(abs));
     }
     let manifest = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
@@ -893,11 +969,19 @@ pub fn run_verify_command(request: &VerifyRequest, target: &SuiteTarget, manifes
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
     // In verify mode the suite holds the one trial `<suite>::verify::<provider>`.
-    cmd.args(["test", "--quiet", "-p", &target.package, "--test", &target.test, "--"])
-        .arg(format!("::verify::{}", request.provider))
-        .env("HARNESS_MANIFEST", &manifest)
-        .env(ENV_REPORT, &report_path)
-        .env("PACT_DO_NOT_TRACK", "true");
+    cmd.args([
+        "test",
+        "--quiet",
+        "-p",
+        &target.package,
+        "--test",
+        &target.test,
+        "--",
+    ])
+    .arg(format!("::verify::{}", request.provider))
+    .env("HARNESS_MANIFEST", &manifest)
+    .env(ENV_REPORT, &report_path)
+    .env("PACT_DO_NOT_TRACK", "true");
     if let Some(dir) = manifest.parent() {
         cmd.current_dir(dir);
     }
@@ -905,7 +989,9 @@ pub fn run_verify_command(request: &VerifyRequest, target: &SuiteTarget, manifes
         cmd.env(k, v);
     }
     let what = format!("`cargo test -p {} --test {}`", target.package, target.test);
-    let status = cmd.status().map_err(|e| Error::io(format!("running {what}"), e))?;
+    let status = cmd
+        .status()
+        .map_err(|e| Error::io(format!("running {what}"), e))?;
     let report = std::fs::read(&report_path)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<VerifyReport>(&bytes).ok());
@@ -1018,8 +1104,12 @@ impl Verification<'_> {
         }];
         let server = match self.contracts.producers.get(&self.provider) {
             Some(producer) => {
-                let server =
-                    MessageServer::start(producer.clone(), self.stack.clone(), producer_errors.clone()).await?;
+                let server = MessageServer::start(
+                    producer.clone(),
+                    self.stack.clone(),
+                    producer_errors.clone(),
+                )
+                .await?;
                 transports.push(ProviderTransport {
                     transport: "message".into(),
                     port: Some(server.port),
@@ -1039,7 +1129,12 @@ impl Verification<'_> {
         let executor = Arc::new(StateExecutor {
             provider: self.provider.clone(),
             stack: self.stack.clone(),
-            handlers: self.contracts.states.get(&self.provider).cloned().unwrap_or_default(),
+            handlers: self
+                .contracts
+                .states
+                .get(&self.provider)
+                .cloned()
+                .unwrap_or_default(),
             errors: Mutex::new(Vec::new()),
         });
         let options = VerificationOptions::<NullRequestFilterExecutor> {
@@ -1077,8 +1172,10 @@ impl Verification<'_> {
             server.stop().await;
         }
         let mut outcome = result?;
-        outcome.state_errors = std::mem::take(&mut *executor.errors.lock().unwrap_or_else(|p| p.into_inner()));
-        outcome.producer_errors = std::mem::take(&mut *producer_errors.lock().unwrap_or_else(|p| p.into_inner()));
+        outcome.state_errors =
+            std::mem::take(&mut *executor.errors.lock().unwrap_or_else(|p| p.into_inner()));
+        outcome.producer_errors =
+            std::mem::take(&mut *producer_errors.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(outcome)
     }
 }
@@ -1109,8 +1206,15 @@ fn render_mismatch(result: &MismatchResult) -> String {
                         Value::Null => {}
                         Value::String(s) if s.is_empty() => {}
                         v => {
-                            let v = v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
-                            let _ = write!(out, "\n       {label:<8}: {}", v.replace('\n', "\n                  "));
+                            let v = v
+                                .as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string());
+                            let _ = write!(
+                                out,
+                                "\n       {label:<8}: {}",
+                                v.replace('\n', "\n                  ")
+                            );
                         }
                     }
                 }
@@ -1133,7 +1237,11 @@ fn describe(i: &dyn Interaction) -> String {
     if let Some(http) = i.as_v4_http() {
         let r = &http.response;
         let body = pretty(&r.body.display_string());
-        format!("response: status {}, body:\n  {}", r.status, body.replace('\n', "\n  "))
+        format!(
+            "response: status {}, body:\n  {}",
+            r.status,
+            body.replace('\n', "\n  ")
+        )
     } else if let Some(m) = i.as_v4_async_message() {
         let body = pretty(&m.contents.contents.display_string());
         let metadata: Map<String, Value> = m
@@ -1290,7 +1398,13 @@ async fn produce(
     use axum::response::IntoResponse as _;
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("the request is not JSON: {e}")).into_response(),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("the request is not JSON: {e}"),
+            )
+                .into_response()
+        }
     };
     let states = request["providerStates"]
         .as_array()
@@ -1304,13 +1418,17 @@ async fn produce(
         })
         .unwrap_or_default();
     let message_request = MessageRequest {
-        description: request["description"].as_str().unwrap_or_default().to_string(),
+        description: request["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         states,
     };
     let description = message_request.description.clone();
     match (state.producer)(state.stack.clone(), message_request).await {
         Ok(m) => {
-            let metadata = base64::engine::general_purpose::STANDARD.encode(Value::Object(m.metadata).to_string());
+            let metadata = base64::engine::general_purpose::STANDARD
+                .encode(Value::Object(m.metadata).to_string());
             let mut response = m.contents.into_response();
             let headers = response.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&m.content_type) {
@@ -1338,7 +1456,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
@@ -1370,7 +1491,10 @@ mod tests {
         };
         let env: Vec<(&str, String)> = request.to_env();
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        assert_eq!(VerifyRequest::from_vars(vars(&pairs)).unwrap(), Some(request));
+        assert_eq!(
+            VerifyRequest::from_vars(vars(&pairs)).unwrap(),
+            Some(request)
+        );
     }
 
     #[test]
@@ -1443,7 +1567,12 @@ mod tests {
         let t = report.table();
         assert!(t.contains("consumer"), "{t}");
         assert!(
-            t.lines().nth(1).unwrap().split_whitespace().collect::<Vec<_>>() == ["orders", "payments", "5", "1", "0"],
+            t.lines()
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                == ["orders", "payments", "5", "1", "0"],
             "{t}"
         );
         assert!(t.ends_with("result: FAILED"), "{t}");
@@ -1461,6 +1590,9 @@ mod tests {
         assert_eq!(call.str("id").unwrap(), "x");
         assert_eq!(call.param::<i64>("amount").unwrap(), 5);
         let err = call.str("missing").unwrap_err().to_string();
-        assert!(err.contains("`missing`") && err.contains("a payment exists"), "{err}");
+        assert!(
+            err.contains("`missing`") && err.contains("a payment exists"),
+            "{err}"
+        );
     }
 }

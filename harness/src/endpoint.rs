@@ -33,7 +33,10 @@ impl Endpoint {
     pub fn port(&self, name: Option<&str>) -> Result<u16, String> {
         let name = match name {
             Some(n) => n,
-            None => self.primary.as_deref().ok_or("the service declares no ports")?,
+            None => self
+                .primary
+                .as_deref()
+                .ok_or("the service declares no ports")?,
         };
         self.ports
             .get(name)
@@ -62,7 +65,10 @@ impl Endpoint {
             }
             Kind::Redis => format!("redis://{auth}{address}/{}", database.unwrap_or("0")),
             Kind::Rabbitmq => format!("amqp://{auth}{address}/{}", encode(database.unwrap_or("/"))),
-            Kind::Service => format!("http://{address}{}", database.map(|p| format!("/{p}")).unwrap_or_default()),
+            Kind::Service => format!(
+                "http://{address}{}",
+                database.map(|p| format!("/{p}")).unwrap_or_default()
+            ),
         })
     }
 
@@ -72,7 +78,11 @@ impl Endpoint {
         match field {
             Field::Host => Ok(self.host.clone()),
             Field::Port(name) => self.port(name.as_deref()).map(|p| p.to_string()),
-            Field::Bind(name) => Ok(format!("{}:{}", self.bind_host, self.port(name.as_deref())?)),
+            Field::Bind(name) => Ok(format!(
+                "{}:{}",
+                self.bind_host,
+                self.port(name.as_deref())?
+            )),
             Field::Address => self.address(),
             Field::User => self.user.clone().ok_or_else(|| missing("user")),
             Field::Password => self.password.clone().ok_or_else(|| missing("password")),
@@ -114,8 +124,14 @@ mod tests {
 
     #[test]
     fn urls_per_kind() {
-        assert_eq!(pg().url(None).unwrap(), "postgres://u:p%40ss@127.0.0.1:5433/app");
-        assert_eq!(pg().url(Some("orders")).unwrap(), "postgres://u:p%40ss@127.0.0.1:5433/orders");
+        assert_eq!(
+            pg().url(None).unwrap(),
+            "postgres://u:p%40ss@127.0.0.1:5433/app"
+        );
+        assert_eq!(
+            pg().url(Some("orders")).unwrap(),
+            "postgres://u:p%40ss@127.0.0.1:5433/orders"
+        );
         let amqp = Endpoint {
             kind: Kind::Rabbitmq,
             ports: BTreeMap::from([("amqp".into(), 5672)]),
@@ -123,7 +139,10 @@ mod tests {
             database: None,
             ..pg()
         };
-        assert_eq!(amqp.url(None).unwrap(), "amqp://u:p%40ss@127.0.0.1:5672/%2F");
+        assert_eq!(
+            amqp.url(None).unwrap(),
+            "amqp://u:p%40ss@127.0.0.1:5672/%2F"
+        );
         assert_eq!(pg().field(&Field::Bind(None)).unwrap(), "127.0.0.1:5433");
         assert!(pg().field(&Field::Port(Some("http".into()))).is_err());
     }

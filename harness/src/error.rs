@@ -123,7 +123,11 @@ impl std::fmt::Display for StartupError {
         if self.stopped.is_empty() {
             writeln!(f, "  nothing else had started")?;
         } else {
-            writeln!(f, "  stopped again, in reverse dependency order: {}", self.stopped.join(", "))?;
+            writeln!(
+                f,
+                "  stopped again, in reverse dependency order: {}",
+                self.stopped.join(", ")
+            )?;
         }
         if self.log_tail.is_empty() {
             write!(f, "  (its log is empty)")?;

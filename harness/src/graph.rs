@@ -25,7 +25,11 @@ impl Graph {
             .services
             .iter()
             .map(|s| {
-                let d = s.depends_on.iter().map(|d| (d.service.clone(), d.condition)).collect();
+                let d = s
+                    .depends_on
+                    .iter()
+                    .map(|d| (d.service.clone(), d.condition))
+                    .collect();
                 (s.name.clone(), d)
             })
             .collect();
@@ -98,7 +102,11 @@ impl Graph {
                 .map(|(dep, _)| depth[dep.as_str()] + 1)
                 .max()
                 .unwrap_or(0);
-            let key = self.deps.get_key_value(name.as_str()).map(|(k, _)| k.as_str()).unwrap_or("");
+            let key = self
+                .deps
+                .get_key_value(name.as_str())
+                .map(|(k, _)| k.as_str())
+                .unwrap_or("");
             depth.insert(key, d);
         }
         let mut layers: Vec<Vec<String>> = Vec::new();
@@ -113,9 +121,16 @@ impl Graph {
 
     /// A topological order: every service after its dependencies; ties broken by name.
     pub fn order(&self) -> Vec<String> {
-        let mut remaining: BTreeMap<&str, usize> =
-            self.deps.iter().map(|(n, d)| (n.as_str(), d.len())).collect();
-        let mut ready: BTreeSet<&str> = remaining.iter().filter(|(_, c)| **c == 0).map(|(n, _)| *n).collect();
+        let mut remaining: BTreeMap<&str, usize> = self
+            .deps
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.len()))
+            .collect();
+        let mut ready: BTreeSet<&str> = remaining
+            .iter()
+            .filter(|(_, c)| **c == 0)
+            .map(|(n, _)| *n)
+            .collect();
         let mut order = Vec::new();
         while let Some(next) = ready.pop_first() {
             remaining.remove(next);
@@ -162,7 +177,8 @@ impl Graph {
 
     /// Graphviz DOT text; `started` edges are dashed.
     pub fn to_dot(&self, name: &str) -> String {
-        let mut out = format!("digraph \"{name}\" {{\n  rankdir=LR;\n  node [shape=box, style=rounded];\n");
+        let mut out =
+            format!("digraph \"{name}\" {{\n  rankdir=LR;\n  node [shape=box, style=rounded];\n");
         for service in self.deps.keys() {
             let _ = writeln!(out, "  \"{service}\";");
         }
@@ -198,7 +214,8 @@ impl Graph {
                 match marks.get(dep.as_str()).copied().unwrap_or(Mark::New) {
                     Mark::Active => {
                         let from = stack.iter().position(|s| *s == dep.as_str()).unwrap_or(0);
-                        let mut path: Vec<String> = stack[from..].iter().map(|s| s.to_string()).collect();
+                        let mut path: Vec<String> =
+                            stack[from..].iter().map(|s| s.to_string()).collect();
                         path.push(dep.clone());
                         return Some(path);
                     }
@@ -234,7 +251,14 @@ mod tests {
         Graph::from_edges(
             edges
                 .iter()
-                .map(|(n, d)| (n.to_string(), d.iter().map(|d| (d.to_string(), Condition::Ready)).collect()))
+                .map(|(n, d)| {
+                    (
+                        n.to_string(),
+                        d.iter()
+                            .map(|d| (d.to_string(), Condition::Ready))
+                            .collect(),
+                    )
+                })
                 .collect(),
         )
     }
@@ -276,10 +300,17 @@ mod tests {
     #[test]
     fn dependents_are_transitive() {
         let g = shop();
-        assert_eq!(g.dependents("payments"), BTreeSet::from(["orders".to_string()]));
+        assert_eq!(
+            g.dependents("payments"),
+            BTreeSet::from(["orders".to_string()])
+        );
         assert_eq!(
             g.dependents("postgres"),
-            BTreeSet::from(["notifications".to_string(), "orders".into(), "payments".into()])
+            BTreeSet::from([
+                "notifications".to_string(),
+                "orders".into(),
+                "payments".into()
+            ])
         );
         assert!(g.dependents("orders").is_empty());
         assert_eq!(g.requirements("orders").len(), 4);

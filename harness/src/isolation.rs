@@ -32,7 +32,8 @@ pub struct FreshDatabase {
 
 /// A boxed `Send` future. sqlx's connection futures trip the compiler's higher-ranked `Send`
 /// checks when awaited inside other generic futures; boxing here settles them once.
-pub type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>> + Send + 'a>>;
+pub type Boxed<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>> + Send + 'a>>;
 
 fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -41,11 +42,19 @@ fn quote(name: &str) -> String {
 impl DatabaseTemplate {
     /// Creates (or recreates) template database `name` on the stack's postgres service and
     /// applies every `*.sql` file of `migrations` to it, in file-name order.
-    pub fn from_migrations<'a>(stack: &'a Stack, name: &'a str, migrations: &'a Path) -> Boxed<'a, DatabaseTemplate> {
+    pub fn from_migrations<'a>(
+        stack: &'a Stack,
+        name: &'a str,
+        migrations: &'a Path,
+    ) -> Boxed<'a, DatabaseTemplate> {
         Box::pin(Self::from_migrations_inner(stack, name, migrations))
     }
 
-    async fn from_migrations_inner(stack: &Stack, name: &str, migrations: &Path) -> anyhow::Result<DatabaseTemplate> {
+    async fn from_migrations_inner(
+        stack: &Stack,
+        name: &str,
+        migrations: &Path,
+    ) -> anyhow::Result<DatabaseTemplate> {
         let service = stack
             .manifest()
             .services
@@ -58,9 +67,12 @@ impl DatabaseTemplate {
             name: format!("tpl_{name}"),
         };
         let mut admin = template.admin().await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote(&template.name)))
-            .execute(&mut admin)
-            .await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote(&template.name)
+        ))
+        .execute(&mut admin)
+        .await?;
         sqlx::query(&format!("CREATE DATABASE {}", quote(&template.name)))
             .execute(&mut admin)
             .await?;
@@ -74,7 +86,10 @@ impl DatabaseTemplate {
         files.sort();
         let mut script = String::new();
         for file in &files {
-            script.push_str(&std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?);
+            script.push_str(
+                &std::fs::read_to_string(file)
+                    .with_context(|| format!("reading {}", file.display()))?,
+            );
             script.push_str(";\n");
         }
         let pool = sqlx::PgPool::connect(&template.url(&template.name)?).await?;
@@ -102,10 +117,14 @@ impl DatabaseTemplate {
     async fn fresh_database_inner(&self) -> anyhow::Result<FreshDatabase> {
         let name = format!("t_{:016x}", rand::random::<u64>());
         let mut admin = self.admin().await?;
-        sqlx::query(&format!("CREATE DATABASE {} TEMPLATE {}", quote(&name), quote(&self.name)))
-            .execute(&mut admin)
-            .await
-            .with_context(|| format!("cloning {}", self.name))?;
+        sqlx::query(&format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            quote(&name),
+            quote(&self.name)
+        ))
+        .execute(&mut admin)
+        .await
+        .with_context(|| format!("cloning {}", self.name))?;
         let _ = admin.close().await;
         Ok(FreshDatabase {
             url: self.url(&name)?,
@@ -120,9 +139,12 @@ impl DatabaseTemplate {
 
     async fn drop_database_inner(&self, db: &FreshDatabase) -> anyhow::Result<()> {
         let mut admin = self.admin().await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote(&db.name)))
-            .execute(&mut admin)
-            .await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote(&db.name)
+        ))
+        .execute(&mut admin)
+        .await?;
         let _ = admin.close().await;
         Ok(())
     }

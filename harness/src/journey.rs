@@ -31,7 +31,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
 use serde_json::Value;
 use tokio::time::Instant;
@@ -122,12 +125,19 @@ impl Journey {
     }
 
     fn touch(&self, service: &str) {
-        self.touched.lock().unwrap_or_else(|p| p.into_inner()).insert(service.to_string());
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(service.to_string());
     }
 
     /// Runs a named step; a failure says which step failed, with the last HTTP exchange and
     /// the log tails of the services touched so far.
-    pub async fn step<T>(&self, name: &str, body: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    pub async fn step<T>(
+        &self,
+        name: &str,
+        body: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = None;
         match body.await {
             Ok(v) => Ok(v),
@@ -137,11 +147,20 @@ impl Journey {
                     report.push_str(&format!("\n  last HTTP exchange of the step:\n{x}"));
                 }
                 report.push_str(&format!("\n  trace id: {}", self.trace.trace_id));
-                let touched: Vec<String> = self.touched.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+                let touched: Vec<String> = self
+                    .touched
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
                 for service in touched {
                     let lines = self.stack.logs(&service, 10).await.unwrap_or_default();
                     if !lines.is_empty() {
-                        report.push_str(&format!("\n  --- last lines of `{service}` ---\n  {}", lines.join("\n  ")));
+                        report.push_str(&format!(
+                            "\n  --- last lines of `{service}` ---\n  {}",
+                            lines.join("\n  ")
+                        ));
                     }
                 }
                 Err(anyhow!(report))
@@ -154,7 +173,10 @@ impl Journey {
         self.touch(service);
         Ok(Http {
             base: self.stack.url(service)?,
-            client: reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(15)).build()?,
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(15))
+                .build()?,
             trace: self.trace.clone(),
             last: self.last.clone(),
         })
@@ -173,11 +195,19 @@ impl Journey {
             .iter()
             .find(|(k, _)| k == var)
             .map(|(_, t)| t)
-            .ok_or_else(|| anyhow!("service `{service}` has no environment variable `{var}` in the manifest"))?;
+            .ok_or_else(|| {
+                anyhow!("service `{service}` has no environment variable `{var}` in the manifest")
+            })?;
         let endpoints = self.stack.endpoints();
         let own = self.stack.endpoint(service)?;
         template
-            .render(|name| if name == "self" { Some(&own) } else { endpoints.get(name) })
+            .render(|name| {
+                if name == "self" {
+                    Some(&own)
+                } else {
+                    endpoints.get(name)
+                }
+            })
             .map_err(|e| anyhow!(e))
     }
 
@@ -233,10 +263,21 @@ impl Journey {
             )
             .await?;
         channel
-            .queue_bind(queue.name().as_str(), exchange, routing_key, QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                queue.name().as_str(),
+                exchange,
+                routing_key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         let consumer = channel
-            .basic_consume(queue.name().as_str(), "journey", BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                queue.name().as_str(),
+                "journey",
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         Ok(Capture {
             _connection: connection,
@@ -281,13 +322,18 @@ pub struct Response {
 impl Response {
     /// The body parsed as JSON.
     pub fn json(&self) -> anyhow::Result<Value> {
-        serde_json::from_str(&self.body).with_context(|| format!("the body is not JSON: {}", self.body))
+        serde_json::from_str(&self.body)
+            .with_context(|| format!("the body is not JSON: {}", self.body))
     }
 
     /// Fails unless the status is `status`; returns the body as JSON.
     pub fn expect_status(&self, status: u16) -> anyhow::Result<Value> {
         if self.status != status {
-            anyhow::bail!("expected status {status}, got {}: {}", self.status, self.body);
+            anyhow::bail!(
+                "expected status {status}, got {}: {}",
+                self.status,
+                self.body
+            );
         }
         if self.body.is_empty() {
             return Ok(Value::Null);
@@ -327,7 +373,10 @@ impl Http {
             req = req.json(b);
         }
         let request = format!("{method} {url}");
-        let response = req.send().await.with_context(|| format!("{request}: no response"))?;
+        let response = req
+            .send()
+            .await
+            .with_context(|| format!("{request}: no response"))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
@@ -351,7 +400,8 @@ impl Http {
 
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Response> {
-        self.send(reqwest::Method::POST, path, Some(body), &[]).await
+        self.send(reqwest::Method::POST, path, Some(body), &[])
+            .await
     }
 }
 
@@ -398,7 +448,11 @@ pub struct Capture {
 
 impl Capture {
     /// Waits for a message matching `pred`; fails after `timeout`, listing what arrived.
-    pub async fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Message) -> bool) -> anyhow::Result<Message> {
+    pub async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Message) -> bool,
+    ) -> anyhow::Result<Message> {
         if let Some(m) = self.seen.iter().find(|m| pred(m)) {
             return Ok(m.clone());
         }
@@ -421,7 +475,11 @@ impl Capture {
                 Ok(Some(Err(e))) => return Err(anyhow!("the capture queue failed: {e}")),
                 Ok(None) => return Err(anyhow!("the capture queue was closed")),
                 Err(_) => {
-                    let seen: Vec<String> = self.seen.iter().map(|m| String::from_utf8_lossy(&m.body).into_owned()).collect();
+                    let seen: Vec<String> = self
+                        .seen
+                        .iter()
+                        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+                        .collect();
                     anyhow::bail!(
                         "no matching message within {:.1} s; {} other message(s) arrived: {seen:?}",
                         timeout.as_secs_f64(),
@@ -433,7 +491,11 @@ impl Capture {
     }
 
     /// Messages that arrive within `window` and match `pred` (e.g. to prove none came).
-    pub async fn collect(&mut self, window: Duration, pred: impl Fn(&Message) -> bool) -> Vec<Message> {
+    pub async fn collect(
+        &mut self,
+        window: Duration,
+        pred: impl Fn(&Message) -> bool,
+    ) -> Vec<Message> {
         let _ = self.wait_for(window, |_| false).await;
         self.seen.iter().filter(|m| pred(m)).cloned().collect()
     }
@@ -493,7 +555,13 @@ mod tests {
         let v = eventually(Duration::from_secs(2), || {
             n += 1;
             let v = n;
-            async move { if v >= 3 { Ok(v) } else { Err(format!("{v}")) } }
+            async move {
+                if v >= 3 {
+                    Ok(v)
+                } else {
+                    Err(format!("{v}"))
+                }
+            }
         })
         .await
         .unwrap();

@@ -399,16 +399,24 @@ impl<'de> Deserialize<'de> for RawDependsOn {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = RawDependsOn;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of service names or a table of `name = \"started\" | \"ready\"`")
+                f.write_str(
+                    "a list of service names or a table of `name = \"started\" | \"ready\"`",
+                )
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut v = Vec::new();
                 while let Some(name) = seq.next_element()? {
                     v.push(name);
                 }
                 Ok(RawDependsOn::List(v))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut v = Vec::new();
                 while let Some(name) = map.next_key()? {
                     v.push((name, map.next_value()?));
@@ -452,7 +460,11 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn at(span: std::ops::Range<usize>, message: impl Into<String>, help: impl Into<String>) -> Self {
+    fn at(
+        span: std::ops::Range<usize>,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) -> Self {
         Problem {
             span: Some((span.start, span.end)),
             message: message.into(),
@@ -491,7 +503,13 @@ impl fmt::Display for ManifestError {
                         .clamp(1, text.len().saturating_sub(col - 1).max(1));
                     writeln!(f, "{:width$} |", "")?;
                     writeln!(f, "{line} | {text}")?;
-                    writeln!(f, "{:width$} | {}{}", "", " ".repeat(col - 1), "^".repeat(span_len))?;
+                    writeln!(
+                        f,
+                        "{:width$} | {}{}",
+                        "",
+                        " ".repeat(col - 1),
+                        "^".repeat(span_len)
+                    )?;
                 }
                 None => writeln!(f, "  --> {}", self.file)?,
             }
@@ -528,12 +546,28 @@ const SERVICE_KEYS: &[&str] = &[
     "paths",
 ];
 
-const STACK_KEYS: &[&str] = &["stack", "services", "name", "type", "path", "port", "pull", "image-prefix", "images"];
+const STACK_KEYS: &[&str] = &[
+    "stack",
+    "services",
+    "name",
+    "type",
+    "path",
+    "port",
+    "pull",
+    "image-prefix",
+    "images",
+];
 
 fn toml_problem(e: &toml::de::Error) -> Problem {
     let message = e.message().trim().to_string();
     let help = if let Some(field) = between(&message, "unknown field `", "`") {
-        match closest(field, SERVICE_KEYS.iter().copied().chain(STACK_KEYS.iter().copied())) {
+        match closest(
+            field,
+            SERVICE_KEYS
+                .iter()
+                .copied()
+                .chain(STACK_KEYS.iter().copied()),
+        ) {
             Some(s) => format!("did you mean `{s}`? remove or rename the key"),
             None => "remove the key; the manifest format is described in the README".into(),
         }
@@ -564,7 +598,10 @@ fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
 }
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a typo.
-pub(crate) fn closest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (edit_distance(word, c), c))
@@ -657,7 +694,13 @@ fn build(path: &Path, raw: RawManifest, problems: &mut Vec<Problem>) -> Manifest
                 "use lowercase letters, digits and `-`, starting with a letter (it becomes a host name)",
             ));
         }
-        services.push(build_service(name_str, body, &names, default_timeout, problems));
+        services.push(build_service(
+            name_str,
+            body,
+            &names,
+            default_timeout,
+            problems,
+        ));
     }
     check_templates(&raw, &services, problems);
     let images = build_images(&raw.stack, &names, problems);
@@ -675,7 +718,10 @@ fn build(path: &Path, raw: RawManifest, problems: &mut Vec<Problem>) -> Manifest
             if manifest.service(s.get_ref()).is_none() {
                 problems.push(Problem::at(
                     s.span(),
-                    format!("suite `{suite}` names service `{}`, which is not defined", s.get_ref()),
+                    format!(
+                        "suite `{suite}` names service `{}`, which is not defined",
+                        s.get_ref()
+                    ),
                     "list the services the suite exercises, by their names under [services]",
                 ));
             }
@@ -731,8 +777,14 @@ fn build_images(stack: &RawStack, names: &BTreeSet<&str>, problems: &mut Vec<Pro
         let name = service.get_ref().as_str();
         if !names.contains(name) {
             let help = match closest(name, names.iter().copied()) {
-                Some(s) => format!("did you mean `{s}`? the services are: {}", join(names.iter().copied())),
-                None => format!("keys of `[stack.images]` are service names: {}", join(names.iter().copied())),
+                Some(s) => format!(
+                    "did you mean `{s}`? the services are: {}",
+                    join(names.iter().copied())
+                ),
+                None => format!(
+                    "keys of `[stack.images]` are service names: {}",
+                    join(names.iter().copied())
+                ),
             };
             problems.push(Problem::at(
                 service.span(),
@@ -751,7 +803,11 @@ fn build_images(stack: &RawStack, names: &BTreeSet<&str>, problems: &mut Vec<Pro
         }
         overrides.insert(name.to_string(), image.get_ref().clone());
     }
-    Images { pull, prefix, overrides }
+    Images {
+        pull,
+        prefix,
+        overrides,
+    }
 }
 
 fn build_service(
@@ -780,7 +836,10 @@ fn build_service(
         if let Some(other) = seen_numbers.insert(n, port_name.get_ref().clone()) {
             problems.push(Problem::at(
                 number.span(),
-                format!("ports `{other}` and `{}` of service `{name}` are both {n}", port_name.get_ref()),
+                format!(
+                    "ports `{other}` and `{}` of service `{name}` are both {n}",
+                    port_name.get_ref()
+                ),
                 "give each named port its own number",
             ));
         }
@@ -804,7 +863,10 @@ fn build_service(
                 ));
             } else if !names.contains(dep_name) {
                 let help = match closest(dep_name, names.iter().copied()) {
-                    Some(s) => format!("did you mean `{s}`? the services are: {}", join(names.iter().copied())),
+                    Some(s) => format!(
+                        "did you mean `{s}`? the services are: {}",
+                        join(names.iter().copied())
+                    ),
                     None => format!(
                         "add a `[services.{dep_name}]` table or use one of: {}",
                         join(names.iter().copied())
@@ -857,7 +919,12 @@ fn build_service(
                     "give the program and its arguments, e.g. `command = [\"./bin/server\", \"--port\", \"{{ self.port }}\"]`",
                 ));
             }
-            Launch::Command(cmd.get_ref().iter().filter_map(|a| parse_template(a, problems)).collect())
+            Launch::Command(
+                cmd.get_ref()
+                    .iter()
+                    .filter_map(|a| parse_template(a, problems))
+                    .collect(),
+            )
         }
         (Kind::Service, None, None) => {
             if raw.image.is_none() {
@@ -917,12 +984,15 @@ fn build_service(
                 None => None,
             };
             let port_or_primary = |problems: &mut Vec<Problem>| {
-                port.clone().or_else(|| ports.contains_key("http").then(|| "http".to_string()))
+                port.clone()
+                    .or_else(|| ports.contains_key("http").then(|| "http".to_string()))
                     .or_else(|| ports.keys().next().cloned())
                     .unwrap_or_else(|| {
                         problems.push(Problem::at(
                             p.span(),
-                            format!("the probe of `{name}` needs a port, and the service declares none"),
+                            format!(
+                                "the probe of `{name}` needs a port, and the service declares none"
+                            ),
                             "add `ports = { http = 8080 }` to the service",
                         ));
                         String::new()
@@ -933,7 +1003,9 @@ fn build_service(
                 RawProbeKind::Redis => ProbeSpec::Redis,
                 RawProbeKind::Amqp => ProbeSpec::Amqp,
                 RawProbeKind::None => ProbeSpec::None,
-                RawProbeKind::Tcp => ProbeSpec::Tcp { port: port_or_primary(problems) },
+                RawProbeKind::Tcp => ProbeSpec::Tcp {
+                    port: port_or_primary(problems),
+                },
                 RawProbeKind::Http => {
                     let path = spec.path.clone().unwrap_or_else(|| "/health".into());
                     if !path.starts_with('/') {
@@ -943,7 +1015,10 @@ fn build_service(
                             "write an absolute path such as `/health`",
                         ));
                     }
-                    ProbeSpec::Http { path, port: port_or_primary(problems) }
+                    ProbeSpec::Http {
+                        path,
+                        port: port_or_primary(problems),
+                    }
                 }
             }
         }
@@ -958,7 +1033,10 @@ fn build_service(
         if k != raw.kind {
             problems.push(Problem::at(
                 p.span(),
-                format!("a `{k}` probe needs a `{k}` service, and `{name}` is a `{}`", raw.kind),
+                format!(
+                    "a `{k}` probe needs a `{k}` service, and `{name}` is a `{}`",
+                    raw.kind
+                ),
                 "use `type = \"http\"` or `type = \"tcp\"` for a service of your own",
             ));
         }
@@ -975,7 +1053,10 @@ fn build_service(
         if raw.kind != Kind::Postgres {
             problems.push(Problem::at(
                 db.span(),
-                format!("`databases` only applies to postgres services, and `{name}` is a `{}`", raw.kind),
+                format!(
+                    "`databases` only applies to postgres services, and `{name}` is a `{}`",
+                    raw.kind
+                ),
                 "remove `databases` from this service",
             ));
             break;
@@ -1001,7 +1082,11 @@ fn build_service(
             .map(|i| i.get_ref().clone())
             .or_else(|| raw.kind.default_image().map(str::to_string)),
         launch,
-        args: raw.args.iter().filter_map(|a| parse_template(a, problems)).collect(),
+        args: raw
+            .args
+            .iter()
+            .filter_map(|a| parse_template(a, problems))
+            .collect(),
         env: raw
             .env
             .iter()
@@ -1027,8 +1112,12 @@ fn default_probe(kind: Kind, ports: &BTreeMap<String, u16>) -> ProbeSpec {
         Kind::Redis => ProbeSpec::Redis,
         Kind::Rabbitmq => ProbeSpec::Amqp,
         Kind::Service => match ports.keys().next() {
-            Some(_) if ports.contains_key("http") => ProbeSpec::Tcp { port: "http".into() },
-            Some(first) => ProbeSpec::Tcp { port: first.clone() },
+            Some(_) if ports.contains_key("http") => ProbeSpec::Tcp {
+                port: "http".into(),
+            },
+            Some(first) => ProbeSpec::Tcp {
+                port: first.clone(),
+            },
             None => ProbeSpec::None,
         },
     }
@@ -1050,7 +1139,9 @@ fn parse_template(value: &Spanned<String>, problems: &mut Vec<Problem>) -> Optio
 /// when it starts.
 fn check_templates(raw: &RawManifest, services: &[Service], problems: &mut Vec<Problem>) {
     for service in services {
-        let Some(body) = raw.services.get(service.name.as_str()) else { continue };
+        let Some(body) = raw.services.get(service.name.as_str()) else {
+            continue;
+        };
         let body = body.get_ref();
         let spanned: Vec<&Spanned<String>> = body
             .env
@@ -1059,7 +1150,9 @@ fn check_templates(raw: &RawManifest, services: &[Service], problems: &mut Vec<P
             .chain(body.command.iter().flat_map(|c| c.get_ref().iter()))
             .collect();
         for value in spanned {
-            let Ok(template) = Template::parse(value.get_ref()) else { continue };
+            let Ok(template) = Template::parse(value.get_ref()) else {
+                continue;
+            };
             for r in template.references() {
                 let at = value.span().start + 1 + r.offset;
                 let span = at..at + r.len;
@@ -1072,7 +1165,10 @@ fn check_templates(raw: &RawManifest, services: &[Service], problems: &mut Vec<P
                     let names = services.iter().map(|s| s.name.as_str());
                     problems.push(Problem::at(
                         span,
-                        format!("`{}` refers to service `{}`, which is not defined", r.text, r.service),
+                        format!(
+                            "`{}` refers to service `{}`, which is not defined",
+                            r.text, r.service
+                        ),
                         match closest(&r.service, names.clone()) {
                             Some(s) => format!("did you mean `{s}`?"),
                             None => format!("use `self` or one of: {}", join(names)),
@@ -1080,7 +1176,8 @@ fn check_templates(raw: &RawManifest, services: &[Service], problems: &mut Vec<P
                     ));
                     continue;
                 };
-                if r.service != "self" && !service.depends_on.iter().any(|d| d.service == r.service) {
+                if r.service != "self" && !service.depends_on.iter().any(|d| d.service == r.service)
+                {
                     problems.push(Problem::at(
                         span.clone(),
                         format!("`{}` refers to `{}`, but `{}` does not depend on it", r.text, r.service, service.name),
@@ -1091,12 +1188,20 @@ fn check_templates(raw: &RawManifest, services: &[Service], problems: &mut Vec<P
                     if !target.ports.contains_key(port) {
                         problems.push(Problem::at(
                             span.clone(),
-                            format!("`{}`: service `{}` has no port named `{port}`", r.text, target.name),
-                            format!("declare it under `ports` or use one of: {}", join(target.ports.keys().map(String::as_str))),
+                            format!(
+                                "`{}`: service `{}` has no port named `{port}`",
+                                r.text, target.name
+                            ),
+                            format!(
+                                "declare it under `ports` or use one of: {}",
+                                join(target.ports.keys().map(String::as_str))
+                            ),
                         ));
                     }
-                } else if matches!(r.field, Field::Port(None) | Field::Bind(None) | Field::Url(_) | Field::Address)
-                    && target.primary_port().is_none()
+                } else if matches!(
+                    r.field,
+                    Field::Port(None) | Field::Bind(None) | Field::Url(_) | Field::Address
+                ) && target.primary_port().is_none()
                 {
                     problems.push(Problem::at(
                         span,
@@ -1138,7 +1243,10 @@ kind = "redis"
     fn image_settings_default_to_nothing() {
         let m = parse("").unwrap();
         assert_eq!(m.images, Images::default());
-        assert_eq!(m.service("postgres").unwrap().image.as_deref(), Some("postgres:16"));
+        assert_eq!(
+            m.service("postgres").unwrap().image.as_deref(),
+            Some("postgres:16")
+        );
     }
 
     #[test]
@@ -1158,7 +1266,10 @@ postgres = "harness-local/postgres:15"
         assert_eq!(m.images.prefix.as_deref(), Some("mirror.local:5000"));
         assert_eq!(
             m.images.overrides,
-            BTreeMap::from([("postgres".to_string(), "harness-local/postgres:15".to_string())])
+            BTreeMap::from([(
+                "postgres".to_string(),
+                "harness-local/postgres:15".to_string()
+            )])
         );
     }
 
@@ -1177,17 +1288,36 @@ redis = "harness local/redis"
         .unwrap_err();
         let text = err.to_string();
         assert_eq!(err.problems.len(), 4, "{text}");
-        assert!(text.contains("error: `sometimes` is not a pull policy\n  --> m.toml:2:8"), "{text}");
-        assert!(text.contains("use `never`, `if-missing` or `always`"), "{text}");
-        assert!(text.contains("`https://mirror` is not an image prefix\n  --> m.toml:3:16"), "{text}");
-        assert!(text.contains("`[stack.images]` names `postgress`, which is not a service\n  --> m.toml:6:1"), "{text}");
+        assert!(
+            text.contains("error: `sometimes` is not a pull policy\n  --> m.toml:2:8"),
+            "{text}"
+        );
+        assert!(
+            text.contains("use `never`, `if-missing` or `always`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("`https://mirror` is not an image prefix\n  --> m.toml:3:16"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "`[stack.images]` names `postgress`, which is not a service\n  --> m.toml:6:1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("did you mean `postgres`?"), "{text}");
-        assert!(text.contains("`harness local/redis` is not an image reference\n  --> m.toml:7:9"), "{text}");
+        assert!(
+            text.contains("`harness local/redis` is not an image reference\n  --> m.toml:7:9"),
+            "{text}"
+        );
     }
 
     #[test]
     fn a_misspelt_stack_key_gets_a_suggestion() {
-        let err = parse("[stack]\nimage-prefx = \"m\"\n").unwrap_err().to_string();
+        let err = parse("[stack]\nimage-prefx = \"m\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("did you mean `image-prefix`?"), "{err}");
     }
 

@@ -44,7 +44,10 @@ pub struct ProbeFailure {
 pub async fn check(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> {
     match timeout(ATTEMPT_TIMEOUT, attempt(spec, endpoint)).await {
         Ok(r) => r,
-        Err(_) => Err(format!("no answer within {} ms", ATTEMPT_TIMEOUT.as_millis())),
+        Err(_) => Err(format!(
+            "no answer within {} ms",
+            ATTEMPT_TIMEOUT.as_millis()
+        )),
     }
 }
 
@@ -55,13 +58,17 @@ async fn attempt(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> {
         ProbeSpec::Postgres => {
             // The maintenance database always exists; the service's own may not yet.
             let url = endpoint.url(Some("postgres"))?;
-            let mut conn = sqlx::PgConnection::connect(&url).await.map_err(|e| e.to_string())?;
+            let mut conn = sqlx::PgConnection::connect(&url)
+                .await
+                .map_err(|e| e.to_string())?;
             let one: i32 = sqlx::query_scalar("SELECT 1")
                 .fetch_one(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
             let _ = conn.close().await;
-            (one == 1).then_some(()).ok_or_else(|| format!("SELECT 1 returned {one}"))
+            (one == 1)
+                .then_some(())
+                .ok_or_else(|| format!("SELECT 1 returned {one}"))
         }
         ProbeSpec::Redis => {
             let client = redis::Client::open(endpoint.url(None)?).map_err(|e| e.to_string())?;
@@ -69,8 +76,13 @@ async fn attempt(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> {
                 .get_multiplexed_async_connection()
                 .await
                 .map_err(|e| e.to_string())?;
-            let pong: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| e.to_string())?;
-            (pong == "PONG").then_some(()).ok_or_else(|| format!("PING answered {pong:?}"))
+            let pong: String = redis::cmd("PING")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            (pong == "PONG")
+                .then_some(())
+                .ok_or_else(|| format!("PING answered {pong:?}"))
         }
         ProbeSpec::Amqp => {
             let conn = lapin::Connection::connect(&endpoint.url(None)?, crate::amqp::properties())
@@ -80,7 +92,12 @@ async fn attempt(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> {
             Ok(())
         }
         ProbeSpec::Http { path, port } => {
-            let url = format!("http://{}:{}{}", endpoint.host, endpoint.port(Some(port))?, path);
+            let url = format!(
+                "http://{}:{}{}",
+                endpoint.host,
+                endpoint.port(Some(port))?,
+                path
+            );
             let response = http_client().get(&url).send().await.map_err(|e| {
                 let mut msg = e.to_string();
                 let mut source = std::error::Error::source(&e);
@@ -95,7 +112,10 @@ async fn attempt(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> {
                 Ok(())
             } else {
                 let body = response.text().await.unwrap_or_default();
-                Err(format!("GET {path} answered {status}: {}", truncate(&body, 200)))
+                Err(format!(
+                    "GET {path} answered {status}: {}",
+                    truncate(&body, 200)
+                ))
             }
         }
     }
@@ -175,7 +195,10 @@ pub async fn wait_ready(
     if let Some(port) = probed_port(spec) {
         loop {
             if let Some(status) = exited() {
-                return Err(fail(attempts, format!("the service exited ({status}) before its port opened")));
+                return Err(fail(
+                    attempts,
+                    format!("the service exited ({status}) before its port opened"),
+                ));
             }
             attempts += 1;
             match tcp(endpoint, port).await {
@@ -194,13 +217,21 @@ pub async fn wait_ready(
     loop {
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match timeout(remaining.max(Duration::from_millis(1)), check(spec, endpoint)).await {
+        match timeout(
+            remaining.max(Duration::from_millis(1)),
+            check(spec, endpoint),
+        )
+        .await
+        {
             Ok(Ok(())) => return Ok(started.elapsed()),
             Ok(Err(e)) => last_error = e,
             Err(_) => last_error = format!("{last_error} (deadline reached during an attempt)"),
         }
         if let Some(status) = exited() {
-            return Err(fail(attempts, format!("the service exited ({status}); last probe error: {last_error}")));
+            return Err(fail(
+                attempts,
+                format!("the service exited ({status}); last probe error: {last_error}"),
+            ));
         }
         let now = Instant::now();
         if now >= deadline {
@@ -231,47 +262,80 @@ mod tests {
     }
 
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     #[tokio::test]
     async fn tcp_probe_notices_a_port_opening_quickly() {
         let port = free_port();
-        let spec = ProbeSpec::Tcp { port: "http".into() };
+        let spec = ProbeSpec::Tcp {
+            port: "http".into(),
+        };
         let opener = tokio::spawn(async move {
             sleep(Duration::from_millis(150)).await;
-            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap();
             let opened = Instant::now();
             let _ = listener.accept().await;
             (opened, listener)
         });
-        let waited = wait_ready(&spec, &local(port), Instant::now() + Duration::from_secs(5), || None)
-            .await
-            .unwrap();
+        let waited = wait_ready(
+            &spec,
+            &local(port),
+            Instant::now() + Duration::from_secs(5),
+            || None,
+        )
+        .await
+        .unwrap();
         let noticed = Instant::now();
         let (opened, _l) = opener.await.unwrap();
         assert!(waited >= Duration::from_millis(150));
-        assert!(noticed - opened < Duration::from_millis(100), "lag {:?}", noticed - opened);
+        assert!(
+            noticed - opened < Duration::from_millis(100),
+            "lag {:?}",
+            noticed - opened
+        );
     }
 
     #[tokio::test]
     async fn a_closed_port_fails_at_the_deadline_with_the_last_error() {
-        let spec = ProbeSpec::Tcp { port: "http".into() };
-        let failure = wait_ready(&spec, &local(free_port()), Instant::now() + Duration::from_millis(200), || None)
-            .await
-            .unwrap_err();
+        let spec = ProbeSpec::Tcp {
+            port: "http".into(),
+        };
+        let failure = wait_ready(
+            &spec,
+            &local(free_port()),
+            Instant::now() + Duration::from_millis(200),
+            || None,
+        )
+        .await
+        .unwrap_err();
         assert!(failure.waited >= Duration::from_millis(150), "{failure:?}");
         assert!(failure.waited < Duration::from_millis(600), "{failure:?}");
-        assert!(failure.last_error.contains("refused"), "{}", failure.last_error);
+        assert!(
+            failure.last_error.contains("refused"),
+            "{}",
+            failure.last_error
+        );
         assert!(failure.attempts > 5);
     }
 
     #[tokio::test]
     async fn an_exited_service_fails_at_once() {
-        let spec = ProbeSpec::Tcp { port: "http".into() };
-        let failure = wait_ready(&spec, &local(free_port()), Instant::now() + Duration::from_secs(10), || {
-            Some("exit status: 1".into())
-        })
+        let spec = ProbeSpec::Tcp {
+            port: "http".into(),
+        };
+        let failure = wait_ready(
+            &spec,
+            &local(free_port()),
+            Instant::now() + Duration::from_secs(10),
+            || Some("exit status: 1".into()),
+        )
         .await
         .unwrap_err();
         assert!(failure.waited < Duration::from_millis(100));
@@ -288,7 +352,9 @@ mod tests {
                 drop(s);
             }
         });
-        let spec = ProbeSpec::Tcp { port: "http".into() };
+        let spec = ProbeSpec::Tcp {
+            port: "http".into(),
+        };
         let err = check(&spec, &local(port)).await.unwrap_err();
         assert!(err.contains("closed it at once"), "{err}");
         // A listener that keeps its connections is ready.
@@ -315,9 +381,15 @@ mod tests {
                 let _ = s.write_all(reply).await;
             }
         });
-        let ok = ProbeSpec::Http { path: "/health".into(), port: "http".into() };
+        let ok = ProbeSpec::Http {
+            path: "/health".into(),
+            port: "http".into(),
+        };
         assert_eq!(check(&ok, &local(port)).await, Ok(()));
-        let bad = ProbeSpec::Http { path: "/other".into(), port: "http".into() };
+        let bad = ProbeSpec::Http {
+            path: "/other".into(),
+            port: "http".into(),
+        };
         let err = check(&bad, &local(port)).await.unwrap_err();
         assert!(err.contains("503") && err.contains("down"), "{err}");
     }

@@ -56,7 +56,10 @@ fn xml_escape(s: &str) -> String {
 /// Flaky trials pass and carry a `<flakyFailure>` (the convention of Maven Surefire and
 /// nextest), so CI systems show them.
 pub fn junit(suite: &str, records: &[TrialRecord]) -> String {
-    let failures = records.iter().filter(|r| matches!(r.outcome, Outcome::Failed(_))).count();
+    let failures = records
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Failed(_)))
+        .count();
     let total: f64 = records.iter().map(|r| r.duration.as_secs_f64()).sum();
     let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
     let _ = writeln!(
@@ -90,7 +93,10 @@ pub fn junit(suite: &str, records: &[TrialRecord]) -> String {
                     xml_escape(message)
                 );
             }
-            Outcome::Flaky { passed_on, first_failure } => {
+            Outcome::Flaky {
+                passed_on,
+                first_failure,
+            } => {
                 let first = first_failure.lines().next().unwrap_or("");
                 let _ = writeln!(
                     out,
@@ -114,7 +120,10 @@ pub fn summary(records: &[TrialRecord], timings: &[Timing]) -> String {
     let mut out = format!("\nharness summary: {passed} passed, {failed} failed, {flaky} flaky\n");
     for r in records {
         match &r.outcome {
-            Outcome::Flaky { passed_on, first_failure } => {
+            Outcome::Flaky {
+                passed_on,
+                first_failure,
+            } => {
                 let _ = writeln!(
                     out,
                     "  FLAKY  {} (passed on attempt {passed_on}; first failure: {})",
@@ -123,7 +132,12 @@ pub fn summary(records: &[TrialRecord], timings: &[Timing]) -> String {
                 );
             }
             Outcome::Failed(message) => {
-                let _ = writeln!(out, "  FAILED {}: {}", r.name, message.lines().next().unwrap_or(""));
+                let _ = writeln!(
+                    out,
+                    "  FAILED {}: {}",
+                    r.name,
+                    message.lines().next().unwrap_or("")
+                );
             }
             Outcome::Passed => {}
         }
@@ -148,14 +162,28 @@ pub fn summary(records: &[TrialRecord], timings: &[Timing]) -> String {
 /// launch part darker), dependency arrows from the end of a dependency's bar to the start of
 /// its dependent's, and the critical path in red.
 pub fn timeline_svg(graph: &Graph, timings: &[Timing], title: &str) -> String {
-    let by_name: BTreeMap<&str, &Timing> = timings.iter().map(|t| (t.service.as_str(), t)).collect();
-    let mut rows: Vec<&Timing> = timings.to_vec().iter().map(|t| by_name[t.service.as_str()]).collect();
+    let by_name: BTreeMap<&str, &Timing> =
+        timings.iter().map(|t| (t.service.as_str(), t)).collect();
+    let mut rows: Vec<&Timing> = timings
+        .to_vec()
+        .iter()
+        .map(|t| by_name[t.service.as_str()])
+        .collect();
     rows.sort_by(|a, b| a.started.cmp(&b.started).then(a.service.cmp(&b.service)));
-    let end = timings.iter().map(|t| t.ready).max().unwrap_or_default().as_secs_f64().max(0.001);
+    let end = timings
+        .iter()
+        .map(|t| t.ready)
+        .max()
+        .unwrap_or_default()
+        .as_secs_f64()
+        .max(0.001);
     // The critical path: from the last service to become ready, follow the dependency that
     // became ready last, i.e. the one it actually waited for.
     let mut critical = std::collections::BTreeSet::new();
-    let mut cur = timings.iter().max_by_key(|t| t.ready).map(|t| t.service.as_str());
+    let mut cur = timings
+        .iter()
+        .max_by_key(|t| t.ready)
+        .map(|t| t.service.as_str());
     while let Some(name) = cur {
         critical.insert(name.to_string());
         cur = graph
@@ -180,7 +208,10 @@ pub fn timeline_svg(graph: &Graph, timings: &[Timing], title: &str) -> String {
         xml_escape(title)
     );
     // Time axis.
-    let step = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0].into_iter().find(|s| end / s <= 12.0).unwrap_or(30.0);
+    let step = [0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .find(|s| end / s <= 12.0)
+        .unwrap_or(30.0);
     let axis_y = top + row_h * rows.len() as f64 + 10.0;
     let mut t = 0.0;
     while t <= end + 1e-9 {
@@ -193,11 +224,19 @@ pub fn timeline_svg(graph: &Graph, timings: &[Timing], title: &str) -> String {
         );
         t += step;
     }
-    let row_of: BTreeMap<&str, usize> = rows.iter().enumerate().map(|(i, t)| (t.service.as_str(), i)).collect();
+    let row_of: BTreeMap<&str, usize> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.service.as_str(), i))
+        .collect();
     for (i, t) in rows.iter().enumerate() {
         let y = top + row_h * i as f64;
         let crit = critical.contains(&t.service);
-        let (dark, light) = if crit { ("#b3261e", "#f2b8b5") } else { ("#1f5fa8", "#a8c7ee") };
+        let (dark, light) = if crit {
+            ("#b3261e", "#f2b8b5")
+        } else {
+            ("#1f5fa8", "#a8c7ee")
+        };
         let _ = writeln!(
             svg,
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\"{}>{}</text>\n\
@@ -221,7 +260,11 @@ pub fn timeline_svg(graph: &Graph, timings: &[Timing], title: &str) -> String {
     }
     for t in &rows {
         for (dep, _) in graph.dependencies(&t.service) {
-            let (Some(&from), Some(&to)) = (row_of.get(dep.as_str()), row_of.get(t.service.as_str())) else { continue };
+            let (Some(&from), Some(&to)) =
+                (row_of.get(dep.as_str()), row_of.get(t.service.as_str()))
+            else {
+                continue;
+            };
             let d = by_name[dep.as_str()];
             let (x1, y1) = (x(d.ready), top + row_h * from as f64 + 19.0);
             let (x2, y2) = (x(t.started), top + row_h * to as f64 + 1.0);
@@ -257,11 +300,22 @@ mod tests {
     #[test]
     fn junit_has_a_testcase_per_trial_with_failures_and_flaky() {
         let records = vec![
-            TrialRecord { name: "journeys::ok".into(), outcome: Outcome::Passed, duration: Duration::from_millis(1500) },
-            TrialRecord { name: "journeys::bad".into(), outcome: Outcome::Failed("step `x` failed: <boom> & more".into()), duration: Duration::from_millis(20) },
+            TrialRecord {
+                name: "journeys::ok".into(),
+                outcome: Outcome::Passed,
+                duration: Duration::from_millis(1500),
+            },
+            TrialRecord {
+                name: "journeys::bad".into(),
+                outcome: Outcome::Failed("step `x` failed: <boom> & more".into()),
+                duration: Duration::from_millis(20),
+            },
             TrialRecord {
                 name: "journeys::shaky".into(),
-                outcome: Outcome::Flaky { passed_on: 2, first_failure: "timeout".into() },
+                outcome: Outcome::Flaky {
+                    passed_on: 2,
+                    first_failure: "timeout".into(),
+                },
                 duration: Duration::from_millis(30),
             },
         ];
@@ -273,7 +327,10 @@ mod tests {
         assert!(xml.contains("<flakyFailure message=\"timeout\""));
         let s = summary(&records, &[]);
         assert!(s.contains("1 passed, 1 failed, 1 flaky"), "{s}");
-        assert!(s.contains("FLAKY  journeys::shaky (passed on attempt 2"), "{s}");
+        assert!(
+            s.contains("FLAKY  journeys::shaky (passed on attempt 2"),
+            "{s}"
+        );
     }
 
     #[test]
@@ -281,10 +338,24 @@ mod tests {
         let graph = Graph::from_edges(BTreeMap::from([
             ("db".to_string(), vec![]),
             ("broker".to_string(), vec![]),
-            ("api".to_string(), vec![("db".to_string(), Condition::Ready), ("broker".to_string(), Condition::Ready)]),
+            (
+                "api".to_string(),
+                vec![
+                    ("db".to_string(), Condition::Ready),
+                    ("broker".to_string(), Condition::Ready),
+                ],
+            ),
         ]))
         .unwrap();
-        let svg = timeline_svg(&graph, &[t("db", 0, 500, 600), t("broker", 0, 10, 4000), t("api", 4000, 4010, 4200)], "shop");
+        let svg = timeline_svg(
+            &graph,
+            &[
+                t("db", 0, 500, 600),
+                t("broker", 0, 10, 4000),
+                t("api", 4000, 4010, 4200),
+            ],
+            "shop",
+        );
         assert!(svg.starts_with("<svg"));
         // broker and api are critical (bold red labels), db is not.
         assert!(svg.contains("fill=\"#b3261e\">broker</text>"));

@@ -60,8 +60,14 @@ impl std::fmt::Debug for Suite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Suite")
             .field("name", &self.name)
-            .field("trials", &self.trials.iter().map(|t| &t.0).collect::<Vec<_>>())
-            .field("local", &self.local.iter().map(|t| &t.0).collect::<Vec<_>>())
+            .field(
+                "trials",
+                &self.trials.iter().map(|t| &t.0).collect::<Vec<_>>(),
+            )
+            .field(
+                "local",
+                &self.local.iter().map(|t| &t.0).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -185,11 +191,16 @@ impl Suite {
                 .iter()
                 .map(|(name, _, ignored)| (name, ignored))
                 .chain(self.local.iter().map(|(name, _, ignored)| (name, ignored)))
-                .map(|(name, ignored)| Trial::test(name.clone(), || Ok(())).with_ignored_flag(*ignored))
+                .map(|(name, ignored)| {
+                    Trial::test(name.clone(), || Ok(())).with_ignored_flag(*ignored)
+                })
                 .collect();
             return libtest_mimic::run(&args, trials).exit_code();
         }
-        let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: cannot start the async runtime: {e}");
@@ -203,7 +214,8 @@ impl Suite {
             .local
             .iter()
             .map(|(name, f, ignored)| {
-                let (f, handle, records, name2) = (f.clone(), handle.clone(), records.clone(), name.clone());
+                let (f, handle, records, name2) =
+                    (f.clone(), handle.clone(), records.clone(), name.clone());
                 Trial::test(name.clone(), move || {
                     attempts(&name2, retries, &records, || {
                         handle.block_on(f()).map_err(|e| format!("{e:#}"))
@@ -216,7 +228,9 @@ impl Suite {
             let trials = self
                 .trials
                 .iter()
-                .map(|(name, _, ignored)| Trial::test(name.clone(), || Ok(())).with_ignored_flag(*ignored))
+                .map(|(name, _, ignored)| {
+                    Trial::test(name.clone(), || Ok(())).with_ignored_flag(*ignored)
+                })
                 .chain(local)
                 .collect();
             let conclusion = libtest_mimic::run(&args, trials);
@@ -224,7 +238,11 @@ impl Suite {
             return conclusion.exit_code();
         }
         let attachable = !self.sequential && self.manifest_hooks.is_empty();
-        let stack = match runtime.block_on(start_stack(self.manifest.clone(), &self.manifest_hooks, attachable)) {
+        let stack = match runtime.block_on(start_stack(
+            self.manifest.clone(),
+            &self.manifest_hooks,
+            attachable,
+        )) {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 eprintln!("{e}");
@@ -260,7 +278,11 @@ impl Suite {
             .chain(local)
             .collect();
         let conclusion = libtest_mimic::run(&args, trials);
-        let timings = if stack.attached_to().is_none() { stack.timings().to_vec() } else { Vec::new() };
+        let timings = if stack.attached_to().is_none() {
+            stack.timings().to_vec()
+        } else {
+            Vec::new()
+        };
         let manifest_path = stack.manifest().path.clone();
         match Arc::try_unwrap(stack) {
             Ok(stack) => runtime.block_on(stack.down()),
@@ -292,7 +314,10 @@ fn attempts(
             Ok(()) => break,
             Err(e) => {
                 if attempt <= retries {
-                    eprintln!("harness: `{name}` failed on attempt {attempt}; retrying ({} left)", retries + 1 - attempt);
+                    eprintln!(
+                        "harness: `{name}` failed on attempt {attempt}; retrying ({} left)",
+                        retries + 1 - attempt
+                    );
                 }
                 first_failure.get_or_insert_with(|| e.clone());
             }
@@ -302,15 +327,21 @@ fn attempts(
         (Ok(()), None) => Outcome::Passed,
         (Ok(()), Some(first)) => {
             eprintln!("harness: FLAKY `{name}`: failed, then passed on attempt {passed_on}");
-            Outcome::Flaky { passed_on, first_failure: first }
+            Outcome::Flaky {
+                passed_on,
+                first_failure: first,
+            }
         }
         (Err(e), _) => Outcome::Failed(e.clone()),
     };
-    records.lock().unwrap_or_else(|p| p.into_inner()).push(TrialRecord {
-        name: name.to_string(),
-        outcome: record,
-        duration: started.elapsed(),
-    });
+    records
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(TrialRecord {
+            name: name.to_string(),
+            outcome: record,
+            duration: started.elapsed(),
+        });
     outcome.map_err(Failed::from)
 }
 
@@ -336,20 +367,34 @@ impl Selection {
                 crate::Error::Usage(format!("HARNESS_SHARD is `{v}`; write `<index>/<count>` with 1 <= index <= count, e.g. `2/4`"))
             })?),
         };
-        let only = var("HARNESS_ONLY").map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+        let only = var("HARNESS_ONLY").map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        });
         let retries = match var("HARNESS_RETRIES") {
             None => 0,
-            Some(v) => v
-                .parse()
-                .map_err(|_| crate::Error::Usage(format!("HARNESS_RETRIES is `{v}`; write a number of retries, e.g. `2`")))?,
+            Some(v) => v.parse().map_err(|_| {
+                crate::Error::Usage(format!(
+                    "HARNESS_RETRIES is `{v}`; write a number of retries, e.g. `2`"
+                ))
+            })?,
         };
-        Ok(Selection { shard, only, retries })
+        Ok(Selection {
+            shard,
+            only,
+            retries,
+        })
     }
 
     /// Whether a trial is kept.
     pub fn keeps(&self, name: &str) -> bool {
         let in_shard = self.shard.is_none_or(|(i, n)| shard_of(name, n) == i);
-        let wanted = self.only.as_ref().is_none_or(|prefixes| prefixes.iter().any(|p| name.starts_with(p.as_str())));
+        let wanted = self
+            .only
+            .as_ref()
+            .is_none_or(|prefixes| prefixes.iter().any(|p| name.starts_with(p.as_str())));
         in_shard && wanted
     }
 }
@@ -368,24 +413,44 @@ pub fn shard_of(name: &str, count: u64) -> u64 {
 fn write_timeline(stack: &Stack, suite: &str) {
     let dir = crate::attach::target_dir(stack.manifest()).join("harness");
     let path = dir.join(format!("timeline-{suite}.svg"));
-    let svg = crate::report::timeline_svg(stack.graph(), stack.timings(), &format!("startup of `{}` for suite `{suite}`", stack.manifest().name));
-    if std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, svg)).is_ok() {
+    let svg = crate::report::timeline_svg(
+        stack.graph(),
+        stack.timings(),
+        &format!("startup of `{}` for suite `{suite}`", stack.manifest().name),
+    );
+    if std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&path, svg))
+        .is_ok()
+    {
         eprintln!("startup timeline: {}", path.display());
     }
 }
 
 /// Prints the summary and writes the JUnit report (`HARNESS_JUNIT`, else
 /// `target/harness/junit/<suite>.xml`).
-fn finish(suite: &str, records: &Records, timings: &[crate::scheduler::Timing], manifest: Option<&std::path::Path>) {
+fn finish(
+    suite: &str,
+    records: &Records,
+    timings: &[crate::scheduler::Timing],
+    manifest: Option<&std::path::Path>,
+) {
     let mut records = records.lock().unwrap_or_else(|p| p.into_inner()).clone();
     records.sort_by(|a, b| a.name.cmp(&b.name));
     eprint!("{}", crate::report::summary(&records, timings));
     let path = match std::env::var_os("HARNESS_JUNIT") {
         Some(p) => std::path::PathBuf::from(p),
         None => {
-            let manifest = manifest.map(std::path::Path::to_path_buf).unwrap_or_else(crate::default_manifest_path);
-            let dir = crate::backend::native::bin_dir(manifest.parent().unwrap_or(std::path::Path::new(".")));
-            dir.parent().unwrap_or(std::path::Path::new("target")).join("harness").join("junit").join(format!("{suite}.xml"))
+            let manifest = manifest
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_else(crate::default_manifest_path);
+            let dir = crate::backend::native::bin_dir(
+                manifest.parent().unwrap_or(std::path::Path::new(".")),
+            );
+            dir.parent()
+                .unwrap_or(std::path::Path::new("target"))
+                .join("harness")
+                .join("junit")
+                .join(format!("{suite}.xml"))
         }
     };
     let xml = crate::report::junit(suite, &records);
@@ -394,10 +459,12 @@ fn finish(suite: &str, records: &Records, timings: &[crate::scheduler::Timing], 
     }
     match std::fs::write(&path, xml) {
         Ok(()) => eprintln!("junit report: {}", path.display()),
-        Err(e) => eprintln!("warning: cannot write the junit report {}: {e}", path.display()),
+        Err(e) => eprintln!(
+            "warning: cannot write the junit report {}: {e}",
+            path.display()
+        ),
     }
 }
-
 
 fn is_selected(args: &Arguments, name: &str, ignored: bool) -> bool {
     let by_filter = match &args.filter {
@@ -405,11 +472,18 @@ fn is_selected(args: &Arguments, name: &str, ignored: bool) -> bool {
         Some(f) if args.exact => name == f,
         Some(f) => name.contains(f.as_str()),
     };
-    let skipped = args
-        .skip
-        .iter()
-        .any(|s| if args.exact { name == s } else { name.contains(s.as_str()) });
-    let by_ignore = if args.ignored { ignored } else { args.include_ignored || !ignored };
+    let skipped = args.skip.iter().any(|s| {
+        if args.exact {
+            name == s
+        } else {
+            name.contains(s.as_str())
+        }
+    });
+    let by_ignore = if args.ignored {
+        ignored
+    } else {
+        args.include_ignored || !ignored
+    };
     by_filter && !skipped && by_ignore
 }
 
@@ -422,7 +496,10 @@ async fn start_stack(
     let mut manifest = Manifest::load(&path)?;
     if attachable {
         if let Some(state) = crate::attach::find(&manifest) {
-            eprintln!("attached to the running stack of process {} ({} backend)", state.pid, state.backend);
+            eprintln!(
+                "attached to the running stack of process {} ({} backend)",
+                state.pid, state.backend
+            );
             return Stack::attach(manifest, state);
         }
     }
@@ -453,7 +530,12 @@ async fn failure_report(stack: &Stack, error: &anyhow::Error) -> String {
         }
         let lines = stack.logs(&service.name, 10).await.unwrap_or_default();
         if !lines.is_empty() {
-            out.push_str(&format!("\n--- last {} lines of `{}` ---\n{}", lines.len(), service.name, lines.join("\n")));
+            out.push_str(&format!(
+                "\n--- last {} lines of `{}` ---\n{}",
+                lines.len(),
+                service.name,
+                lines.join("\n")
+            ));
         }
     }
     out
@@ -469,16 +551,25 @@ mod tests {
         for n in [1u64, 2, 3, 4, 7] {
             let mut seen = std::collections::BTreeMap::new();
             for i in 1..=n {
-                let s = Selection { shard: Some((i, n)), ..Selection::default() };
+                let s = Selection {
+                    shard: Some((i, n)),
+                    ..Selection::default()
+                };
                 for name in names.iter().filter(|t| s.keeps(t)) {
                     *seen.entry(name.clone()).or_insert(0) += 1;
                 }
             }
             assert_eq!(seen.len(), names.len(), "{n} shards miss trials");
-            assert!(seen.values().all(|c| *c == 1), "{n} shards run a trial twice");
+            assert!(
+                seen.values().all(|c| *c == 1),
+                "{n} shards run a trial twice"
+            );
         }
         // Stable: the same name lands in the same shard every time.
-        assert_eq!(shard_of("journeys::happy_path", 4), shard_of("journeys::happy_path", 4));
+        assert_eq!(
+            shard_of("journeys::happy_path", 4),
+            shard_of("journeys::happy_path", 4)
+        );
     }
 
     #[test]
@@ -487,7 +578,13 @@ mod tests {
         assert_eq!(parse_shard("0/4"), None);
         assert_eq!(parse_shard("5/4"), None);
         assert_eq!(parse_shard("x"), None);
-        let s = Selection { only: Some(vec!["journeys::".into(), "contracts::orders->payments".into()]), ..Selection::default() };
+        let s = Selection {
+            only: Some(vec![
+                "journeys::".into(),
+                "contracts::orders->payments".into(),
+            ]),
+            ..Selection::default()
+        };
         assert!(s.keeps("journeys::happy_path"));
         assert!(s.keeps("contracts::orders->payments::declined"));
         assert!(!s.keeps("faults::redis_down"));
@@ -499,13 +596,26 @@ mod tests {
         let mut calls = 0;
         let r = attempts("s::t", 2, &records, || {
             calls += 1;
-            if calls == 1 { Err("boom".into()) } else { Ok(()) }
+            if calls == 1 {
+                Err("boom".into())
+            } else {
+                Ok(())
+            }
         });
         assert!(r.is_ok());
         let rec = records.lock().unwrap()[0].clone();
-        assert_eq!(rec.outcome, Outcome::Flaky { passed_on: 2, first_failure: "boom".into() });
+        assert_eq!(
+            rec.outcome,
+            Outcome::Flaky {
+                passed_on: 2,
+                first_failure: "boom".into()
+            }
+        );
         let r = attempts("s::u", 1, &records, || Err("always".into()));
         assert!(r.is_err());
-        assert_eq!(records.lock().unwrap()[1].outcome, Outcome::Failed("always".into()));
+        assert_eq!(
+            records.lock().unwrap()[1].outcome,
+            Outcome::Failed("always".into())
+        );
     }
 }

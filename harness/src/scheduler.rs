@@ -168,10 +168,15 @@ pub async fn run<L: Launcher>(
                 in_flight.push(Box::pin(async move {
                     let r = launcher.launch(&service, &deps).await;
                     Step::Launched(service, r, begun)
-                }) as std::pin::Pin<Box<dyn std::future::Future<Output = Step<L::Handle>> + Send + '_>>);
+                })
+                    as std::pin::Pin<
+                        Box<dyn std::future::Future<Output = Step<L::Handle>> + Send + '_>,
+                    >);
             }
         }
-        let Some(step) = in_flight.next().await else { break };
+        let Some(step) = in_flight.next().await else {
+            break;
+        };
         match step {
             Step::Launched(service, Ok((mut handle, endpoint)), begun) => {
                 launched_at.insert(service.clone(), (begun - t0, t0.elapsed()));
@@ -202,7 +207,10 @@ pub async fn run<L: Launcher>(
             }
             Step::Ready(service, handle, result) => {
                 probing -= 1;
-                let endpoint = started.get(&service).cloned().unwrap_or_else(unreachable_endpoint);
+                let endpoint = started
+                    .get(&service)
+                    .cloned()
+                    .unwrap_or_else(unreachable_endpoint);
                 match result {
                     Ok(()) if failure.is_none() => {
                         on_phase(&service, Phase::Ready, t0.elapsed());
@@ -293,8 +301,15 @@ mod tests {
     #[async_trait]
     impl Launcher for Fake {
         type Handle = String;
-        async fn launch(&self, s: &str, deps: &BTreeMap<String, Endpoint>) -> Result<(String, Endpoint), Failure> {
-            self.log.lock().unwrap().push(format!("launch {s} with {:?}", deps.keys().collect::<Vec<_>>()));
+        async fn launch(
+            &self,
+            s: &str,
+            deps: &BTreeMap<String, Endpoint>,
+        ) -> Result<(String, Endpoint), Failure> {
+            self.log.lock().unwrap().push(format!(
+                "launch {s} with {:?}",
+                deps.keys().collect::<Vec<_>>()
+            ));
             tokio::time::sleep(Duration::from_millis(self.delays[s].0)).await;
             Ok((s.to_string(), unreachable_endpoint()))
         }
@@ -314,7 +329,12 @@ mod tests {
         Graph::from_edges(
             edges
                 .iter()
-                .map(|(n, d)| (n.to_string(), d.iter().map(|(d, c)| (d.to_string(), *c)).collect()))
+                .map(|(n, d)| {
+                    (
+                        n.to_string(),
+                        d.iter().map(|(d, c)| (d.to_string(), *c)).collect(),
+                    )
+                })
                 .collect(),
         )
         .unwrap()
@@ -337,12 +357,21 @@ mod tests {
             ("after-both", &[("fast", R), ("slow", R)]),
         ]);
         let fake = Fake {
-            delays: BTreeMap::from([("slow", (0, 500)), ("fast", (0, 100)), ("after-fast", (10, 50)), ("after-both", (10, 50))]),
+            delays: BTreeMap::from([
+                ("slow", (0, 500)),
+                ("fast", (0, 100)),
+                ("after-fast", (10, 50)),
+                ("after-both", (10, 50)),
+            ]),
             fail: None,
             log: Mutex::new(Vec::new()),
         };
         let out = run(&g, &fake, None, |_, _, _| {}).await.unwrap();
-        let t: BTreeMap<_, _> = out.timings.iter().map(|t| (t.service.as_str(), t.clone())).collect();
+        let t: BTreeMap<_, _> = out
+            .timings
+            .iter()
+            .map(|t| (t.service.as_str(), t.clone()))
+            .collect();
         assert_eq!(ms(t["slow"].started), 0);
         assert_eq!(ms(t["fast"].started), 0);
         assert_eq!(ms(t["fast"].ready), 100);
@@ -401,16 +430,24 @@ mod tests {
             log: Mutex::new(Vec::new()),
         };
         let mut phases = Vec::new();
-        let err = run(&g, &fake, None, |s, p, at| phases.push((s.to_string(), p, ms(at))))
-            .await
-            .unwrap_err();
+        let err = run(&g, &fake, None, |s, p, at| {
+            phases.push((s.to_string(), p, ms(at)))
+        })
+        .await
+        .unwrap_err();
         assert_eq!(err.service, "api");
         assert!(err.failure.message.contains("never became ready"));
         // The broker, still probing, is cancelled at once rather than waited for.
-        assert!(phases.contains(&("broker".to_string(), Phase::Cancelled, 50)), "{phases:?}");
+        assert!(
+            phases.contains(&("broker".to_string(), Phase::Cancelled, 50)),
+            "{phases:?}"
+        );
         // worker never launched; api is stopped before its dependencies.
         assert_eq!(err.stopped, ["api", "db", "cache", "broker"]);
         let log = fake.log.lock().unwrap();
-        assert!(!log.iter().any(|l| l.starts_with("launch worker")), "{log:?}");
+        assert!(
+            !log.iter().any(|l| l.starts_with("launch worker")),
+            "{log:?}"
+        );
     }
 }

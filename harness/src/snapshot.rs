@@ -37,7 +37,9 @@ fn redact_in(value: &Value, key: Option<&str>, uuids: &mut BTreeMap<String, usiz
             }
             Value::Object(out)
         }
-        Value::Array(items) => Value::Array(items.iter().map(|v| redact_in(v, key, uuids)).collect()),
+        Value::Array(items) => {
+            Value::Array(items.iter().map(|v| redact_in(v, key, uuids)).collect())
+        }
         Value::String(s) => Value::String(redact_str(s, uuids)),
         Value::Number(n) if n.is_i64() || n.is_u64() => {
             let is_id = key.is_some_and(|k| k == "id" || k.ends_with("_id"));
@@ -80,7 +82,8 @@ fn redact_str(s: &str, uuids: &mut BTreeMap<String, usize>) -> String {
 }
 
 fn find_uuid(s: &str) -> Option<usize> {
-    (0..s.len().saturating_sub(35)).find(|&i| s.is_char_boundary(i) && s.get(i..i + 36).is_some_and(is_uuid))
+    (0..s.len().saturating_sub(35))
+        .find(|&i| s.is_char_boundary(i) && s.get(i..i + 36).is_some_and(is_uuid))
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -120,7 +123,13 @@ impl Snapshots {
     pub fn name(trial: &str, label: &str) -> String {
         let clean = |s: &str| -> String {
             s.chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect::<String>()
         };
         format!("{}__{}", clean(&trial.replace("::", "__")), clean(label))
@@ -219,7 +228,10 @@ mod tests {
         });
         let r = redact(&v);
         assert_eq!(r["id"], "[uuid-1]");
-        assert_eq!(r["payment"]["order_id"], "[uuid-1]", "the same uuid keeps its placeholder");
+        assert_eq!(
+            r["payment"]["order_id"], "[uuid-1]",
+            "the same uuid keeps its placeholder"
+        );
         assert_eq!(r["message"], "order [uuid-2] paid");
         assert_eq!(r["created_at"], "[timestamp]");
         assert_eq!(r["trace_id"], "[trace-id]");
@@ -248,6 +260,9 @@ mod tests {
 
     #[test]
     fn names_derive_from_the_trial() {
-        assert_eq!(Snapshots::name("journeys::happy path", "order"), "journeys__happy_path__order");
+        assert_eq!(
+            Snapshots::name("journeys::happy path", "order"),
+            "journeys__happy_path__order"
+        );
     }
 }

@@ -47,65 +47,13 @@ pub struct Stack {
     attached: Option<u32>,
 }
 
-/// A service of a stack another process owns: endpoints and logs, no fault injection.
-#[derive(Debug)]
-struct AttachedInstance {
-    name: String,
-    owner: u32,
-    endpoint: Endpoint,
-    log: Option<crate::attach::LogSource>,
-}
-
-impl AttachedInstance {
-    fn refuse(&self, what: &str) -> Result<(), Error> {
-        Err(Error::service(
-            &self.name,
-            format!(
-                "cannot {what}: this suite is attached to the stack of process {} (see `harness up --detach`); \
-                 fault injection needs a stack of the suite's own: use `Suite::sequential()` or HARNESS_ATTACH=0",
-                self.owner
-            ),
-        ))
-    }
-}
-
-#[async_trait]
-impl Instance for AttachedInstance {
-    fn endpoint(&self) -> Endpoint {
-        self.endpoint.clone()
-    }
-    fn internal_endpoint(&self) -> Endpoint {
-        self.endpoint.clone()
-    }
-    fn exited(&mut self) -> Option<String> {
-        None
-    }
-    fn log_tail(&self, n: usize) -> Vec<String> {
-        self.log.as_ref().map(|l| crate::attach::tail(l, n)).unwrap_or_default()
-    }
-    async fn stop(&mut self) -> Result<(), Error> {
-        self.refuse("stop")
-    }
-    async fn start(&mut self) -> Result<(), Error> {
-        self.refuse("start")
-    }
-    async fn kill(&mut self) -> Result<(), Error> {
-        self.refuse("kill")
-    }
-    async fn pause(&mut self) -> Result<(), Error> {
-        self.refuse("pause")
-    }
-    async fn unpause(&mut self) -> Result<(), Error> {
-        self.refuse("unpause")
-    }
-    async fn remove(&mut self) {}
-}
-
 fn random_token(len: usize) -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::thread_rng();
-    (0..len).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+    (0..len)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 /// Credentials for one run: fixed in the manifest or random.
@@ -113,7 +61,11 @@ fn credentials(service: &Service) -> (Option<String>, Option<String>, Option<Str
     let c = &service.credentials;
     match service.kind {
         Kind::Postgres | Kind::Rabbitmq => (
-            Some(c.user.clone().unwrap_or_else(|| format!("u{}", random_token(8)))),
+            Some(
+                c.user
+                    .clone()
+                    .unwrap_or_else(|| format!("u{}", random_token(8))),
+            ),
             Some(c.password.clone().unwrap_or_else(|| random_token(24))),
             match service.kind {
                 Kind::Postgres => Some(c.database.clone().unwrap_or_else(|| "app".into())),
@@ -155,7 +107,11 @@ impl Launcher for StackLauncher<'_> {
             database,
             deps,
         };
-        let instance = self.backend.start(request).await.map_err(|e| Failure::new(e.to_string()))?;
+        let instance = self
+            .backend
+            .start(request)
+            .await
+            .map_err(|e| Failure::new(e.to_string()))?;
         let endpoint = instance.internal_endpoint();
         Ok((instance, endpoint))
     }
@@ -182,12 +138,16 @@ impl Launcher for StackLauncher<'_> {
                 probe: Some(f.probe),
                 waited: Some(launched.elapsed()),
             })?;
-        after_ready(service, &endpoint).await.map_err(|message| Failure {
-            message,
-            log_tail: instance.log_tail(LOG_TAIL_LINES),
-            probe: None,
-            waited: None,
-        })
+        after_ready(service, &endpoint)
+            .await
+            .map_err(|message| Failure {
+                message,
+                log_tail: instance.log_tail(LOG_TAIL_LINES),
+                probe: None,
+                waited: None,
+            })?;
+        instance.on_ready().await;
+        Ok(())
     }
 
     async fn stop(&self, _name: &str, mut instance: Box<dyn Instance>) {
@@ -216,11 +176,12 @@ async fn after_ready(service: &Service, endpoint: &Endpoint) -> Result<(), Strin
         .await
         .map_err(|e| format!("creating databases: {e}"))?;
     for db in wanted {
-        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-            .bind(db)
-            .fetch_optional(&mut conn)
-            .await
-            .map_err(|e| format!("creating database `{db}`: {e}"))?;
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+                .bind(db)
+                .fetch_optional(&mut conn)
+                .await
+                .map_err(|e| format!("creating database `{db}`: {e}"))?;
         if exists.is_none() {
             sqlx::query(&format!("CREATE DATABASE \"{db}\""))
                 .execute(&mut conn)
@@ -232,7 +193,13 @@ async fn after_ready(service: &Service, endpoint: &Endpoint) -> Result<(), Strin
     Ok(())
 }
 
-fn print_phase(service: &str, phase: Phase, at: Duration, width: usize, started: &mut BTreeMap<String, Duration>) {
+fn print_phase(
+    service: &str,
+    phase: Phase,
+    at: Duration,
+    width: usize,
+    started: &mut BTreeMap<String, Duration>,
+) {
     let t = format!("{:>7.3}s", at.as_secs_f64());
     let what = match phase {
         Phase::Starting => {
@@ -259,7 +226,8 @@ impl Stack {
         if options.progress && !reaped.is_empty() {
             eprintln!("removed what {} dead run(s) left behind", reaped.len());
         }
-        let graph = Graph::new(&manifest).map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
+        let graph = Graph::new(&manifest)
+            .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
         let kind = backend::resolve(options.backend, &manifest).await?;
         let run = RunDir::create().map_err(|e| Error::io("creating the run directory", e))?;
         let backend = backend::create(kind, &run, &manifest);
@@ -269,10 +237,19 @@ impl Stack {
             backend: backend.as_ref(),
             launched: Mutex::new(BTreeMap::new()),
         };
-        let width = manifest.services.iter().map(|s| s.name.len()).max().unwrap_or(8);
+        let width = manifest
+            .services
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(8);
         let mut phase_start = BTreeMap::new();
         if options.progress {
-            eprintln!("starting stack `{}` ({} services, {kind} backend)", manifest.name, manifest.services.len());
+            eprintln!(
+                "starting stack `{}` ({} services, {kind} backend)",
+                manifest.name,
+                manifest.services.len()
+            );
         }
         let result = scheduler::run(&graph, &launcher, options.max_parallel, |s, p, at| {
             if options.progress && !cleanup::interrupted() {
@@ -315,18 +292,26 @@ impl Stack {
 
     /// A handle on a stack another process started (see [`crate::attach`]).
     pub fn attach(manifest: Manifest, state: crate::attach::State) -> Result<Stack, Error> {
-        let graph = Graph::new(&manifest).map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
+        let graph = Graph::new(&manifest)
+            .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
         let mut instances = BTreeMap::new();
         for service in &manifest.services {
             let endpoint = state.endpoints.get(&service.name).cloned().ok_or_else(|| {
-                Error::Usage(format!("the running stack has no service `{}`; run `harness down` and start again", service.name))
+                Error::Usage(format!(
+                    "the running stack has no service `{}`; run `harness down` and start again",
+                    service.name
+                ))
             })?;
-            let instance: Box<dyn Instance> = Box::new(AttachedInstance {
-                name: service.name.clone(),
-                owner: state.pid,
+            let instance: Box<dyn Instance> = Box::new(crate::backend::external::RemoteInstance::new(
+                &service.name,
                 endpoint,
-                log: state.logs.get(&service.name).cloned(),
-            });
+                state.logs.get(&service.name).cloned(),
+                format!(
+                    "this suite is attached to the stack of process {} (`harness up --detach`); fault injection \
+                     needs a stack of the suite's own: `Suite::sequential()` or HARNESS_ATTACH=0",
+                    state.pid
+                ),
+            ));
             instances.insert(service.name.clone(), tokio::sync::Mutex::new(instance));
         }
         Ok(Stack {
@@ -383,7 +368,11 @@ impl Stack {
     fn unknown(&self, name: &str) -> Error {
         Error::Usage(format!(
             "the stack has no service `{name}`; it has: {}",
-            self.instances.keys().cloned().collect::<Vec<_>>().join(", ")
+            self.instances
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     }
 
@@ -399,12 +388,17 @@ impl Stack {
 
     /// Every endpoint, by service name.
     pub fn endpoints(&self) -> BTreeMap<String, Endpoint> {
-        self.endpoints.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.endpoints
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// A connection URL for a service (`postgres://…`, `redis://…`, `amqp://…`, `http://…`).
     pub fn url(&self, name: &str) -> Result<String, Error> {
-        self.endpoint(name)?.url(None).map_err(|e| Error::service(name, e))
+        self.endpoint(name)?
+            .url(None)
+            .map_err(|e| Error::service(name, e))
     }
 
     fn instance(&self, name: &str) -> Result<&tokio::sync::Mutex<Box<dyn Instance>>, Error> {
@@ -438,7 +432,10 @@ impl Stack {
 
     /// Starts a stopped or killed service again and waits until its probe passes.
     pub async fn start_service(&self, name: &str) -> Result<Duration, Error> {
-        let service = self.manifest.service(name).ok_or_else(|| self.unknown(name))?;
+        let service = self
+            .manifest
+            .service(name)
+            .ok_or_else(|| self.unknown(name))?;
         let mut instance = self.instance(name)?.lock().await;
         instance.start().await?;
         let endpoint = instance.endpoint();

@@ -117,15 +117,26 @@ impl Template {
     }
 
     /// Substitutes every reference; `lookup` gives the endpoint of a service (or `self`).
-    pub fn render<'a>(&self, lookup: impl Fn(&str) -> Option<&'a Endpoint>) -> Result<String, String> {
+    pub fn render<'a>(
+        &self,
+        lookup: impl Fn(&str) -> Option<&'a Endpoint>,
+    ) -> Result<String, String> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),
                 Part::Ref(r) => {
-                    let endpoint = lookup(&r.service)
-                        .ok_or_else(|| format!("`{}`: the endpoint of `{}` is not known yet", r.text, r.service))?;
-                    out.push_str(&endpoint.field(&r.field).map_err(|e| format!("`{}`: {e}", r.text))?);
+                    let endpoint = lookup(&r.service).ok_or_else(|| {
+                        format!(
+                            "`{}`: the endpoint of `{}` is not known yet",
+                            r.text, r.service
+                        )
+                    })?;
+                    out.push_str(
+                        &endpoint
+                            .field(&r.field)
+                            .map_err(|e| format!("`{}`: {e}", r.text))?,
+                    );
                 }
             }
         }
@@ -175,7 +186,9 @@ fn parse_reference(inner: &str, whole: &str, offset: usize) -> Result<Reference,
         (other, _) => {
             let help = match crate::manifest::closest(
                 other,
-                ["host", "port", "bind", "address", "user", "password", "database", "url"],
+                [
+                    "host", "port", "bind", "address", "user", "password", "database", "url",
+                ],
             ) {
                 Some(s) => format!("did you mean `{s}`? the fields are: {FIELDS}"),
                 None => format!("the fields are: {FIELDS}"),
@@ -203,18 +216,25 @@ mod tests {
 
     #[test]
     fn parses_literals_and_references() {
-        let t = Template::parse("postgres://x/{{ postgres.database }}?a={{self.port.http}}").unwrap();
+        let t =
+            Template::parse("postgres://x/{{ postgres.database }}?a={{self.port.http}}").unwrap();
         let refs: Vec<_> = t.references().collect();
         assert_eq!(refs.len(), 2);
         assert_eq!(refs[0].service, "postgres");
         assert_eq!(refs[0].field, Field::Database);
         assert_eq!(refs[1].field, Field::Port(Some("http".into())));
-        assert_eq!(t.to_string(), "postgres://x/{{ postgres.database }}?a={{self.port.http}}");
+        assert_eq!(
+            t.to_string(),
+            "postgres://x/{{ postgres.database }}?a={{self.port.http}}"
+        );
     }
 
     #[test]
     fn rejects_unterminated_and_unknown() {
-        assert!(Template::parse("{{ postgres.url").unwrap_err().message.contains("unterminated"));
+        assert!(Template::parse("{{ postgres.url")
+            .unwrap_err()
+            .message
+            .contains("unterminated"));
         let e = Template::parse("{{ postgres.uri }}").unwrap_err();
         assert!(e.help.contains("did you mean `url`"), "{}", e.help);
         assert!(Template::parse("{{ postgres }}").is_err());

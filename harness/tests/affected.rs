@@ -59,12 +59,20 @@ fn affected(dir: &Path, since: &str) -> serde_json::Value {
         .arg(dir.join("stack/stack.toml"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn strings(v: &serde_json::Value) -> Vec<&str> {
-    v.as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
 }
 
 #[test]
@@ -75,7 +83,11 @@ fn changes_select_their_services_dependents_and_suites() {
     git(&dir, &["init", "-q", "-b", "main"]);
     write(&dir, "stack/stack.toml", MANIFEST);
     for s in ["payments", "orders", "notifications"] {
-        write(&dir, &format!("stack/services/{s}/src/main.rs"), "fn main() {}\n");
+        write(
+            &dir,
+            &format!("stack/services/{s}/src/main.rs"),
+            "fn main() {}\n",
+        );
     }
     write(&dir, "stack/lib/shared.rs", "// shared\n");
     write(&dir, "README.md", "# shop\n");
@@ -83,21 +95,46 @@ fn changes_select_their_services_dependents_and_suites() {
     git(&dir, &["commit", "-qm", "base"]);
 
     // 1. A change to payments affects orders (its dependent) and their suites.
-    write(&dir, "stack/services/payments/src/main.rs", "fn main() { println!(); }\n");
+    write(
+        &dir,
+        "stack/services/payments/src/main.rs",
+        "fn main() { println!(); }\n",
+    );
     git(&dir, &["commit", "-qam", "payments"]);
     let a = affected(&dir, "HEAD~1");
     assert_eq!(strings(&a["changed_services"]), ["payments"]);
     assert_eq!(strings(&a["affected_services"]), ["orders", "payments"]);
-    assert_eq!(strings(&a["suites"]), ["contracts::orders->notifications", "contracts::orders->payments", "journeys::"]);
+    assert_eq!(
+        strings(&a["suites"]),
+        [
+            "contracts::orders->notifications",
+            "contracts::orders->payments",
+            "journeys::"
+        ]
+    );
     assert!(a["everything"].is_null());
-    assert_eq!(a["filter"], "contracts::orders->notifications,contracts::orders->payments,journeys::");
+    assert_eq!(
+        a["filter"],
+        "contracts::orders->notifications,contracts::orders->payments,journeys::"
+    );
 
     // 2. Notifications has no dependents: only its suites.
-    write(&dir, "stack/services/notifications/src/main.rs", "fn main() { }\n");
+    write(
+        &dir,
+        "stack/services/notifications/src/main.rs",
+        "fn main() { }\n",
+    );
     git(&dir, &["commit", "-qam", "notifications"]);
     let a = affected(&dir, "HEAD~1");
     assert_eq!(strings(&a["affected_services"]), ["notifications"]);
-    assert_eq!(strings(&a["suites"]), ["contracts::orders->notifications", "journeys::", "notifications::"]);
+    assert_eq!(
+        strings(&a["suites"]),
+        [
+            "contracts::orders->notifications",
+            "journeys::",
+            "notifications::"
+        ]
+    );
 
     // 3. Documentation affects nothing; the filter then selects no trial.
     write(&dir, "README.md", "# the shop\n");
@@ -109,17 +146,36 @@ fn changes_select_their_services_dependents_and_suites() {
     // 4. Shared code selects everything, and says why.
     write(&dir, "stack/lib/shared.rs", "// changed\n");
     let a = affected(&dir, "HEAD");
-    assert!(a["everything"].as_str().unwrap().contains("stack/lib/shared.rs"), "{a}");
+    assert!(
+        a["everything"]
+            .as_str()
+            .unwrap()
+            .contains("stack/lib/shared.rs"),
+        "{a}"
+    );
     assert_eq!(strings(&a["suites"]).len(), 4);
     git(&dir, &["commit", "-qam", "shared"]);
 
     // 5. So does the manifest; and the range can span several commits.
-    write(&dir, "stack/stack.toml", &format!("{MANIFEST}\n# comment\n"));
+    write(
+        &dir,
+        "stack/stack.toml",
+        &format!("{MANIFEST}\n# comment\n"),
+    );
     git(&dir, &["commit", "-qam", "manifest"]);
     let a = affected(&dir, "HEAD~1");
-    assert!(a["everything"].as_str().unwrap().contains("the manifest changed"), "{a}");
+    assert!(
+        a["everything"]
+            .as_str()
+            .unwrap()
+            .contains("the manifest changed"),
+        "{a}"
+    );
     let a = affected(&dir, "HEAD~5");
-    assert_eq!(strings(&a["changed_services"]), ["notifications", "payments"]);
+    assert_eq!(
+        strings(&a["changed_services"]),
+        ["notifications", "payments"]
+    );
 
     // 6. A bad revision is a clear usage error.
     let out = Command::new(env!("CARGO_BIN_EXE_harness"))

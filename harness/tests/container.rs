@@ -26,7 +26,9 @@ use sqlx::Connection;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(path)
 }
 
 /// Runs a future on a runtime of its own (from sync code or inside another runtime).
@@ -44,7 +46,11 @@ fn setup() -> Manifest {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let text = std::fs::read_to_string(fixture("images/local.env")).unwrap();
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
             let (k, v) = line.split_once('=').unwrap();
             if std::env::var_os(k).is_none() {
                 std::env::set_var(k, v);
@@ -69,9 +75,19 @@ fn containers() -> StackOptions {
 }
 
 fn docker(args: &[&str]) -> Vec<String> {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
-    assert!(out.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// Containers, networks and volumes carrying `label` (`key=value`).
@@ -92,13 +108,25 @@ fn nothing() -> (Vec<String>, Vec<String>, Vec<String>) {
 async fn servers_in_containers_answer_on_loopback_survive_faults_and_leave_nothing() {
     let manifest = setup();
     let _serial = SERIAL.lock().await;
-    let stack = Stack::start(manifest, containers()).await.unwrap_or_else(|e| panic!("{e}"));
+    let stack = Stack::start(manifest, containers())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(stack.backend(), BackendKind::Container);
     let run_id = stack.run_id().to_string();
     let run_label = format!("{LABEL_RUN_ID}={run_id}");
-    let t = |s: &str| stack.timings().iter().find(|t| t.service == s).unwrap().clone();
+    let t = |s: &str| {
+        stack
+            .timings()
+            .iter()
+            .find(|t| t.service == s)
+            .unwrap()
+            .clone()
+    };
     for dep in ["postgres", "redis", "rabbitmq"] {
-        assert!(t("web").started >= t(dep).ready, "web started before {dep} was ready");
+        assert!(
+            t("web").started >= t(dep).ready,
+            "web started before {dep} was ready"
+        );
     }
 
     // Labels on everything, ports published on 127.0.0.1 only.
@@ -109,71 +137,137 @@ async fn servers_in_containers_answer_on_loopback_survive_faults_and_leave_nothi
     assert_eq!(network, [format!("harness-{run_id}")]);
     for id in &names {
         let labels = docker(&["inspect", "-f", "{{json .Config.Labels}}", id]).join("");
-        for key in ["org.harness.run-id", "org.harness.owner-pid", "org.harness.started-at", "org.harness.managed\":\"true"] {
+        for key in [
+            "org.harness.run-id",
+            "org.harness.owner-pid",
+            "org.harness.started-at",
+            "org.harness.managed\":\"true",
+        ] {
             assert!(labels.contains(key), "{key} missing: {labels}");
         }
         let ports = docker(&["port", id]);
         assert!(!ports.is_empty());
         for p in &ports {
-            assert!(p.contains(" -> 127.0.0.1:"), "published beyond loopback: {p}");
+            assert!(
+                p.contains(" -> 127.0.0.1:"),
+                "published beyond loopback: {p}"
+            );
         }
     }
+
+    // The critical path (rabbitmq -> web) had a larger CPU weight only until it was ready.
+    let mut weights = Vec::new();
+    for _ in 0..100 {
+        weights = names
+            .iter()
+            .map(|id| docker(&["inspect", "-f", "{{.HostConfig.CpuShares}}", id]).join(""))
+            .collect();
+        if weights.iter().all(|w| w == "0" || w == "1024") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        weights.iter().all(|w| w == "0" || w == "1024"),
+        "{weights:?}"
+    );
 
     // PostgreSQL: real SQL over the published port, the generated credentials, the extra database.
     let pg = stack.endpoint("postgres").unwrap();
     assert_eq!(pg.host, "127.0.0.1");
-    let mut conn = sqlx::PgConnection::connect(&stack.url("postgres").unwrap()).await.unwrap();
-    let user: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut conn).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&stack.url("postgres").unwrap())
+        .await
+        .unwrap();
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(Some(user), pg.user);
     sqlx::raw_sql("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
         .execute(&mut conn)
         .await
         .unwrap();
     drop(conn);
-    let mut extra = sqlx::PgConnection::connect(&pg.url(Some("extra")).unwrap()).await.unwrap();
-    let db: String = sqlx::query_scalar("SELECT current_database()::text").fetch_one(&mut extra).await.unwrap();
+    let mut extra = sqlx::PgConnection::connect(&pg.url(Some("extra")).unwrap())
+        .await
+        .unwrap();
+    let db: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&mut extra)
+        .await
+        .unwrap();
     assert_eq!(db, "extra");
     drop(extra);
 
     // Redis.
     let client = redis::Client::open(stack.url("redis").unwrap()).unwrap();
     let mut r = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut r).await.unwrap();
-    let v: String = redis::cmd("GET").arg("k").query_async(&mut r).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let v: String = redis::cmd("GET")
+        .arg("k")
+        .query_async(&mut r)
+        .await
+        .unwrap();
     assert_eq!(v, "v");
     drop(r);
 
     // RabbitMQ: publish and consume a message.
-    let amqp = lapin::Connection::connect(&stack.url("rabbitmq").unwrap(), harness::amqp::properties())
-        .await
-        .unwrap();
+    let amqp =
+        lapin::Connection::connect(&stack.url("rabbitmq").unwrap(), harness::amqp::properties())
+            .await
+            .unwrap();
     let channel = amqp.create_channel().await.unwrap();
     channel
         .queue_declare("q", QueueDeclareOptions::default(), Default::default())
         .await
         .unwrap();
     channel
-        .basic_publish("", "q", BasicPublishOptions::default(), b"hello", Default::default())
+        .basic_publish(
+            "",
+            "q",
+            BasicPublishOptions::default(),
+            b"hello",
+            Default::default(),
+        )
         .await
         .unwrap()
         .await
         .unwrap();
     let mut consumer = channel
-        .basic_consume("q", "t", BasicConsumeOptions { no_ack: true, ..Default::default() }, Default::default())
+        .basic_consume(
+            "q",
+            "t",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
         .await
         .unwrap();
-    let delivery = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut consumer))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let delivery = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::StreamExt::next(&mut consumer),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
     assert_eq!(delivery.data, b"hello");
     let _ = amqp.close(200, "done").await;
 
     // The dependent got endpoints on the network (names, container ports) and reaches them.
     let rabbit = stack.endpoint("rabbitmq").unwrap();
     let internal = |user: &Option<String>, password: &Option<String>| {
-        format!("{}:{}", user.as_deref().unwrap(), password.as_deref().unwrap())
+        format!(
+            "{}:{}",
+            user.as_deref().unwrap(),
+            password.as_deref().unwrap()
+        )
     };
     let env = reqwest::get(format!("{}/env", stack.url("web").unwrap()))
         .await
@@ -194,36 +288,72 @@ async fn servers_in_containers_answer_on_loopback_survive_faults_and_leave_nothi
     // Pause Redis: its probe fails; unpause: it passes again.
     let redis_ep = stack.endpoint("redis").unwrap();
     stack.pause("redis").await.unwrap();
-    assert!(harness::probe::check(&ProbeSpec::Redis, &redis_ep).await.is_err(), "a paused redis answered PING");
+    assert!(
+        harness::probe::check(&ProbeSpec::Redis, &redis_ep)
+            .await
+            .is_err(),
+        "a paused redis answered PING"
+    );
     stack.unpause("redis").await.unwrap();
-    harness::probe::check(&ProbeSpec::Redis, &redis_ep).await.unwrap();
+    harness::probe::check(&ProbeSpec::Redis, &redis_ep)
+        .await
+        .unwrap();
 
     // Stop PostgreSQL: the probe fails; start it again: ready on its (new) port, data kept.
     stack.stop("postgres").await.unwrap();
-    assert!(harness::probe::check(&ProbeSpec::Postgres, &pg).await.is_err());
+    assert!(harness::probe::check(&ProbeSpec::Postgres, &pg)
+        .await
+        .is_err());
     stack.start_service("postgres").await.unwrap();
     let pg_again = stack.endpoint("postgres").unwrap();
-    let published = docker(&["port", &format!("h-{}-postgres", run_id.rsplit('-').next().unwrap()), "5432"]);
-    assert_eq!(published, [format!("127.0.0.1:{}", pg_again.port(None).unwrap())]);
-    let mut conn = sqlx::PgConnection::connect(&stack.url("postgres").unwrap()).await.unwrap();
-    let kept: i32 = sqlx::query_scalar("SELECT v FROM kept").fetch_one(&mut conn).await.unwrap();
+    let published = docker(&[
+        "port",
+        &format!("h-{}-postgres", run_id.rsplit('-').next().unwrap()),
+        "5432",
+    ]);
+    assert_eq!(
+        published,
+        [format!("127.0.0.1:{}", pg_again.port(None).unwrap())]
+    );
+    let mut conn = sqlx::PgConnection::connect(&stack.url("postgres").unwrap())
+        .await
+        .unwrap();
+    let kept: i32 = sqlx::query_scalar("SELECT v FROM kept")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(kept, 42);
     drop(conn);
 
     // Kill Redis outright and start it again.
     stack.kill("redis").await.unwrap();
-    assert!(harness::probe::check(&ProbeSpec::Redis, &redis_ep).await.is_err());
+    assert!(harness::probe::check(&ProbeSpec::Redis, &redis_ep)
+        .await
+        .is_err());
     stack.start_service("redis").await.unwrap();
-    harness::probe::check(&ProbeSpec::Redis, &stack.endpoint("redis").unwrap()).await.unwrap();
+    harness::probe::check(&ProbeSpec::Redis, &stack.endpoint("redis").unwrap())
+        .await
+        .unwrap();
 
     // Logs come from the containers' stdout and stderr.
     let logs = stack.logs("postgres", 100).await.unwrap();
-    assert!(logs.iter().any(|l| l.contains("ready to accept connections")), "{logs:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("ready to accept connections")),
+        "{logs:?}"
+    );
     let logs = stack.logs("web", 10).await.unwrap();
-    assert!(logs.iter().any(|l| l.contains("listening on 0.0.0.0:8080")), "{logs:?}");
+    assert!(
+        logs.iter().any(|l| l.contains("listening on 0.0.0.0:8080")),
+        "{logs:?}"
+    );
 
     stack.down().await;
-    assert_eq!(leftovers(&run_label), nothing(), "left behind by run {run_id}");
+    assert_eq!(
+        leftovers(&run_label),
+        nothing(),
+        "left behind by run {run_id}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,11 +378,23 @@ startup-timeout = "30s"
     let manifest = Manifest::parse(Path::new("crash.toml"), source).unwrap();
     let started = Instant::now();
     let err = Stack::start(manifest, containers()).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
-    let Error::Startup(e) = &err else { panic!("not a startup error: {err}") };
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    let Error::Startup(e) = &err else {
+        panic!("not a startup error: {err}")
+    };
     assert_eq!(e.service, "crash");
     assert!(e.message.contains("exited (exit code 3)"), "{}", e.message);
-    assert!(e.log_tail.iter().any(|l| l.contains("missing configuration file")), "{:?}", e.log_tail);
+    assert!(
+        e.log_tail
+            .iter()
+            .any(|l| l.contains("missing configuration file")),
+        "{:?}",
+        e.log_tail
+    );
     assert!(e.stopped.contains(&"redis".to_string()), "{:?}", e.stopped);
     let mine = format!("{LABEL_OWNER_PID}={}", std::process::id());
     assert_eq!(leftovers(&mine), nothing());
@@ -281,12 +423,23 @@ kind = "service"
 command = ["true"]
 "#;
     let manifest = Manifest::parse(Path::new("missing.toml"), source).unwrap();
-    let err = Stack::start(manifest.clone(), containers()).await.unwrap_err();
+    let err = Stack::start(manifest.clone(), containers())
+        .await
+        .unwrap_err();
     assert_eq!(err.exit_code(), harness::exit_code::PREREQUISITE_MISSING);
     let text = err.to_string();
-    assert!(text.contains("image `harness-local/no-such-postgres:0` (service `db`"), "{text}");
-    assert!(text.contains("image `harness-local/no-such-redis:0` (service `cache`"), "{text}");
-    assert!(text.contains("an image for service `api`: it names none"), "{text}");
+    assert!(
+        text.contains("image `harness-local/no-such-postgres:0` (service `db`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("image `harness-local/no-such-redis:0` (service `cache`"),
+        "{text}"
+    );
+    assert!(
+        text.contains("an image for service `api`: it names none"),
+        "{text}"
+    );
     assert!(text.contains("fixtures/images/build.sh"), "{text}");
     assert!(text.contains("HARNESS_IMAGE_DB=<image:tag>"), "{text}");
     let mine = format!("{LABEL_OWNER_PID}={}", std::process::id());
@@ -315,15 +468,27 @@ async fn a_panic_while_the_stack_is_up_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_detection_picks_containers_only_when_every_image_is_present() {
     let manifest = setup();
-    assert_eq!(backend::detect(&manifest).await.unwrap(), BackendKind::Container);
+    assert_eq!(
+        backend::detect(&manifest).await.unwrap(),
+        BackendKind::Container
+    );
     // infra.toml's `web` is a python command with no image: the native backend runs it.
     let native_only = Manifest::load(&fixture("manifests/infra.toml")).unwrap();
-    assert_eq!(backend::detect(&native_only).await.unwrap(), BackendKind::Native);
+    assert_eq!(
+        backend::detect(&native_only).await.unwrap(),
+        BackendKind::Native
+    );
 }
 
 /// Starts `harness up` on the container manifest and returns it once `marker` was printed,
 /// with the lines seen so far and a thread draining the rest.
-fn up_until(marker: &str) -> (std::process::Child, Vec<String>, std::thread::JoinHandle<Vec<String>>) {
+fn up_until(
+    marker: &str,
+) -> (
+    std::process::Child,
+    Vec<String>,
+    std::thread::JoinHandle<Vec<String>>,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_harness"))
         .args(["up", "--no-build", "--backend", "container", "-m"])
         .arg(fixture("manifests/infra-container.toml"))
@@ -352,14 +517,31 @@ fn sigint_during_startup_removes_every_container_and_the_network() {
     let (child, mut seen, drain) = up_until("redis     ready in");
     let owner = format!("{LABEL_OWNER_PID}={}", child.id());
     let (running, networks, _) = leftovers(&owner);
-    assert!(running.len() >= 3 && networks.len() == 1, "nothing was running: {seen:?}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    assert!(
+        running.len() >= 3 && networks.len() == 1,
+        "nothing was running: {seen:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let status = { child }.wait().unwrap();
     seen.extend(drain.join().unwrap());
     assert_eq!(status.code(), Some(130), "{seen:?}");
-    assert!(seen.iter().any(|l| l.contains("interrupted; stopping")), "{seen:?}");
-    assert!(!seen.iter().any(|l| l.starts_with("error:")), "teardown reported as an error: {seen:?}");
-    assert_eq!(leftovers(&owner), nothing(), "left behind after SIGINT: {seen:?}");
+    assert!(
+        seen.iter().any(|l| l.contains("interrupted; stopping")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|l| l.starts_with("error:")),
+        "teardown reported as an error: {seen:?}"
+    );
+    assert_eq!(
+        leftovers(&owner),
+        nothing(),
+        "left behind after SIGINT: {seen:?}"
+    );
 }
 
 #[test]
@@ -369,17 +551,31 @@ fn kill_9_mid_startup_is_cleaned_up_by_the_next_run() {
     let (mut child, seen, drain) = up_until("redis     ready in");
     let owner = format!("{LABEL_OWNER_PID}={}", child.id());
     let (running, networks, _) = leftovers(&owner);
-    assert!(running.len() >= 3 && networks.len() == 1, "nothing was running: {seen:?}");
+    assert!(
+        running.len() >= 3 && networks.len() == 1,
+        "nothing was running: {seen:?}"
+    );
     child.kill().unwrap(); // SIGKILL: no handler runs, nothing is cleaned up
     child.wait().unwrap();
     drop(drain.join());
     let (left, networks, _) = leftovers(&owner);
-    assert!(!left.is_empty() && !networks.is_empty(), "a killed run cannot clean up after itself");
+    assert!(
+        !left.is_empty() && !networks.is_empty(),
+        "a killed run cannot clean up after itself"
+    );
     // What every start of the container backend does first.
     let reaped = block(container::reap_dead_runs()).unwrap();
-    assert!(reaped.iter().any(|id| id.starts_with(&format!("{}-", child.id()))), "{reaped:?}");
+    assert!(
+        reaped
+            .iter()
+            .any(|id| id.starts_with(&format!("{}-", child.id()))),
+        "{reaped:?}"
+    );
     assert_eq!(leftovers(&owner), nothing());
     // A live run is never judged dead: this process's own.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert!(container::run_alive(&container::run_labels("x", None, now)));
 }

@@ -30,9 +30,15 @@ fn every_invalid_manifest_is_rejected_with_its_own_message() {
         assert!(err.contains("error: "), "{name}: {err}");
         assert!(err.contains("= help: "), "{name} gives no help: {err}");
         if name != "19-no-services" {
-            assert!(err.contains(&format!("{}:", shown.display())), "{name} has no file:line: {err}");
+            assert!(
+                err.contains(&format!("{}:", shown.display())),
+                "{name} has no file:line: {err}"
+            );
         }
-        assert!(messages.insert(err.clone()), "{name} repeats another file's message");
+        assert!(
+            messages.insert(err.clone()),
+            "{name} repeats another file's message"
+        );
         insta::assert_snapshot!(name, err);
     }
 }

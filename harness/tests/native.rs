@@ -13,7 +13,9 @@ use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptio
 use sqlx::Connection;
 
 fn fixture(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(path)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures")
+        .join(path)
 }
 
 fn native() -> StackOptions {
@@ -39,7 +41,10 @@ fn leftovers(prefix: &str) -> (Vec<i32>, Vec<PathBuf>) {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|b| *b == 0).any(|kv| kv.starts_with(marker.as_bytes())))
+                .map(|env| {
+                    env.split(|b| *b == 0)
+                        .any(|kv| kv.starts_with(marker.as_bytes()))
+                })
                 .unwrap_or(false)
         })
         .collect();
@@ -61,69 +66,127 @@ async fn wait_until_clean(prefix: &str) -> (Vec<i32>, Vec<PathBuf>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_servers_start_answer_survive_faults_and_leave_nothing() {
     let manifest = Manifest::load(&fixture("manifests/infra.toml")).unwrap();
-    let stack = Stack::start(manifest, native()).await.unwrap_or_else(|e| panic!("{e}"));
+    let stack = Stack::start(manifest, native())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let run_id = stack.run_id().to_string();
 
     // The scheduler: web waits for postgres to be ready but only for rabbitmq to start.
-    let t = |s: &str| stack.timings().iter().find(|t| t.service == s).unwrap().clone();
+    let t = |s: &str| {
+        stack
+            .timings()
+            .iter()
+            .find(|t| t.service == s)
+            .unwrap()
+            .clone()
+    };
     assert!(t("web").started >= t("postgres").ready);
-    assert!(t("web").ready < t("rabbitmq").ready, "web waited for rabbitmq's readiness");
+    assert!(
+        t("web").ready < t("rabbitmq").ready,
+        "web waited for rabbitmq's readiness"
+    );
 
     // PostgreSQL: real SQL, the generated credentials, the extra database.
     let pg = stack.endpoint("postgres").unwrap();
-    let mut conn = sqlx::PgConnection::connect(&stack.url("postgres").unwrap()).await.unwrap();
-    let user: String = sqlx::query_scalar("SELECT current_user::text").fetch_one(&mut conn).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&stack.url("postgres").unwrap())
+        .await
+        .unwrap();
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(Some(user), pg.user);
     sqlx::raw_sql("CREATE TABLE kept (v int); INSERT INTO kept VALUES (42)")
         .execute(&mut conn)
         .await
         .unwrap();
     drop(conn);
-    let mut extra = sqlx::PgConnection::connect(&pg.url(Some("extra")).unwrap()).await.unwrap();
-    let db: String = sqlx::query_scalar("SELECT current_database()::text").fetch_one(&mut extra).await.unwrap();
+    let mut extra = sqlx::PgConnection::connect(&pg.url(Some("extra")).unwrap())
+        .await
+        .unwrap();
+    let db: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&mut extra)
+        .await
+        .unwrap();
     assert_eq!(db, "extra");
     drop(extra);
 
     // Redis.
     let client = redis::Client::open(stack.url("redis").unwrap()).unwrap();
     let mut r = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut r).await.unwrap();
-    let v: String = redis::cmd("GET").arg("k").query_async(&mut r).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let v: String = redis::cmd("GET")
+        .arg("k")
+        .query_async(&mut r)
+        .await
+        .unwrap();
     assert_eq!(v, "v");
 
     // RabbitMQ: publish and consume a message.
-    let amqp = lapin::Connection::connect(&stack.url("rabbitmq").unwrap(), harness::amqp::properties())
-        .await
-        .unwrap();
+    let amqp =
+        lapin::Connection::connect(&stack.url("rabbitmq").unwrap(), harness::amqp::properties())
+            .await
+            .unwrap();
     let channel = amqp.create_channel().await.unwrap();
     channel
         .queue_declare("q", QueueDeclareOptions::default(), Default::default())
         .await
         .unwrap();
     channel
-        .basic_publish("", "q", BasicPublishOptions::default(), b"hello", Default::default())
+        .basic_publish(
+            "",
+            "q",
+            BasicPublishOptions::default(),
+            b"hello",
+            Default::default(),
+        )
         .await
         .unwrap()
         .await
         .unwrap();
     let mut consumer = channel
-        .basic_consume("q", "t", BasicConsumeOptions { no_ack: true, ..Default::default() }, Default::default())
+        .basic_consume(
+            "q",
+            "t",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
         .await
         .unwrap();
-    let delivery = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut consumer))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let delivery = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::StreamExt::next(&mut consumer),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
     assert_eq!(delivery.data, b"hello");
     let _ = amqp.close(200, "done").await;
 
     // The generic service got its environment from templates resolved against the real ports.
     let web = stack.url("web").unwrap();
-    let env = reqwest::get(format!("{web}/env")).await.unwrap().text().await.unwrap();
+    let env = reqwest::get(format!("{web}/env"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(
         env,
-        format!("{}\n{}", pg.url(Some("extra")).unwrap(), stack.url("rabbitmq").unwrap())
+        format!(
+            "{}\n{}",
+            pg.url(Some("extra")).unwrap(),
+            stack.url("rabbitmq").unwrap()
+        )
     );
 
     // Pause Redis: its probe fails; unpause: it passes again.
@@ -132,14 +195,23 @@ async fn real_servers_start_answer_survive_faults_and_leave_nothing() {
     let paused = harness::probe::check(&ProbeSpec::Redis, &redis_ep).await;
     assert!(paused.is_err(), "a paused redis answered PING");
     stack.unpause("redis").await.unwrap();
-    harness::probe::check(&ProbeSpec::Redis, &redis_ep).await.unwrap();
+    harness::probe::check(&ProbeSpec::Redis, &redis_ep)
+        .await
+        .unwrap();
 
     // Stop PostgreSQL: the probe fails; start it again: ready, data kept.
     stack.stop("postgres").await.unwrap();
-    assert!(harness::probe::check(&ProbeSpec::Postgres, &pg).await.is_err());
+    assert!(harness::probe::check(&ProbeSpec::Postgres, &pg)
+        .await
+        .is_err());
     stack.start_service("postgres").await.unwrap();
-    let mut conn = sqlx::PgConnection::connect(&stack.url("postgres").unwrap()).await.unwrap();
-    let kept: i32 = sqlx::query_scalar("SELECT v FROM kept").fetch_one(&mut conn).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(&stack.url("postgres").unwrap())
+        .await
+        .unwrap();
+    let kept: i32 = sqlx::query_scalar("SELECT v FROM kept")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(kept, 42);
     drop(conn);
 
@@ -151,7 +223,10 @@ async fn real_servers_start_answer_survive_faults_and_leave_nothing() {
         .iter()
         .any(|l| l.contains("ready to accept connections")));
 
-    assert!(!leftovers(&run_id).0.is_empty(), "the stack's processes carry the run id");
+    assert!(
+        !leftovers(&run_id).0.is_empty(),
+        "the stack's processes carry the run id"
+    );
     stack.down().await;
     let (pids, dirs) = wait_until_clean(&run_id).await;
     assert!(pids.is_empty(), "processes left: {pids:?}");
@@ -179,15 +254,26 @@ startup-timeout = "1500ms"
     let started = std::time::Instant::now();
     let err = Stack::start(manifest, native()).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(20));
-    let Error::Startup(e) = &err else { panic!("not a startup error: {err}") };
+    let Error::Startup(e) = &err else {
+        panic!("not a startup error: {err}")
+    };
     assert_eq!(e.service, "stuck");
     assert_eq!(e.probe.as_deref(), Some("tcp connect (port `http`)"));
     assert!(e.waited.unwrap() >= Duration::from_millis(1500));
-    assert!(e.log_tail.iter().any(|l| l.contains("never comes")), "{:?}", e.log_tail);
+    assert!(
+        e.log_tail.iter().any(|l| l.contains("never comes")),
+        "{:?}",
+        e.log_tail
+    );
     assert_eq!(e.stopped.first().map(String::as_str), Some("stuck"));
-    assert!(e.stopped.contains(&"postgres".to_string()) && e.stopped.contains(&"redis".to_string()));
+    assert!(
+        e.stopped.contains(&"postgres".to_string()) && e.stopped.contains(&"redis".to_string())
+    );
     let text = err.to_string();
-    assert!(text.contains("service `stuck` did not become ready"), "{text}");
+    assert!(
+        text.contains("service `stuck` did not become ready"),
+        "{text}"
+    );
     assert!(text.contains("connect to 127.0.0.1:"), "{text}");
     assert_eq!(err.exit_code(), harness::exit_code::STARTUP_FAILED);
     // Other tests of this process may be running stacks; this one's processes are gone
@@ -195,7 +281,10 @@ startup-timeout = "1500ms"
     let (pids, _) = wait_until_clean(&prefix).await;
     for pid in pids {
         let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        assert!(!cmd.contains("never comes"), "the stuck service survived: {pid}");
+        assert!(
+            !cmd.contains("never comes"),
+            "the stuck service survived: {pid}"
+        );
     }
 }
 
@@ -223,13 +312,26 @@ fn sigint_during_startup_leaves_nothing_behind() {
     }
     // Keep draining stderr so the harness never writes into a closed pipe.
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    assert!(!leftovers(&prefix).0.is_empty(), "nothing was running: {seen:?}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    assert!(
+        !leftovers(&prefix).0.is_empty(),
+        "nothing was running: {seen:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     let status = child.wait().unwrap();
     seen.extend(drain.join().unwrap());
     assert_eq!(status.code(), Some(130), "{seen:?}");
-    assert!(seen.iter().any(|l| l.contains("interrupted; stopping")), "{seen:?}");
-    assert!(!seen.iter().any(|l| l.starts_with("error:")), "teardown reported as an error: {seen:?}");
+    assert!(
+        seen.iter().any(|l| l.contains("interrupted; stopping")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|l| l.starts_with("error:")),
+        "teardown reported as an error: {seen:?}"
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (pids, dirs) = rt.block_on(wait_until_clean(&prefix));
     assert!(pids.is_empty(), "processes left after SIGINT: {pids:?}");
@@ -241,17 +343,28 @@ fn an_invalid_manifest_exits_2_and_starts_nothing() {
     let bin = env!("CARGO_BIN_EXE_harness");
     for command in ["check", "up"] {
         let child = std::process::Command::new(bin)
-            .args([command, "--no-build", "--manifest"][..if command == "up" { 3 } else { 1 }].iter().chain(["--manifest"].iter().filter(|_| command != "up")))
+            .args(
+                [command, "--no-build", "--manifest"][..if command == "up" { 3 } else { 1 }]
+                    .iter()
+                    .chain(["--manifest"].iter().filter(|_| command != "up")),
+            )
             .arg(fixture("manifests/invalid/05-cycle.toml"))
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let prefix = format!("{}-", child.id());
         let child = child.wait_with_output().unwrap();
-        assert_eq!(leftovers(&prefix), (vec![], vec![]), "{command} started something");
+        assert_eq!(
+            leftovers(&prefix),
+            (vec![], vec![]),
+            "{command} started something"
+        );
         assert_eq!(child.status.code(), Some(2), "{command}");
         let stderr = String::from_utf8_lossy(&child.stderr);
-        assert!(stderr.contains("dependency cycle: orders -> payments -> orders"), "{stderr}");
+        assert!(
+            stderr.contains("dependency cycle: orders -> payments -> orders"),
+            "{stderr}"
+        );
         assert!(stderr.contains("05-cycle.toml:4:14"), "{stderr}");
     }
 }

@@ -18,13 +18,21 @@ fn refused(args: &[&str], says: &str) {
     let out = verify(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-    assert!(stderr.contains(says), "{args:?}: expected `{says}` in: {stderr}");
+    assert!(
+        stderr.contains(says),
+        "{args:?}: expected `{says}` in: {stderr}"
+    );
 }
 
 #[test]
 fn publishing_without_a_provider_version_is_refused() {
     refused(
-        &["payments", "--broker-url", "http://127.0.0.1:9", "--publish"],
+        &[
+            "payments",
+            "--broker-url",
+            "http://127.0.0.1:9",
+            "--publish",
+        ],
         "--provider-version",
     );
 }
@@ -41,7 +49,11 @@ fn publishing_needs_a_broker() {
 fn broker_options_need_a_broker() {
     refused(&["payments", "--enable-pending"], "--broker-url");
     refused(
-        &["payments", "--consumer-version-selector", "{\"mainBranch\":true}"],
+        &[
+            "payments",
+            "--consumer-version-selector",
+            "{\"mainBranch\":true}",
+        ],
         "--broker-url",
     );
 }
@@ -67,13 +79,22 @@ fn the_provider_must_be_a_service_of_the_manifest() {
 
 #[test]
 fn a_missing_candidate_binary_is_refused() {
-    refused(&["payments", "--binary", "/nonexistent/payments"], "does not exist");
+    refused(
+        &["payments", "--binary", "/nonexistent/payments"],
+        "does not exist",
+    );
 }
 
 #[test]
 fn binary_and_image_exclude_each_other() {
     refused(
-        &["payments", "--binary", "/bin/true", "--image", "shop/payments:rc"],
+        &[
+            "payments",
+            "--binary",
+            "/bin/true",
+            "--image",
+            "shop/payments:rc",
+        ],
         "cannot be used with",
     );
 }

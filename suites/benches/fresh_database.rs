@@ -15,11 +15,16 @@ fn main() -> anyhow::Result<()> {
     std::env::set_var("PACT_DO_NOT_TRACK", "true");
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let manifest = Manifest::parse(Path::new("bench.toml"), "[services.postgres]\nkind = \"postgres\"\n")?;
+        let manifest = Manifest::parse(
+            Path::new("bench.toml"),
+            "[services.postgres]\nkind = \"postgres\"\n",
+        )?;
         let stack = Stack::start(manifest, StackOptions::default()).await?;
-        let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/orders/migrations");
+        let migrations =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/orders/migrations");
         let result = async {
-            let template = DatabaseTemplate::from_migrations(&stack, "orders_bench", &migrations).await?;
+            let template =
+                DatabaseTemplate::from_migrations(&stack, "orders_bench", &migrations).await?;
             let mut times: Vec<Duration> = Vec::with_capacity(CALLS);
             let mut made = Vec::new();
             for _ in 0..CALLS {
@@ -35,9 +40,25 @@ fn main() -> anyhow::Result<()> {
             let ms = |d: Duration| d.as_secs_f64() * 1000.0;
             let median = times[CALLS / 2];
             let p95 = times[CALLS * 95 / 100];
-            println!("fresh_database over {CALLS} calls ({} backend):", stack.backend());
-            println!("  median {:.1} ms   p95 {:.1} ms   min {:.1} ms   max {:.1} ms", ms(median), ms(p95), ms(times[0]), ms(times[CALLS - 1]));
-            println!("  target: median <= 100 ms -> {}", if median <= Duration::from_millis(100) { "met" } else { "MISSED" });
+            println!(
+                "fresh_database over {CALLS} calls ({} backend):",
+                stack.backend()
+            );
+            println!(
+                "  median {:.1} ms   p95 {:.1} ms   min {:.1} ms   max {:.1} ms",
+                ms(median),
+                ms(p95),
+                ms(times[0]),
+                ms(times[CALLS - 1])
+            );
+            println!(
+                "  target: median <= 100 ms -> {}",
+                if median <= Duration::from_millis(100) {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            );
             anyhow::Ok(())
         }
         .await;

@@ -36,21 +36,35 @@ pub fn order(customer: &str, card: &str) -> Value {
 
 /// Places an order and returns its JSON, expecting 201.
 pub async fn place_order(j: &Journey, body: &Value) -> anyhow::Result<Value> {
-    j.http("orders")?.post("/orders", body).await?.expect_status(201)
+    j.http("orders")?
+        .post("/orders", body)
+        .await?
+        .expect_status(201)
 }
 
 /// The `id` field of a JSON object.
 pub fn id_of(v: &Value) -> anyhow::Result<String> {
-    v["id"].as_str().map(str::to_string).context("the response has no string `id`")
+    v["id"]
+        .as_str()
+        .map(str::to_string)
+        .context("the response has no string `id`")
 }
 
 /// Waits until `GET /orders/{id}` reports `status`.
-pub async fn order_reaches(j: &Journey, id: &str, status: &str, within: Duration) -> anyhow::Result<Value> {
+pub async fn order_reaches(
+    j: &Journey,
+    id: &str,
+    status: &str,
+    within: Duration,
+) -> anyhow::Result<Value> {
     let http = j.http("orders")?;
     eventually(within, || {
         let http = http.clone();
         async move {
-            let r = http.get(&format!("/orders/{id}")).await.map_err(|e| e.to_string())?;
+            let r = http
+                .get(&format!("/orders/{id}"))
+                .await
+                .map_err(|e| e.to_string())?;
             let v = r.json().map_err(|e| e.to_string())?;
             if v["status"] == status {
                 Ok(v)
@@ -63,7 +77,12 @@ pub async fn order_reaches(j: &Journey, id: &str, status: &str, within: Duration
 }
 
 /// Waits until the customer has `n` notifications listed; returns the list.
-pub async fn notifications_reach(j: &Journey, customer: &str, n: usize, within: Duration) -> anyhow::Result<Value> {
+pub async fn notifications_reach(
+    j: &Journey,
+    customer: &str,
+    n: usize,
+    within: Duration,
+) -> anyhow::Result<Value> {
     let http = j.http("notifications")?;
     eventually(within, || {
         let http = http.clone();
@@ -92,13 +111,18 @@ pub fn fetch_row<'a>(
     pool: &'a sqlx::PgPool,
     sql: &'a str,
     args: &'a [&'a str],
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<sqlx::postgres::PgRow>> + Send + 'a>> {
+) -> std::pin::Pin<
+    Box<dyn std::future::Future<Output = anyhow::Result<sqlx::postgres::PgRow>> + Send + 'a>,
+> {
     Box::pin(async move {
         let mut query = sqlx::query(sql);
         for a in args {
             query = query.bind(*a);
         }
-        query.fetch_one(pool).await.with_context(|| format!("running `{sql}`"))
+        query
+            .fetch_one(pool)
+            .await
+            .with_context(|| format!("running `{sql}`"))
     })
 }
 
@@ -113,7 +137,11 @@ pub fn execute<'a>(
         for a in args {
             query = query.bind(*a);
         }
-        Ok(query.execute(pool).await.with_context(|| format!("running `{sql}`"))?.rows_affected())
+        Ok(query
+            .execute(pool)
+            .await
+            .with_context(|| format!("running `{sql}`"))?
+            .rows_affected())
     })
 }
 

@@ -13,7 +13,10 @@ use harness::runner::{Suite, TrialContext};
 use harness::snapshot::Snapshots;
 use serde_json::{json, Value};
 use sqlx::Row as _;
-use suites::{count, customer, execute, fetch_row, id_of, notifications_reach, order, place_order, snapshots, DECLINED_CARD, GOOD_CARD};
+use suites::{
+    count, customer, execute, fetch_row, id_of, notifications_reach, order, place_order, snapshots,
+    DECLINED_CARD, GOOD_CARD,
+};
 
 const EVENTUALLY: Duration = Duration::from_secs(15);
 
@@ -24,7 +27,10 @@ fn main() -> ExitCode {
         .trial("idempotency", idempotency)
         .trial("trace_id_everywhere", trace_id_everywhere)
         .trial("bad_input", bad_input)
-        .trial("snapshot_detects_a_changed_response", snapshot_detects_a_changed_response)
+        .trial(
+            "snapshot_detects_a_changed_response",
+            snapshot_detects_a_changed_response,
+        )
         .trial("fresh_database_isolation", fresh_database_isolation)
         .run()
 }
@@ -33,7 +39,9 @@ async fn happy_path(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     let j = Journey::new(ctx.stack.clone(), &ctx.name);
     let who = customer();
     let mut bus = j.capture("shop.events", "order.paid").await?;
-    let placed = j.step("place an order", place_order(&j, &order(&who, GOOD_CARD))).await?;
+    let placed = j
+        .step("place an order", place_order(&j, &order(&who, GOOD_CARD)))
+        .await?;
     let id = id_of(&placed)?;
     j.step("the order is paid at once", async {
         ensure!(placed["status"] == "PAID", "status is {}", placed["status"]);
@@ -44,20 +52,32 @@ async fn happy_path(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     let event = j
         .step("order.paid is published", async {
             let m = bus
-                .wait_for(EVENTUALLY, |m| m.json().is_ok_and(|v| v["order_id"] == id.as_str()))
+                .wait_for(EVENTUALLY, |m| {
+                    m.json().is_ok_and(|v| v["order_id"] == id.as_str())
+                })
                 .await?;
             m.json()
         })
         .await?;
     let notifications = j
-        .step("a notification is listed", notifications_reach(&j, &who, 1, EVENTUALLY))
+        .step(
+            "a notification is listed",
+            notifications_reach(&j, &who, 1, EVENTUALLY),
+        )
         .await?;
     j.step("rows in every service's database agree", async {
         let orders = j.sql("orders").await?;
-        let row = fetch_row(&orders, "SELECT status, payment_id::text FROM orders WHERE id = $1::uuid", &[&id]).await?;
+        let row = fetch_row(
+            &orders,
+            "SELECT status, payment_id::text FROM orders WHERE id = $1::uuid",
+            &[&id],
+        )
+        .await?;
         let status: String = row.try_get(0)?;
         ensure!(status == "PAID", "orders row is {status}");
-        let payment_id: String = row.try_get::<Option<String>, _>(1)?.context("the order row has no payment_id")?;
+        let payment_id: String = row
+            .try_get::<Option<String>, _>(1)?
+            .context("the order row has no payment_id")?;
         let payments = j.sql("payments").await?;
         let row = fetch_row(
             &payments,
@@ -66,17 +86,32 @@ async fn happy_path(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
         )
         .await?;
         let (p_status, amount): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
-        ensure!(p_status == "APPROVED" && amount == 1234, "payment row: {p_status} {amount}");
+        ensure!(
+            p_status == "APPROVED" && amount == 1234,
+            "payment row: {p_status} {amount}"
+        );
         let notes = j.sql("notifications").await?;
-        let rows = count(&notes, "SELECT count(*) FROM notifications WHERE order_id = $1::uuid", &[&id]).await?;
+        let rows = count(
+            &notes,
+            "SELECT count(*) FROM notifications WHERE order_id = $1::uuid",
+            &[&id],
+        )
+        .await?;
         ensure!(rows == 1, "{rows} notification rows for the order");
-        ensure!(event["payment_id"] == payment_id.as_str(), "event payment_id {}", event["payment_id"]);
+        ensure!(
+            event["payment_id"] == payment_id.as_str(),
+            "event payment_id {}",
+            event["payment_id"]
+        );
         Ok(())
     })
     .await?;
     let fetched = j
         .step("GET /orders/{id} answers the same order", async {
-            j.http("orders")?.get(&format!("/orders/{id}")).await?.expect_status(200)
+            j.http("orders")?
+                .get(&format!("/orders/{id}"))
+                .await?
+                .expect_status(200)
         })
         .await?;
     let snap = snapshots();
@@ -91,21 +126,45 @@ async fn declined_payment(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     let j = Journey::new(ctx.stack.clone(), &ctx.name);
     let who = customer();
     let mut bus = j.capture("shop.events", "order.paid").await?;
-    let placed = j.step("place an order with a declined card", place_order(&j, &order(&who, DECLINED_CARD))).await?;
+    let placed = j
+        .step(
+            "place an order with a declined card",
+            place_order(&j, &order(&who, DECLINED_CARD)),
+        )
+        .await?;
     let id = id_of(&placed)?;
     j.step("the order ends DECLINED", async {
-        ensure!(placed["status"] == "DECLINED", "status is {}", placed["status"]);
-        ensure!(placed["decline_reason"] == "card_declined", "reason is {}", placed["decline_reason"]);
+        ensure!(
+            placed["status"] == "DECLINED",
+            "status is {}",
+            placed["status"]
+        );
+        ensure!(
+            placed["decline_reason"] == "card_declined",
+            "reason is {}",
+            placed["decline_reason"]
+        );
         Ok(())
     })
     .await?;
     j.step("no order.paid event and no notification", async {
         let events = bus
-            .collect(Duration::from_secs(2), |m| m.json().is_ok_and(|v| v["order_id"] == id.as_str()))
+            .collect(Duration::from_secs(2), |m| {
+                m.json().is_ok_and(|v| v["order_id"] == id.as_str())
+            })
             .await;
-        ensure!(events.is_empty(), "{} order.paid event(s) for a declined order", events.len());
+        ensure!(
+            events.is_empty(),
+            "{} order.paid event(s) for a declined order",
+            events.len()
+        );
         let orders = j.sql("orders").await?;
-        let outbox = count(&orders, "SELECT count(*) FROM outbox WHERE aggregate_id = $1::uuid", &[&id]).await?;
+        let outbox = count(
+            &orders,
+            "SELECT count(*) FROM outbox WHERE aggregate_id = $1::uuid",
+            &[&id],
+        )
+        .await?;
         ensure!(outbox == 0, "{outbox} outbox rows for a declined order");
         let list = j
             .http("notifications")?
@@ -126,20 +185,37 @@ async fn idempotency(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     let body = json!({"order_id": uuid::Uuid::new_v4(), "amount": 999, "currency": "EUR", "card_token": GOOD_CARD});
     let send = |payments: harness::journey::Http, body: Value, key: String| async move {
         payments
-            .send(reqwest::Method::POST, "/payments", Some(&body), &[("Idempotency-Key", &key)])
+            .send(
+                reqwest::Method::POST,
+                "/payments",
+                Some(&body),
+                &[("Idempotency-Key", &key)],
+            )
             .await
     };
     let first = j
-        .step("first payment", async { send(payments.clone(), body.clone(), key.clone()).await?.expect_status(201) })
+        .step("first payment", async {
+            send(payments.clone(), body.clone(), key.clone())
+                .await?
+                .expect_status(201)
+        })
         .await?;
     let replay = j
         .step("the same key again returns the original payment", async {
             let r = send(payments.clone(), body.clone(), key.clone()).await?;
-            ensure!(r.header("idempotent-replayed") == Some("true"), "no Idempotent-Replayed header");
+            ensure!(
+                r.header("idempotent-replayed") == Some("true"),
+                "no Idempotent-Replayed header"
+            );
             r.expect_status(201)
         })
         .await?;
-    ensure!(first["id"] == replay["id"], "replay has another id: {} vs {}", first["id"], replay["id"]);
+    ensure!(
+        first["id"] == replay["id"],
+        "replay has another id: {} vs {}",
+        first["id"],
+        replay["id"]
+    );
     j.step("ten concurrent requests with one new key make one payment", async {
         let key2 = format!("idem-{}", uuid::Uuid::new_v4());
         let body2 = json!({"order_id": uuid::Uuid::new_v4(), "amount": 500, "currency": "USD", "card_token": GOOD_CARD});
@@ -179,13 +255,21 @@ async fn trace_id_everywhere(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     let who = customer();
     let trace = j.trace_id().to_string();
     let mut bus = j.capture("shop.events", "order.paid").await?;
-    let placed = j.step("place an order", place_order(&j, &order(&who, GOOD_CARD))).await?;
+    let placed = j
+        .step("place an order", place_order(&j, &order(&who, GOOD_CARD)))
+        .await?;
     let id = id_of(&placed)?;
     j.step("the trace id is in the order.paid message", async {
         let m = bus
-            .wait_for(EVENTUALLY, |m| m.json().is_ok_and(|v| v["order_id"] == id.as_str()))
+            .wait_for(EVENTUALLY, |m| {
+                m.json().is_ok_and(|v| v["order_id"] == id.as_str())
+            })
             .await?;
-        ensure!(m.json()?["trace_id"] == trace.as_str(), "message trace_id {}", m.json()?["trace_id"]);
+        ensure!(
+            m.json()?["trace_id"] == trace.as_str(),
+            "message trace_id {}",
+            m.json()?["trace_id"]
+        );
         let header = m.header("trace_id").context("no trace_id header")?;
         ensure!(header == trace, "trace_id header is {header}");
         let parent = m.header("traceparent").context("no traceparent header")?;
@@ -194,21 +278,31 @@ async fn trace_id_everywhere(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     })
     .await?;
     notifications_reach(&j, &who, 1, EVENTUALLY).await?;
-    j.step("the trace id is in the log lines of all three services", async {
-        for service in ["orders", "payments", "notifications"] {
-            eventually(Duration::from_secs(5), || async {
-                let lines = ctx.stack.logs(service, 5000).await.map_err(|e| e.to_string())?;
-                let hits = lines.iter().filter(|l| l.contains(&trace)).count();
-                if hits > 0 {
-                    Ok(())
-                } else {
-                    Err(format!("none of the last {} lines of `{service}` has trace id {trace}", lines.len()))
-                }
-            })
-            .await?;
-        }
-        Ok(())
-    })
+    j.step(
+        "the trace id is in the log lines of all three services",
+        async {
+            for service in ["orders", "payments", "notifications"] {
+                eventually(Duration::from_secs(5), || async {
+                    let lines = ctx
+                        .stack
+                        .logs(service, 5000)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let hits = lines.iter().filter(|l| l.contains(&trace)).count();
+                    if hits > 0 {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "none of the last {} lines of `{service}` has trace id {trace}",
+                            lines.len()
+                        ))
+                    }
+                })
+                .await?;
+            }
+            Ok(())
+        },
+    )
     .await
 }
 
@@ -216,7 +310,11 @@ async fn bad_input(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     let j = Journey::new(ctx.stack.clone(), &ctx.name);
     let who = customer();
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("no_items", json!({"customer_id": who, "currency": "EUR", "card_token": GOOD_CARD, "items": []}), "items"),
+        (
+            "no_items",
+            json!({"customer_id": who, "currency": "EUR", "card_token": GOOD_CARD, "items": []}),
+            "items",
+        ),
         (
             "zero_quantity",
             json!({"customer_id": who, "currency": "EUR", "card_token": GOOD_CARD,
@@ -229,10 +327,18 @@ async fn bad_input(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
                    "items": [{"sku": "A", "quantity": 1, "unit_price": -5}]}),
             "items[0].unit_price",
         ),
-        ("unknown_currency", json!({"customer_id": who, "currency": "XYZ", "card_token": GOOD_CARD,
-                   "items": [{"sku": "A", "quantity": 1, "unit_price": 100}]}), "currency"),
-        ("missing_customer", json!({"currency": "EUR", "card_token": GOOD_CARD,
-                   "items": [{"sku": "A", "quantity": 1, "unit_price": 100}]}), "customer_id"),
+        (
+            "unknown_currency",
+            json!({"customer_id": who, "currency": "XYZ", "card_token": GOOD_CARD,
+                   "items": [{"sku": "A", "quantity": 1, "unit_price": 100}]}),
+            "currency",
+        ),
+        (
+            "missing_customer",
+            json!({"currency": "EUR", "card_token": GOOD_CARD,
+                   "items": [{"sku": "A", "quantity": 1, "unit_price": 100}]}),
+            "customer_id",
+        ),
     ];
     let orders = j.http("orders")?;
     for (label, body, field) in &cases {
@@ -245,7 +351,10 @@ async fn bad_input(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
                     .as_array()
                     .map(|a| a.iter().filter_map(|f| f["field"].as_str()).collect())
                     .unwrap_or_default();
-                ensure!(fields.contains(field), "fields {fields:?} do not name `{field}`: {v}");
+                ensure!(
+                    fields.contains(field),
+                    "fields {fields:?} do not name `{field}`: {v}"
+                );
                 Ok(v)
             })
             .await?;
@@ -253,7 +362,12 @@ async fn bad_input(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     }
     j.step("malformed JSON is refused", async {
         let r = orders
-            .send(reqwest::Method::POST, "/orders", None, &[("content-type", "application/json")])
+            .send(
+                reqwest::Method::POST,
+                "/orders",
+                None,
+                &[("content-type", "application/json")],
+            )
             .await?;
         ensure!(r.status == 400, "status {} for an empty body", r.status);
         Ok(())
@@ -261,7 +375,12 @@ async fn bad_input(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     .await?;
     j.step("nothing was written", async {
         let db = j.sql("orders").await?;
-        let rows = count(&db, "SELECT count(*) FROM orders WHERE customer_id = $1", &[&who]).await?;
+        let rows = count(
+            &db,
+            "SELECT count(*) FROM orders WHERE customer_id = $1",
+            &[&who],
+        )
+        .await?;
         ensure!(rows == 0, "{rows} order rows for refused orders");
         Ok(())
     })
@@ -271,30 +390,52 @@ async fn bad_input(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
 /// The snapshot check is real: a response with a renamed field and one with another status
 /// both fail against the committed snapshot.
 async fn snapshot_detects_a_changed_response(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
-    if std::env::var("INSTA_UPDATE").is_ok_and(|v| v == "always") || std::env::var_os("INSTA_FORCE_PASS").is_some() {
+    if std::env::var("INSTA_UPDATE").is_ok_and(|v| v == "always")
+        || std::env::var_os("INSTA_FORCE_PASS").is_some()
+    {
         anyhow::bail!("this trial proves snapshots compare; it cannot with INSTA_UPDATE=always or INSTA_FORCE_PASS set");
     }
     let j = Journey::new(ctx.stack.clone(), &ctx.name);
-    let placed = j.step("place an order", place_order(&j, &order(&customer(), DECLINED_CARD))).await?;
+    let placed = j
+        .step(
+            "place an order",
+            place_order(&j, &order(&customer(), DECLINED_CARD)),
+        )
+        .await?;
     // Compare against a copy of the committed snapshot in a scratch directory, so a failing
     // comparison never leaves a pending snapshot in the repository.
-    let scratch = std::env::temp_dir().join(format!("harness-snap-{}", uuid::Uuid::new_v4().simple()));
+    let scratch =
+        std::env::temp_dir().join(format!("harness-snap-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&scratch)?;
     let name = Snapshots::name("journeys::declined_payment", "declined_order");
-    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("snapshots/{name}.snap"));
+    let committed =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("snapshots/{name}.snap"));
     std::fs::copy(&committed, scratch.join(format!("{name}.snap")))
         .with_context(|| format!("the committed snapshot {} is missing", committed.display()))?;
     let snap = Snapshots::new(&scratch);
     let result = async {
-        snap.check_json(&name, &placed).context("the unchanged response should match")?;
+        snap.check_json(&name, &placed)
+            .context("the unchanged response should match")?;
         let mut renamed = placed.clone();
-        let status = renamed.as_object_mut().context("not an object")?.remove("status");
+        let status = renamed
+            .as_object_mut()
+            .context("not an object")?
+            .remove("status");
         renamed["state"] = status.unwrap_or_default();
-        let err = snap.check_json(&name, &renamed).err().context("a renamed field went unnoticed")?;
-        ensure!(err.to_string().contains("$.state: unexpected"), "the failure does not name the field: {err}");
+        let err = snap
+            .check_json(&name, &renamed)
+            .err()
+            .context("a renamed field went unnoticed")?;
+        ensure!(
+            err.to_string().contains("$.state: unexpected"),
+            "the failure does not name the field: {err}"
+        );
         let mut changed = placed.clone();
         changed["status"] = json!("PAID");
-        ensure!(snap.check_json(&name, &changed).is_err(), "a changed status went unnoticed");
+        ensure!(
+            snap.check_json(&name, &changed).is_err(),
+            "a changed status went unnoticed"
+        );
         Ok(())
     }
     .await;
@@ -304,8 +445,10 @@ async fn snapshot_detects_a_changed_response(ctx: Arc<TrialContext>) -> anyhow::
 
 /// Two trials' fresh databases, cloned from the orders migrations, do not see each other.
 async fn fresh_database_isolation(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
-    let migrations = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/orders/migrations");
-    let template = DatabaseTemplate::from_migrations(&ctx.stack, "orders_isolation", &migrations).await?;
+    let migrations =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/orders/migrations");
+    let template =
+        DatabaseTemplate::from_migrations(&ctx.stack, "orders_isolation", &migrations).await?;
     let a = template.fresh_database().await?;
     let b = template.fresh_database().await?;
     let pa = sqlx::PgPool::connect(&a.url).await?;

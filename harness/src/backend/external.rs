@@ -20,7 +20,10 @@ use crate::manifest::{Manifest, Service};
 pub struct External;
 
 fn var_name(service: &str, field: &str) -> String {
-    format!("HARNESS_{}_{field}", service.to_uppercase().replace('-', "_"))
+    format!(
+        "HARNESS_{}_{field}",
+        service.to_uppercase().replace('-', "_")
+    )
 }
 
 fn endpoint(service: &Service, missing: &mut Vec<String>) -> Endpoint {
@@ -37,7 +40,10 @@ fn endpoint(service: &Service, missing: &mut Vec<String>) -> Endpoint {
             Some(Ok(p)) => {
                 ports.insert(name.clone(), p);
             }
-            Some(Err(_)) => missing.push(format!("{} (not a port number)", var_name(&service.name, &field))),
+            Some(Err(_)) => missing.push(format!(
+                "{} (not a port number)",
+                var_name(&service.name, &field)
+            )),
             None => missing.push(var_name(&service.name, &field)),
         }
     }
@@ -85,32 +91,57 @@ impl Backend for External {
         let mut missing = Vec::new();
         let endpoint = endpoint(req.service, &mut missing);
         if !missing.is_empty() {
-            return Err(Error::service(&req.service.name, format!("not set: {}", missing.join(", "))));
+            return Err(Error::service(
+                &req.service.name,
+                format!("not set: {}", missing.join(", ")),
+            ));
         }
-        Ok(Box::new(ExternalInstance {
-            name: req.service.name.clone(),
+        Ok(Box::new(RemoteInstance::new(
+            &req.service.name,
             endpoint,
-        }))
+            None,
+            "it belongs to the external backend; the harness did not start it".into(),
+        )))
     }
 }
 
+/// A service this process did not start (external endpoints, or a stack another process
+/// owns): it has an endpoint and maybe a log, and refuses fault injection.
 #[derive(Debug)]
-struct ExternalInstance {
+pub struct RemoteInstance {
     name: String,
     endpoint: Endpoint,
+    log: Option<crate::attach::LogSource>,
+    /// Why faults cannot be injected, ending the refusal message.
+    why: String,
 }
 
-impl ExternalInstance {
+impl RemoteInstance {
+    /// A service at `endpoint`; `why` says why it cannot be stopped or paused from here.
+    pub fn new(
+        name: &str,
+        endpoint: Endpoint,
+        log: Option<crate::attach::LogSource>,
+        why: String,
+    ) -> RemoteInstance {
+        RemoteInstance {
+            name: name.to_string(),
+            endpoint,
+            log,
+            why,
+        }
+    }
+
     fn refuse(&self, what: &str) -> Result<(), Error> {
         Err(Error::service(
             &self.name,
-            format!("cannot {what} a service of the external backend: the harness did not start it"),
+            format!("cannot {what} it: {}", self.why),
         ))
     }
 }
 
 #[async_trait]
-impl Instance for ExternalInstance {
+impl Instance for RemoteInstance {
     fn endpoint(&self) -> Endpoint {
         self.endpoint.clone()
     }
@@ -120,8 +151,11 @@ impl Instance for ExternalInstance {
     fn exited(&mut self) -> Option<String> {
         None
     }
-    fn log_tail(&self, _n: usize) -> Vec<String> {
-        Vec::new()
+    fn log_tail(&self, n: usize) -> Vec<String> {
+        self.log
+            .as_ref()
+            .map(|l| crate::attach::tail(l, n))
+            .unwrap_or_default()
     }
     async fn stop(&mut self) -> Result<(), Error> {
         self.refuse("stop")

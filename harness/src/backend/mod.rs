@@ -20,7 +20,9 @@ use crate::error::Error;
 use crate::manifest::{Manifest, Service};
 
 /// Which backend runs a stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     /// Local processes from installed binaries.
@@ -53,7 +55,10 @@ pub fn parse_backend(value: Option<&str>) -> Result<Option<BackendKind>, Error> 
 
 /// The backend for a stack: `requested` (from `--backend`) if given, else `HARNESS_BACKEND`,
 /// else [`detect`]ed.
-pub async fn resolve(requested: Option<BackendKind>, manifest: &Manifest) -> Result<BackendKind, Error> {
+pub async fn resolve(
+    requested: Option<BackendKind>,
+    manifest: &Manifest,
+) -> Result<BackendKind, Error> {
     if let Some(kind) = requested {
         return Ok(kind);
     }
@@ -159,6 +164,8 @@ pub trait Instance: Send + Sync + fmt::Debug {
     fn endpoint(&self) -> Endpoint;
     /// Where other services reach it.
     fn internal_endpoint(&self) -> Endpoint;
+    /// Called once during stack-up, when the service passed its readiness probe.
+    async fn on_ready(&mut self) {}
     /// `Some(description)` once the service has exited on its own.
     fn exited(&mut self) -> Option<String>;
     /// The last `n` lines of its output.
@@ -182,7 +189,11 @@ pub trait Instance: Send + Sync + fmt::Debug {
 }
 
 /// Creates the backend of the given kind for one run.
-pub fn create(kind: BackendKind, run: &crate::cleanup::RunDir, manifest: &Manifest) -> Box<dyn Backend> {
+pub fn create(
+    kind: BackendKind,
+    run: &crate::cleanup::RunDir,
+    manifest: &Manifest,
+) -> Box<dyn Backend> {
     match kind {
         BackendKind::Native => Box::new(native::Native::new(run, manifest.dir())),
         BackendKind::External => Box::new(external::External),
@@ -206,11 +217,25 @@ mod tests {
         assert_eq!(parse_backend(None).unwrap(), None);
         assert_eq!(parse_backend(Some("auto")).unwrap(), None);
         assert_eq!(parse_backend(Some("")).unwrap(), None);
-        assert_eq!(parse_backend(Some("container")).unwrap(), Some(BackendKind::Container));
-        assert_eq!(parse_backend(Some("native")).unwrap(), Some(BackendKind::Native));
-        assert_eq!(parse_backend(Some("external")).unwrap(), Some(BackendKind::External));
+        assert_eq!(
+            parse_backend(Some("container")).unwrap(),
+            Some(BackendKind::Container)
+        );
+        assert_eq!(
+            parse_backend(Some("native")).unwrap(),
+            Some(BackendKind::Native)
+        );
+        assert_eq!(
+            parse_backend(Some("external")).unwrap(),
+            Some(BackendKind::External)
+        );
         let err = parse_backend(Some("docker")).unwrap_err().to_string();
-        assert!(err.contains("HARNESS_BACKEND is `docker`; use `container`, `native`, `external` or `auto`"), "{err}");
+        assert!(
+            err.contains(
+                "HARNESS_BACKEND is `docker`; use `container`, `native`, `external` or `auto`"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -223,7 +248,12 @@ mod tests {
 
     #[test]
     fn native_when_containers_cannot_run_it() {
-        let kind = choose(Err("images not present locally: postgres:16".into()), Ok(()), Ok(())).unwrap();
+        let kind = choose(
+            Err("images not present locally: postgres:16".into()),
+            Ok(()),
+            Ok(()),
+        )
+        .unwrap();
         assert_eq!(kind, BackendKind::Native);
     }
 
@@ -237,15 +267,23 @@ mod tests {
     fn nothing_available_names_what_each_backend_lacks_and_how_to_get_it() {
         let err = choose(
             Err("no Docker engine answers at unix:///var/run/docker.sock".into()),
-            Err(missing("the native backend cannot start this stack; missing:\n  - `initdb`")),
+            Err(missing(
+                "the native backend cannot start this stack; missing:\n  - `initdb`",
+            )),
             Err(missing("HARNESS_POSTGRES_PORT not set")),
         )
         .unwrap_err();
         assert_eq!(err.exit_code(), crate::exit_code::PREREQUISITE_MISSING);
         let text = err.to_string();
-        assert!(text.contains("  - container: no Docker engine answers"), "{text}");
+        assert!(
+            text.contains("  - container: no Docker engine answers"),
+            "{text}"
+        );
         assert!(text.contains("  - native: the native backend cannot start this stack; missing:\n      - `initdb`"), "{text}");
-        assert!(text.contains("  - external: HARNESS_POSTGRES_PORT not set"), "{text}");
+        assert!(
+            text.contains("  - external: HARNESS_POSTGRES_PORT not set"),
+            "{text}"
+        );
         assert!(text.contains("fixtures/images/build.sh"), "{text}");
         assert!(text.contains("apt-get install"), "{text}");
         assert!(text.contains("--backend"), "{text}");

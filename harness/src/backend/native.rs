@@ -100,10 +100,19 @@ struct Programs {
 }
 
 impl Programs {
-    fn need(&mut self, name: &str, extra: &[PathBuf], service: &str, help: &str) -> Option<PathBuf> {
+    fn need(
+        &mut self,
+        name: &str,
+        extra: &[PathBuf],
+        service: &str,
+        help: &str,
+    ) -> Option<PathBuf> {
         let found = find_program(name, extra);
         if found.is_none() {
-            self.missing.push((format!("`{name}` (for service `{service}`)"), help.to_string()));
+            self.missing.push((
+                format!("`{name}` (for service `{service}`)"),
+                help.to_string(),
+            ));
         }
         found
     }
@@ -112,7 +121,9 @@ impl Programs {
 /// Whether the native backend can run every service of a manifest: the servers installed and
 /// the service binaries built (in `bins`, see [`bin_dir`]). Lists everything missing at once.
 pub fn check(manifest: &Manifest, bins: &Path) -> Result<(), Error> {
-    let mut p = Programs { missing: Vec::new() };
+    let mut p = Programs {
+        missing: Vec::new(),
+    };
     for s in &manifest.services {
         let name = s.name.as_str();
         match (s.kind, &s.launch) {
@@ -147,7 +158,11 @@ pub fn check(manifest: &Manifest, bins: &Path) -> Result<(), Error> {
     if p.missing.is_empty() {
         return Ok(());
     }
-    let what = p.missing.iter().map(|(w, _)| format!("\n  - {w}")).collect::<String>();
+    let what = p
+        .missing
+        .iter()
+        .map(|(w, _)| format!("\n  - {w}"))
+        .collect::<String>();
     let help: BTreeSet<&str> = p.missing.iter().map(|(_, h)| h.as_str()).collect();
     Err(Error::Prerequisite {
         what: format!("the native backend cannot start this stack; missing:{what}"),
@@ -168,10 +183,14 @@ impl Backend for Native {
     async fn start(&self, req: StartRequest<'_>) -> Result<Box<dyn Instance>, Error> {
         let service = req.service;
         let dir = self.run_dir.join(&service.name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let mut ports = BTreeMap::new();
         for name in service.ports.keys() {
-            ports.insert(name.clone(), free_port().map_err(|e| Error::io("finding a free port", e))?);
+            ports.insert(
+                name.clone(),
+                free_port().map_err(|e| Error::io("finding a free port", e))?,
+            );
         }
         let endpoint = Endpoint {
             kind: service.kind,
@@ -203,7 +222,11 @@ impl Backend for Native {
                 instance.procs.push(epmd);
                 instance.procs.push(rabbit);
             }
-            Kind::Service => instance.procs.push(generic(&base, service, &endpoint, req.deps, &self.bin_dir)?),
+            Kind::Service => {
+                instance
+                    .procs
+                    .push(generic(&base, service, &endpoint, req.deps, &self.bin_dir)?)
+            }
         }
         for proc in &mut instance.procs {
             if proc.child.is_none() {
@@ -219,13 +242,17 @@ impl Backend for Native {
 fn free_port() -> std::io::Result<u16> {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     for _ in 0..50 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
         if given.insert(port) {
             return Ok(port);
         }
     }
-    Err(std::io::Error::other("no free loopback port after 50 tries"))
+    Err(std::io::Error::other(
+        "no free loopback port after 50 tries",
+    ))
 }
 
 fn system_user(name: &str) -> Option<User> {
@@ -241,7 +268,9 @@ fn chown_tree(path: &Path, user: &User) -> Result<(), Error> {
             .map_err(|e| Error::io(format!("giving {} to user `{}`", p.display(), user.name), e))
     };
     chown(path)?;
-    for entry in std::fs::read_dir(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))? {
+    for entry in
+        std::fs::read_dir(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?
+    {
         let entry = entry.map_err(|e| Error::io("reading a directory", e))?;
         if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
             chown_tree(&entry.path(), user)?;
@@ -258,8 +287,10 @@ fn write(path: &Path, text: &str) -> Result<(), Error> {
 
 async fn postgres(base: &ProcSpec, ep: &Endpoint, dir: &Path) -> Result<Proc, Error> {
     let fail = |m: String| Error::service("postgres", m);
-    let initdb = find_program("initdb", &postgres_dirs()).ok_or_else(|| fail("initdb not found".into()))?;
-    let server = find_program("postgres", &postgres_dirs()).ok_or_else(|| fail("postgres not found".into()))?;
+    let initdb =
+        find_program("initdb", &postgres_dirs()).ok_or_else(|| fail("initdb not found".into()))?;
+    let server = find_program("postgres", &postgres_dirs())
+        .ok_or_else(|| fail("postgres not found".into()))?;
     let user = system_user("postgres");
     let data = dir.join("data");
     let pwfile = dir.join("pwfile");
@@ -270,9 +301,18 @@ async fn postgres(base: &ProcSpec, ep: &Endpoint, dir: &Path) -> Result<Proc, Er
     let mut cmd = Command::new(&initdb);
     cmd.arg("-D")
         .arg(&data)
-        .arg(format!("--username={}", ep.user.as_deref().unwrap_or("postgres")))
+        .arg(format!(
+            "--username={}",
+            ep.user.as_deref().unwrap_or("postgres")
+        ))
         .arg(format!("--pwfile={}", pwfile.display()))
-        .args(["--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "--encoding=UTF8", "--locale=C"])
+        .args([
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+            "--encoding=UTF8",
+            "--locale=C",
+        ])
         .current_dir(dir)
         .env(RUN_ID_ENV, &base.run_id)
         .stdin(Stdio::null())
@@ -280,7 +320,23 @@ async fn postgres(base: &ProcSpec, ep: &Endpoint, dir: &Path) -> Result<Proc, Er
     if let Some(u) = &user {
         cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
     }
-    let out = cmd.output().await.map_err(|e| fail(format!("cannot run {}: {e}", initdb.display())))?;
+    // Its own process group, registered, so a signal during initdb stops it before the run
+    // directory it writes into is removed.
+    cmd.process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .map_err(|e| fail(format!("cannot run {}: {e}", initdb.display())))?;
+    let pgid = child.id().map(|p| p as i32);
+    if let Some(g) = pgid {
+        cleanup::register_group(g, Signal::SIGTERM);
+    }
+    let out = child.wait_with_output().await;
+    if let Some(g) = pgid {
+        cleanup::unregister_group(g);
+    }
+    let out = out.map_err(|e| fail(format!("cannot run {}: {e}", initdb.display())))?;
     let _ = std::fs::remove_file(&pwfile);
     if !out.status.success() {
         return Err(fail(format!(
@@ -291,7 +347,12 @@ async fn postgres(base: &ProcSpec, ep: &Endpoint, dir: &Path) -> Result<Proc, Er
         )));
     }
     let port = ep.port(None).map_err(fail)?;
-    let mut args: Vec<String> = vec!["-D".into(), data.display().to_string(), "-p".into(), port.to_string()];
+    let mut args: Vec<String> = vec![
+        "-D".into(),
+        data.display().to_string(),
+        "-p".into(),
+        port.to_string(),
+    ];
     args.extend(["-k".into(), dir.display().to_string()]);
     for setting in [
         "listen_addresses=127.0.0.1",
@@ -314,13 +375,28 @@ async fn postgres(base: &ProcSpec, ep: &Endpoint, dir: &Path) -> Result<Proc, Er
 }
 
 fn redis(base: &ProcSpec, ep: &Endpoint) -> Result<Proc, Error> {
-    let program = find_program("redis-server", &[]).ok_or_else(|| Error::service("redis", "redis-server not found"))?;
+    let program = find_program("redis-server", &[])
+        .ok_or_else(|| Error::service("redis", "redis-server not found"))?;
     let port = ep.port(None).map_err(|e| Error::service("redis", e))?;
-    let mut args: Vec<String> = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.extend(["--dir".into(), base.cwd.display().to_string(), "--daemonize".into(), "no".into()]);
+    let mut args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "--dir".into(),
+        base.cwd.display().to_string(),
+        "--daemonize".into(),
+        "no".into(),
+    ]);
     Ok(Proc::new(ProcSpec {
         program,
         args,
@@ -328,16 +404,22 @@ fn redis(base: &ProcSpec, ep: &Endpoint) -> Result<Proc, Error> {
     }))
 }
 
-async fn rabbitmq(base: &ProcSpec, ep: &Endpoint, dir: &Path, run_id: &str) -> Result<(Proc, Proc), Error> {
+async fn rabbitmq(
+    base: &ProcSpec,
+    ep: &Endpoint,
+    dir: &Path,
+    run_id: &str,
+) -> Result<(Proc, Proc), Error> {
     let fail = |m: String| Error::service("rabbitmq", m);
-    let server =
-        find_program("rabbitmq-server", &rabbitmq_dirs()).ok_or_else(|| fail("rabbitmq-server not found".into()))?;
+    let server = find_program("rabbitmq-server", &rabbitmq_dirs())
+        .ok_or_else(|| fail("rabbitmq-server not found".into()))?;
     let epmd_bin = find_program("epmd", &[]).ok_or_else(|| fail("epmd not found".into()))?;
     let user = system_user("rabbitmq");
     let epmd_port = free_port().map_err(|e| Error::io("finding a free port", e))?;
     let dist_port = free_port().map_err(|e| Error::io("finding a free port", e))?;
     for sub in ["mnesia", "log"] {
-        std::fs::create_dir_all(dir.join(sub)).map_err(|e| Error::io("creating rabbitmq directories", e))?;
+        std::fs::create_dir_all(dir.join(sub))
+            .map_err(|e| Error::io("creating rabbitmq directories", e))?;
     }
     write(&dir.join("enabled_plugins"), "[].\n")?;
     write(&dir.join("rabbitmq-env.conf"), "")?;
@@ -355,7 +437,12 @@ async fn rabbitmq(base: &ProcSpec, ep: &Endpoint, dir: &Path, run_id: &str) -> R
     }
     let mut epmd = Proc::new(ProcSpec {
         program: epmd_bin,
-        args: vec!["-port".into(), epmd_port.to_string(), "-address".into(), "127.0.0.1".into()],
+        args: vec![
+            "-port".into(),
+            epmd_port.to_string(),
+            "-address".into(),
+            "127.0.0.1".into(),
+        ],
         user: user.clone(),
         log: dir.join("epmd.log"),
         ..base.clone()
@@ -363,9 +450,14 @@ async fn rabbitmq(base: &ProcSpec, ep: &Endpoint, dir: &Path, run_id: &str) -> R
     epmd.spawn().map_err(fail)?;
     // rabbitmq-server would start an epmd of its own (which outlives it) if ours were not up.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(("127.0.0.1", epmd_port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", epmd_port))
+        .await
+        .is_err()
+    {
         if tokio::time::Instant::now() > deadline {
-            return Err(fail(format!("epmd did not listen on port {epmd_port} within 5 s")));
+            return Err(fail(format!(
+                "epmd did not listen on port {epmd_port} within 5 s"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -374,9 +466,15 @@ async fn rabbitmq(base: &ProcSpec, ep: &Endpoint, dir: &Path, run_id: &str) -> R
     let env = vec![
         ("HOME".into(), d("")),
         ("ERL_EPMD_PORT".into(), epmd_port.to_string()),
-        ("RABBITMQ_NODENAME".into(), format!("harness-{short}@localhost")),
+        (
+            "RABBITMQ_NODENAME".into(),
+            format!("harness-{short}@localhost"),
+        ),
         ("RABBITMQ_NODE_IP_ADDRESS".into(), "127.0.0.1".into()),
-        ("RABBITMQ_NODE_PORT".into(), ep.port(None).map_err(fail)?.to_string()),
+        (
+            "RABBITMQ_NODE_PORT".into(),
+            ep.port(None).map_err(fail)?.to_string(),
+        ),
         ("RABBITMQ_DIST_PORT".into(), dist_port.to_string()),
         ("RABBITMQ_MNESIA_BASE".into(), d("mnesia")),
         ("RABBITMQ_LOG_BASE".into(), d("log")),
@@ -405,18 +503,33 @@ fn generic(
     bin_dir: &Path,
 ) -> Result<Proc, Error> {
     let render = |t: &crate::template::Template| {
-        t.render(|name| if name == "self" { Some(ep) } else { deps.get(name) })
-            .map_err(|e| Error::service(&service.name, e))
+        t.render(|name| {
+            if name == "self" {
+                Some(ep)
+            } else {
+                deps.get(name)
+            }
+        })
+        .map_err(|e| Error::service(&service.name, e))
     };
     let (program, mut args) = match &service.launch {
         Launch::Binary(b) => (bin_dir.join(b), Vec::new()),
         Launch::Command(cmd) => {
-            let mut parts = cmd.iter().map(render).collect::<Result<Vec<_>, _>>()?.into_iter();
-            let program = parts.next().ok_or_else(|| Error::service(&service.name, "empty command"))?;
+            let mut parts = cmd
+                .iter()
+                .map(render)
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter();
+            let program = parts
+                .next()
+                .ok_or_else(|| Error::service(&service.name, "empty command"))?;
             (PathBuf::from(program), parts.collect())
         }
         Launch::Builtin | Launch::ImageOnly => {
-            return Err(Error::service(&service.name, "has no binary or command to run natively"))
+            return Err(Error::service(
+                &service.name,
+                "has no binary or command to run natively",
+            ))
         }
     };
     for a in &service.args {
@@ -517,13 +630,17 @@ impl Proc {
 
     fn signal(&self, signal: Signal) -> Result<(), String> {
         match self.pgid {
-            Some(g) => killpg(Pid::from_raw(g), signal).map_err(|e| format!("{signal} failed: {e}")),
+            Some(g) => {
+                killpg(Pid::from_raw(g), signal).map_err(|e| format!("{signal} failed: {e}"))
+            }
             None => Err("the process is not running".into()),
         }
     }
 
     async fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let pgid = self.pgid.take();
         if let Some(g) = pgid {
             let _ = killpg(Pid::from_raw(g), Signal::SIGCONT);
@@ -533,7 +650,11 @@ impl Proc {
             Ok(Ok(s)) => s.to_string(),
             _ => {
                 let _ = child.start_kill();
-                child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+                child
+                    .wait()
+                    .await
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string())
             }
         };
         if let Some(g) = pgid {
@@ -570,7 +691,9 @@ struct NativeInstance {
 
 impl NativeInstance {
     fn main(&self) -> Result<&Proc, Error> {
-        self.procs.last().ok_or_else(|| Error::service(&self.name, "has no process"))
+        self.procs
+            .last()
+            .ok_or_else(|| Error::service(&self.name, "has no process"))
     }
 }
 
@@ -589,11 +712,16 @@ impl Instance for NativeInstance {
     }
 
     fn log_tail(&self, n: usize) -> Vec<String> {
-        self.procs.last().map(|p| tail(&p.spec.log, n)).unwrap_or_default()
+        self.procs
+            .last()
+            .map(|p| tail(&p.spec.log, n))
+            .unwrap_or_default()
     }
 
     fn log_source(&self) -> Option<crate::attach::LogSource> {
-        self.procs.last().map(|p| crate::attach::LogSource::File(p.spec.log.clone()))
+        self.procs
+            .last()
+            .map(|p| crate::attach::LogSource::File(p.spec.log.clone()))
     }
 
     async fn stop(&mut self) -> Result<(), Error> {
@@ -620,11 +748,15 @@ impl Instance for NativeInstance {
     }
 
     async fn pause(&mut self) -> Result<(), Error> {
-        self.main()?.signal(Signal::SIGSTOP).map_err(|e| Error::service(&self.name, e))
+        self.main()?
+            .signal(Signal::SIGSTOP)
+            .map_err(|e| Error::service(&self.name, e))
     }
 
     async fn unpause(&mut self) -> Result<(), Error> {
-        self.main()?.signal(Signal::SIGCONT).map_err(|e| Error::service(&self.name, e))
+        self.main()?
+            .signal(Signal::SIGCONT)
+            .map_err(|e| Error::service(&self.name, e))
     }
 
     async fn remove(&mut self) {
@@ -648,5 +780,8 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
         Err(_) => return Vec::new(),
     };
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].iter().map(|s| s.to_string()).collect()
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }

@@ -122,7 +122,12 @@ impl ComposeReport {
             out,
             "  (solo: launch to ready, started alone; in stack: launch to ready in the parallel start;\n   up at: since the stack-up began)"
         );
-        let list = |v: &[Duration]| v.iter().map(|d| format!("{:.0}", ms(*d))).collect::<Vec<_>>().join(", ");
+        let list = |v: &[Duration]| {
+            v.iter()
+                .map(|d| format!("{:.0}", ms(*d)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let _ = writeln!(out);
         let _ = writeln!(
             out,
@@ -150,8 +155,16 @@ impl ComposeReport {
         let _ = writeln!(out);
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
         let (c, p) = (self.vs_compose(), self.vs_critical_path());
-        let _ = writeln!(out, "  harness / compose        = {c:.2}  (target <= 0.80: {})", verdict(c <= 0.80));
-        let _ = writeln!(out, "  harness / critical path  = {p:.2}  (target <= 1.10: {})", verdict(p <= 1.10));
+        let _ = writeln!(
+            out,
+            "  harness / compose        = {c:.2}  (target <= 0.80: {})",
+            verdict(c <= 0.80)
+        );
+        let _ = writeln!(
+            out,
+            "  harness / critical path  = {p:.2}  (target <= 1.10: {})",
+            verdict(p <= 1.10)
+        );
         out
     }
 }
@@ -173,10 +186,19 @@ fn compose_endpoints(manifest: &Manifest) -> BTreeMap<String, Endpoint> {
                 ports: s.ports.clone(),
                 primary: s.primary_port().map(str::to_string),
                 bind_host: "0.0.0.0".into(),
-                user: creds.then(|| USER.to_string()).or(s.credentials.user.clone()),
-                password: creds.then(|| PASSWORD.to_string()).or(s.credentials.password.clone()),
+                user: creds
+                    .then(|| USER.to_string())
+                    .or(s.credentials.user.clone()),
+                password: creds
+                    .then(|| PASSWORD.to_string())
+                    .or(s.credentials.password.clone()),
                 database: match s.kind {
-                    Kind::Postgres => Some(s.credentials.database.clone().unwrap_or_else(|| "app".into())),
+                    Kind::Postgres => Some(
+                        s.credentials
+                            .database
+                            .clone()
+                            .unwrap_or_else(|| "app".into()),
+                    ),
                     _ => s.credentials.database.clone(),
                 },
             };
@@ -218,7 +240,11 @@ fn healthcheck(service: &Service, ep: &Endpoint) -> Option<Value> {
 
 /// The compose file (JSON, which docker-compose reads as YAML) equivalent to the manifest on
 /// the container backend.
-pub fn compose_file(manifest: &Manifest, plan: &ImagePlan, labels: &BTreeMap<String, String>) -> Result<String, Error> {
+pub fn compose_file(
+    manifest: &Manifest,
+    plan: &ImagePlan,
+    labels: &BTreeMap<String, String>,
+) -> Result<String, Error> {
     let endpoints = compose_endpoints(manifest);
     let mut services = Map::new();
     for s in &manifest.services {
@@ -228,8 +254,14 @@ pub fn compose_file(manifest: &Manifest, plan: &ImagePlan, labels: &BTreeMap<Str
             .get(&s.name)
             .ok_or_else(|| Error::service(&s.name, "names no image"))?;
         let render = |t: &crate::template::Template| {
-            t.render(|name| if name == "self" { Some(ep) } else { endpoints.get(name) })
-                .map_err(|e| Error::service(&s.name, e))
+            t.render(|name| {
+                if name == "self" {
+                    Some(ep)
+                } else {
+                    endpoints.get(name)
+                }
+            })
+            .map_err(|e| Error::service(&s.name, e))
         };
         let mut env = Map::new();
         for (k, v) in container::builtin_env(s.kind, ep) {
@@ -240,7 +272,10 @@ pub fn compose_file(manifest: &Manifest, plan: &ImagePlan, labels: &BTreeMap<Str
         }
         let mut cmd = s.args.iter().map(render).collect::<Result<Vec<_>, _>>()?;
         if cmd.is_empty() && s.kind == Kind::Postgres {
-            cmd = container::POSTGRES_SETTINGS.iter().map(|a| a.to_string()).collect();
+            cmd = container::POSTGRES_SETTINGS
+                .iter()
+                .map(|a| a.to_string())
+                .collect();
         }
         let mut service = json!({
             "image": image.image,
@@ -257,7 +292,10 @@ pub fn compose_file(manifest: &Manifest, plan: &ImagePlan, labels: &BTreeMap<Str
         }
         let mut depends = Map::new();
         for d in &s.depends_on {
-            let target = manifest.service(&d.service).map(|t| t.probe != ProbeSpec::None).unwrap_or(false);
+            let target = manifest
+                .service(&d.service)
+                .map(|t| t.probe != ProbeSpec::None)
+                .unwrap_or(false);
             let condition = match d.condition {
                 Condition::Ready if target => "service_healthy",
                 _ => "service_started",
@@ -274,7 +312,8 @@ pub fn compose_file(manifest: &Manifest, plan: &ImagePlan, labels: &BTreeMap<Str
         "services": services,
         "networks": { "default": { "labels": labels } },
     });
-    serde_json::to_string_pretty(&file).map_err(|e| Error::Usage(format!("cannot write the compose file: {e}")))
+    serde_json::to_string_pretty(&file)
+        .map_err(|e| Error::Usage(format!("cannot write the compose file: {e}")))
 }
 
 async fn compose_cmd(dir: &Path, project: &str, args: &[&str]) -> Result<(), String> {
@@ -316,8 +355,14 @@ async fn compose_ready(
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut seen = BTreeMap::new();
     loop {
-        let options = ListContainersOptionsBuilder::new().all(true).filters(&filter).build();
-        let list = docker.list_containers(Some(options)).await.map_err(|e| e.to_string())?;
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filter)
+            .build();
+        let list = docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| e.to_string())?;
         let now = Instant::now();
         for c in &list {
             let status = c.status.as_deref().unwrap_or("");
@@ -334,8 +379,14 @@ async fn compose_ready(
         if list.len() == services && seen.len() == services {
             return Ok(seen);
         }
-        if let Some(c) = list.iter().find(|c| c.status.as_deref().unwrap_or("").starts_with("Exited")) {
-            return Err(format!("a compose container exited: {:?} {:?}", c.names, c.status));
+        if let Some(c) = list
+            .iter()
+            .find(|c| c.status.as_deref().unwrap_or("").starts_with("Exited"))
+        {
+            return Err(format!(
+                "a compose container exited: {:?} {:?}",
+                c.names, c.status
+            ));
         }
         if Instant::now() > deadline {
             return Err("the compose stack did not become healthy within 180 s".into());
@@ -351,10 +402,12 @@ async fn compose_run(
     project: &str,
     services: usize,
 ) -> Result<(Duration, BTreeMap<String, Duration>), Error> {
-    let docker = container::connect().await.map_err(|e| Error::Prerequisite {
-        what: e,
-        help: "start a Docker engine or set DOCKER_HOST".into(),
-    })?;
+    let docker = container::connect()
+        .await
+        .map_err(|e| Error::Prerequisite {
+            what: e,
+            help: "start a Docker engine or set DOCKER_HOST".into(),
+        })?;
     let t0 = Instant::now();
     // Watched while `up -d` runs: it returns only once it has started the last service.
     let (up, ready) = tokio::join!(
@@ -389,13 +442,26 @@ async fn harness_run(manifest: &Manifest, sequential: bool) -> Result<HarnessRun
     let t0 = Instant::now();
     let stack = Stack::start(manifest.clone(), options).await?;
     let wall = t0.elapsed();
-    let scheduled = stack.timings().iter().map(|t| t.ready).max().unwrap_or_default();
+    let scheduled = stack
+        .timings()
+        .iter()
+        .map(|t| t.ready)
+        .max()
+        .unwrap_or_default();
     let preflight = wall.saturating_sub(scheduled);
     let run = HarnessRun {
         wall,
         preflight,
-        ready_in: stack.timings().iter().map(|t| (t.service.clone(), t.ready_in())).collect(),
-        ready_at: stack.timings().iter().map(|t| (t.service.clone(), preflight + t.ready)).collect(),
+        ready_in: stack
+            .timings()
+            .iter()
+            .map(|t| (t.service.clone(), t.ready_in()))
+            .collect(),
+        ready_at: stack
+            .timings()
+            .iter()
+            .map(|t| (t.service.clone(), preflight + t.ready))
+            .collect(),
     };
     stack.down().await;
     Ok(run)
@@ -413,7 +479,8 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
             what: "`docker-compose` is not installed".into(),
             help: "install it (`apt-get install -y docker-compose`)".into(),
         })?;
-    let graph = Graph::new(manifest).map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
+    let graph = Graph::new(manifest)
+        .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
     if let Err(e) = container::available(manifest).await {
         return Err(Error::Prerequisite {
             what: format!("both sides need every image locally: {e}"),
@@ -426,9 +493,12 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let labels: BTreeMap<String, String> = container::run_labels(&id, None, started_at).into_iter().collect();
+    let labels: BTreeMap<String, String> = container::run_labels(&id, None, started_at)
+        .into_iter()
+        .collect();
     let dir = std::env::temp_dir().join(format!("harness-compose-{id}"));
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     crate::cleanup::register_dir(&dir);
     // Ctrl-C: the compose containers and network carry the run's labels.
     let hook = crate::cleanup::register_hook({
@@ -438,7 +508,8 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
         }
     });
     let file = compose_file(manifest, &plan, &labels)?;
-    std::fs::write(dir.join("docker-compose.yml"), file).map_err(|e| Error::io("writing the compose file", e))?;
+    std::fs::write(dir.join("docker-compose.yml"), file)
+        .map_err(|e| Error::io("writing the compose file", e))?;
 
     let result = async {
         let mut solo: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
@@ -463,7 +534,8 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
                     }
                     1 => {
                         let project = format!("hbench{:08x}", rand::random::<u32>());
-                        let (wall, at) = compose_run(&dir, &project, manifest.services.len()).await?;
+                        let (wall, at) =
+                            compose_run(&dir, &project, manifest.services.len()).await?;
                         compose.push(wall);
                         for (s, d) in at {
                             compose_at.entry(s).or_default().push(d);
@@ -478,7 +550,9 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
                 }
             }
         }
-        Ok::<_, Error>((solo, in_stack, harness, preflight, compose, harness_at, compose_at))
+        Ok::<_, Error>((
+            solo, in_stack, harness, preflight, compose, harness_at, compose_at,
+        ))
     }
     .await;
     let label = format!("{LABEL_RUN_ID}={id}");
@@ -489,7 +563,8 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
     let _ = std::fs::remove_dir_all(&dir);
     crate::cleanup::unregister_dir(&dir);
     let (solo, in_stack, harness, preflight, compose, harness_at, compose_at) = result?;
-    let medians = |m: BTreeMap<String, Vec<Duration>>| m.into_iter().map(|(k, v)| (k, median(&v))).collect();
+    let medians =
+        |m: BTreeMap<String, Vec<Duration>>| m.into_iter().map(|(k, v)| (k, median(&v))).collect();
     let solo: BTreeMap<String, Duration> = solo.into_iter().map(|(k, v)| (k, median(&v))).collect();
     let (path, crit) = graph.critical_path(|s| solo.get(s).map(|d| d.as_secs_f64()).unwrap_or(0.0));
     Ok(ComposeReport {
@@ -529,27 +604,47 @@ probe = { type = "http", path = "/env" }
 env = { DATABASE_URL = "{{ postgres.url }}" }
 "#;
         let manifest = Manifest::parse(Path::new("m.toml"), source).unwrap();
-        let env = |name: &str| (name == "HARNESS_IMAGE_POSTGRES").then(|| "local/pg:15".to_string());
+        let env =
+            |name: &str| (name == "HARNESS_IMAGE_POSTGRES").then(|| "local/pg:15".to_string());
         let plan = container::plan(&manifest, &env).unwrap();
         let labels = BTreeMap::from([("org.harness.managed".to_string(), "true".to_string())]);
-        let file: Value = serde_json::from_str(&compose_file(&manifest, &plan, &labels).unwrap()).unwrap();
+        let file: Value =
+            serde_json::from_str(&compose_file(&manifest, &plan, &labels).unwrap()).unwrap();
         let s = &file["services"];
         assert_eq!(s["postgres"]["image"], "local/pg:15");
         assert_eq!(s["postgres"]["environment"]["POSTGRES_USER"], USER);
         assert_eq!(s["postgres"]["ports"], json!(["127.0.0.1::5432"]));
         assert_eq!(s["postgres"]["command"][1], "fsync=off");
-        assert!(s["postgres"]["healthcheck"]["test"][1].as_str().unwrap().starts_with("pg_isready"));
+        assert!(s["postgres"]["healthcheck"]["test"][1]
+            .as_str()
+            .unwrap()
+            .starts_with("pg_isready"));
         assert_eq!(s["redis"]["image"], "redis:7");
         assert_eq!(
             s["web"]["environment"]["DATABASE_URL"],
             format!("postgres://{USER}:{PASSWORD}@postgres:5432/app")
         );
-        assert_eq!(s["web"]["command"], json!(["sh", "-c", "echo $$HOME", "0.0.0.0:8080"]));
-        assert_eq!(s["web"]["depends_on"]["postgres"]["condition"], "service_healthy");
-        assert_eq!(s["web"]["depends_on"]["redis"]["condition"], "service_started");
-        assert!(s["web"]["healthcheck"]["test"][1].as_str().unwrap().contains("GET /env HTTP/1.0"));
+        assert_eq!(
+            s["web"]["command"],
+            json!(["sh", "-c", "echo $$HOME", "0.0.0.0:8080"])
+        );
+        assert_eq!(
+            s["web"]["depends_on"]["postgres"]["condition"],
+            "service_healthy"
+        );
+        assert_eq!(
+            s["web"]["depends_on"]["redis"]["condition"],
+            "service_started"
+        );
+        assert!(s["web"]["healthcheck"]["test"][1]
+            .as_str()
+            .unwrap()
+            .contains("GET /env HTTP/1.0"));
         assert_eq!(s["web"]["healthcheck"]["interval"], "1s");
-        assert_eq!(file["networks"]["default"]["labels"]["org.harness.managed"], "true");
+        assert_eq!(
+            file["networks"]["default"]["labels"]["org.harness.managed"],
+            "true"
+        );
         assert_eq!(s["web"]["labels"]["org.harness.managed"], "true");
     }
 }

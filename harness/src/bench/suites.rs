@@ -21,7 +21,16 @@ use crate::stack::{Stack, StackOptions};
 fn test_binary(manifest: &Manifest, suite: &str) -> Result<PathBuf, Error> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(cargo)
-        .args(["test", "-p", "suites", "--test", suite, "--no-run", "--message-format=json", "--quiet"])
+        .args([
+            "test",
+            "-p",
+            "suites",
+            "--test",
+            suite,
+            "--no-run",
+            "--message-format=json",
+            "--quiet",
+        ])
         .current_dir(manifest.dir())
         .output()
         .map_err(|e| Error::io("building the suite", e))?;
@@ -34,7 +43,12 @@ fn test_binary(manifest: &Manifest, suite: &str) -> Result<PathBuf, Error> {
 }
 
 /// One run: (time to the first trial, total time, passed).
-fn run_once(binary: &Path, manifest: &Manifest, attach: bool, backend: Option<BackendKind>) -> Result<(Duration, Duration, bool), Error> {
+fn run_once(
+    binary: &Path,
+    manifest: &Manifest,
+    attach: bool,
+    backend: Option<BackendKind>,
+) -> Result<(Duration, Duration, bool), Error> {
     let t0 = Instant::now();
     let mut cmd = Command::new(binary);
     cmd.env("HARNESS_MANIFEST", &manifest.path)
@@ -55,7 +69,9 @@ fn run_once(binary: &Path, manifest: &Manifest, attach: bool, backend: Option<Ba
             }
         }
     }
-    let status = child.wait().map_err(|e| Error::io("waiting for the suite", e))?;
+    let status = child
+        .wait()
+        .map_err(|e| Error::io("waiting for the suite", e))?;
     let total = t0.elapsed();
     Ok((first.unwrap_or(total), total, status.success()))
 }
@@ -66,9 +82,15 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 /// Runs the benchmark and renders its report.
-pub async fn suites(manifest: &Manifest, suite: &str, runs: usize, backend: Option<BackendKind>) -> Result<String, Error> {
+pub async fn suites(
+    manifest: &Manifest,
+    suite: &str,
+    runs: usize,
+    backend: Option<BackendKind>,
+) -> Result<String, Error> {
     let binary = test_binary(manifest, suite)?;
-    let (mut cold_first, mut cold_total, mut warm_first, mut warm_total) = (vec![], vec![], vec![], vec![]);
+    let (mut cold_first, mut cold_total, mut warm_first, mut warm_total) =
+        (vec![], vec![], vec![], vec![]);
     let mut failures = 0;
     for _ in 0..runs {
         let (m, b) = (manifest.clone(), binary.clone());
@@ -79,7 +101,14 @@ pub async fn suites(manifest: &Manifest, suite: &str, runs: usize, backend: Opti
         cold_total.push(t);
         failures += usize::from(!ok);
     }
-    let stack = Stack::start(manifest.clone(), StackOptions { backend, ..StackOptions::default() }).await?;
+    let stack = Stack::start(
+        manifest.clone(),
+        StackOptions {
+            backend,
+            ..StackOptions::default()
+        },
+    )
+    .await?;
     let kind = stack.backend();
     let state = crate::attach::write(&stack)?;
     let mut result = Ok(());
@@ -106,7 +135,12 @@ pub async fn suites(manifest: &Manifest, suite: &str, runs: usize, backend: Opti
     crate::cleanup::unregister_dir(&state);
     result?;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let (cf, ct, wf, wt) = (median(cold_first), median(cold_total), median(warm_first), median(warm_total));
+    let (cf, ct, wf, wt) = (
+        median(cold_first),
+        median(cold_total),
+        median(warm_first),
+        median(warm_total),
+    );
     Ok(format!(
         "suite `{suite}` on the {kind} backend, {runs} runs of each mode (medians)\n\n\
          \x20 mode                 to first trial      whole suite\n\

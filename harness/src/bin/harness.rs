@@ -9,7 +9,11 @@ use harness::backend::BackendKind;
 use harness::{exit_code, Error, Graph, Manifest, Stack, StackOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "harness", version, about = "Start a stack of services and test it for real")]
+#[command(
+    name = "harness",
+    version,
+    about = "Start a stack of services and test it for real"
+)]
 struct Cli {
     /// The stack manifest (default: $HARNESS_MANIFEST, stack.toml, fixtures/stack.toml).
     #[arg(long, short = 'm', global = true)]
@@ -161,7 +165,10 @@ enum Bench {
 fn main() -> ExitCode {
     harness::contract::do_not_track();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -182,7 +189,9 @@ fn main() -> ExitCode {
 }
 
 fn load(cli_manifest: &Option<PathBuf>) -> Result<Manifest, Error> {
-    let path = cli_manifest.clone().unwrap_or_else(harness::default_manifest_path);
+    let path = cli_manifest
+        .clone()
+        .unwrap_or_else(harness::default_manifest_path);
     Ok(Manifest::load(&path)?)
 }
 
@@ -213,7 +222,9 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             let graph = Graph::new(&m).map_err(|c| Error::Usage(c.path.join(" -> ")))?;
             if let Some(service) = dependents {
                 if m.service(&service).is_none() {
-                    return Err(Error::Usage(format!("the manifest has no service `{service}`")));
+                    return Err(Error::Usage(format!(
+                        "the manifest has no service `{service}`"
+                    )));
                 }
                 for d in graph.dependents(&service) {
                     println!("{d}");
@@ -228,7 +239,11 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             }
             Ok(exit_code::OK)
         }
-        Command::Up { backend, no_build, detach } => {
+        Command::Up {
+            backend,
+            no_build,
+            detach,
+        } => {
             let m = load(&cli.manifest)?;
             if !no_build {
                 harness::build::cargo_binaries(&m)?;
@@ -266,13 +281,20 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             Ok(code)
         }
         Command::Test { args } => main_job(load(&cli.manifest)?, args).await,
-        Command::Affected { since, json, filter } => {
+        Command::Affected {
+            since,
+            json,
+            filter,
+        } => {
             let m = load(&cli.manifest)?;
             let repo = harness::affected::repo_root(m.dir())?;
             let changed = harness::affected::changed_since(&repo, &since)?;
             let affected = harness::affected::analyze(&m, &repo, changed);
             if json {
-                println!("{}", serde_json::to_string_pretty(&affected).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&affected).unwrap_or_default()
+                );
             } else if filter {
                 println!("{}", affected.filter);
             } else {
@@ -281,7 +303,12 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             Ok(exit_code::OK)
         }
         Command::Bench {
-            what: Bench::Suites { runs, suite, backend },
+            what:
+                Bench::Suites {
+                    runs,
+                    suite,
+                    backend,
+                },
         } => {
             let m = load(&cli.manifest)?;
             harness::build::cargo_binaries(&m)?;
@@ -290,7 +317,12 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             Ok(exit_code::OK)
         }
         Command::Bench {
-            what: Bench::Startup { runs, lag_samples, no_build },
+            what:
+                Bench::Startup {
+                    runs,
+                    lag_samples,
+                    no_build,
+                },
         } => {
             let m = load(&cli.manifest)?;
             if !no_build {
@@ -305,8 +337,14 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         } => {
             let path = match &cli.manifest {
                 Some(p) => p.clone(),
-                None => find_upwards("fixtures/manifests/infra-container.toml")
-                    .ok_or_else(|| Error::Usage("no fixtures/manifests/infra-container.toml here; pass --manifest".into()))?,
+                None => {
+                    find_upwards("fixtures/manifests/infra-container.toml").ok_or_else(|| {
+                        Error::Usage(
+                            "no fixtures/manifests/infra-container.toml here; pass --manifest"
+                                .into(),
+                        )
+                    })?
+                }
             };
             let m = Manifest::load(&path)?;
             let report = harness::bench::compose::compose(&m, runs.max(1)).await?;
@@ -322,7 +360,10 @@ fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Error>
     use harness::contract::{BrokerSource, Candidate, Publish, SuiteTarget, VerifyRequest};
     let m = load(cli_manifest)?;
     if m.service(&args.provider).is_none() {
-        return Err(Error::Usage(format!("the manifest has no service `{}` to verify", args.provider)));
+        return Err(Error::Usage(format!(
+            "the manifest has no service `{}` to verify",
+            args.provider
+        )));
     }
     let broker = match &args.broker_url {
         Some(url) => {
@@ -330,8 +371,9 @@ fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Error>
                 .selectors
                 .iter()
                 .map(|s| {
-                    serde_json::from_str::<serde_json::Value>(s)
-                        .map_err(|e| Error::Usage(format!("--consumer-version-selector {s}: not JSON: {e}")))
+                    serde_json::from_str::<serde_json::Value>(s).map_err(|e| {
+                        Error::Usage(format!("--consumer-version-selector {s}: not JSON: {e}"))
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Some(BrokerSource {
@@ -344,7 +386,10 @@ fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Error>
             })
         }
         None => {
-            if !args.selectors.is_empty() || args.enable_pending || args.include_wip_pacts_since.is_some() {
+            if !args.selectors.is_empty()
+                || args.enable_pending
+                || args.include_wip_pacts_since.is_some()
+            {
                 return Err(Error::Usage(
                     "--consumer-version-selector, --enable-pending and --include-wip-pacts-since need --broker-url".into(),
                 ));
@@ -383,7 +428,9 @@ fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Error>
 /// A file relative to the current directory or one of its parents.
 fn find_upwards(relative: &str) -> Option<PathBuf> {
     let cwd = std::env::current_dir().ok()?;
-    cwd.ancestors().map(|d| d.join(relative)).find(|p| p.is_file())
+    cwd.ancestors()
+        .map(|d| d.join(relative))
+        .find(|p| p.is_file())
 }
 
 /// `harness down --all`: every harness-owned resource in the Docker engine, and what dead runs
@@ -391,7 +438,10 @@ fn find_upwards(relative: &str) -> Option<PathBuf> {
 async fn remove_all() -> Result<(), Error> {
     let reaped = harness::cleanup::reap_dead_runs();
     if !reaped.is_empty() {
-        println!("removed the processes and directories of {} dead run(s)", reaped.len());
+        println!(
+            "removed the processes and directories of {} dead run(s)",
+            reaped.len()
+        );
     }
     match harness::backend::container::remove_all().await {
         Ok(r) => {
@@ -410,10 +460,19 @@ async fn remove_all() -> Result<(), Error> {
 }
 
 fn write_timeline(stack: &Stack) {
-    let path = harness::attach::target_dir(stack.manifest()).join("harness").join("timeline.svg");
-    let svg = harness::report::timeline_svg(stack.graph(), stack.timings(), &format!("startup of `{}`", stack.manifest().name));
+    let path = harness::attach::target_dir(stack.manifest())
+        .join("harness")
+        .join("timeline.svg");
+    let svg = harness::report::timeline_svg(
+        stack.graph(),
+        stack.timings(),
+        &format!("startup of `{}`", stack.manifest().name),
+    );
     if std::fs::write(&path, svg).is_ok() {
-        println!("startup timeline: {} (open it in a browser)", path.display());
+        println!(
+            "startup timeline: {} (open it in a browser)",
+            path.display()
+        );
     }
 }
 
@@ -423,14 +482,21 @@ fn write_timeline(stack: &Stack) {
 async fn up_detached(m: &Manifest, backend: Option<BackendKind>) -> Result<u8, Error> {
     let state = harness::attach::state_file(m);
     if let Some(running) = harness::attach::find(m) {
-        println!("a stack of this manifest is already up (process {}); `harness down` ends it", running.pid);
+        println!(
+            "a stack of this manifest is already up (process {}); `harness down` ends it",
+            running.pid
+        );
         return Ok(exit_code::OK);
     }
     let dir = state.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let log_path = dir.join("up.log");
-    let log = std::fs::File::create(&log_path).map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
-    let log2 = log.try_clone().map_err(|e| Error::io("opening the log", e))?;
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| Error::io("opening the log", e))?;
     let exe = std::env::current_exe().map_err(|e| Error::io("finding the harness binary", e))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["up", "--no-build", "--manifest"]).arg(&m.path);
@@ -449,10 +515,17 @@ async fn up_detached(m: &Manifest, backend: Option<BackendKind>) -> Result<u8, E
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     loop {
         if let Some(s) = harness::attach::read(&state).filter(|s| s.pid == pid) {
-            println!("the stack is up in the background (process {pid}; log: {})", log_path.display());
+            println!(
+                "the stack is up in the background (process {pid}; log: {})",
+                log_path.display()
+            );
             println!("\n  {:<16} {:<24} url", "service", "address");
             for (name, ep) in &s.endpoints {
-                println!("  {name:<16} {:<24} {}", ep.address().unwrap_or_default(), ep.url(None).unwrap_or_default());
+                println!(
+                    "  {name:<16} {:<24} {}",
+                    ep.address().unwrap_or_default(),
+                    ep.url(None).unwrap_or_default()
+                );
             }
             println!("\nsuites attach to it; `harness down` stops it");
             return Ok(exit_code::OK);
@@ -465,8 +538,14 @@ async fn up_detached(m: &Manifest, backend: Option<BackendKind>) -> Result<u8, E
             });
         }
         if std::time::Instant::now() > deadline {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-            return Err(Error::service("stack", format!("not ready after 300 s; see {}", log_path.display())));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            return Err(Error::service(
+                "stack",
+                format!("not ready after 300 s; see {}", log_path.display()),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -489,7 +568,14 @@ async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
         });
     }
     let started = std::time::Instant::now();
-    let stack = Stack::start(m.clone(), StackOptions { progress: true, ..StackOptions::default() }).await?;
+    let stack = Stack::start(
+        m.clone(),
+        StackOptions {
+            progress: true,
+            ..StackOptions::default()
+        },
+    )
+    .await?;
     let state = harness::attach::write(&stack)?;
     write_timeline(&stack);
     let status = std::process::Command::new(&cargo)
@@ -504,14 +590,25 @@ async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
     let _ = std::fs::remove_file(&state);
     harness::cleanup::unregister_dir(&state);
     let status = status.map_err(|e| Error::io("running `cargo test -p suites`", e))?;
-    println!("{}", harness::report::summary(&[], &timings).trim_end().replace("0 passed, 0 failed, 0 flaky", "shared stack"));
+    println!(
+        "{}",
+        harness::report::summary(&[], &timings)
+            .trim_end()
+            .replace("0 passed, 0 failed, 0 flaky", "shared stack")
+    );
     println!(
         "main job {} in {:.1} s; JUnit reports in {}",
         if status.success() { "passed" } else { "FAILED" },
         started.elapsed().as_secs_f64(),
-        harness::attach::target_dir(&m).join("harness/junit").display()
+        harness::attach::target_dir(&m)
+            .join("harness/junit")
+            .display()
     );
-    Ok(if status.success() { exit_code::OK } else { exit_code::TESTS_FAILED })
+    Ok(if status.success() {
+        exit_code::OK
+    } else {
+        exit_code::TESTS_FAILED
+    })
 }
 
 fn print_endpoints(stack: &Stack) {
@@ -522,7 +619,6 @@ fn print_endpoints(stack: &Stack) {
         println!("  {name:<16} {address:<24} {url}");
     }
 }
-
 
 async fn wait_for_signal() {
     // The cleanup thread owns SIGINT/SIGTERM and exits after tearing down; this only returns
@@ -540,8 +636,12 @@ async fn down(state: &Path) -> Result<u8, Error> {
             return Ok(exit_code::OK);
         }
     };
-    let value: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::Usage(format!("{} is not a harness state file: {e}", state.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::Usage(format!(
+            "{} is not a harness state file: {e}",
+            state.display()
+        ))
+    })?;
     let Some(pid) = value["pid"].as_i64() else {
         return Err(Error::Usage(format!("{} names no pid", state.display())));
     };
@@ -556,7 +656,10 @@ async fn down(state: &Path) -> Result<u8, Error> {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while nix::sys::signal::kill(pid, None).is_ok() {
         if std::time::Instant::now() > deadline {
-            return Err(Error::service("stack", format!("process {pid} did not stop within 30 s")));
+            return Err(Error::service(
+                "stack",
+                format!("process {pid} did not stop within 30 s"),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -35,7 +35,10 @@ async fn verify_from_broker(ctx: Arc<TrialContext>, contracts: Contracts) -> any
         candidate: None,
         broker: Some(BrokerSource {
             url: broker.url.clone(),
-            selectors: vec![json!({"mainBranch": true}), json!({"deployedOrReleased": true})],
+            selectors: vec![
+                json!({"mainBranch": true}),
+                json!({"deployedOrReleased": true}),
+            ],
             enable_pending: true,
             include_wip_pacts_since: Some("2024-01-01".into()),
             token: Some(TOKEN.into()),
@@ -46,9 +49,15 @@ async fn verify_from_broker(ctx: Arc<TrialContext>, contracts: Contracts) -> any
             build_url: None,
         }),
     };
-    let report = contracts.verify_provider(ctx.stack.clone(), &request).await?;
+    let report = contracts
+        .verify_provider(ctx.stack.clone(), &request)
+        .await?;
     println!("{}", report.table());
-    let seen = broker.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let seen = broker
+        .seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     broker.stop().await;
 
     // What the verifier asked for.
@@ -57,11 +66,16 @@ async fn verify_from_broker(ctx: Arc<TrialContext>, contracts: Contracts) -> any
         .find(|r| r.method == "POST" && r.path.ends_with("/for-verification"))
         .context("the verifier never asked for the pacts for verification")?;
     ensure!(
-        query.body["consumerVersionSelectors"] == json!([{"mainBranch": true}, {"deployedOrReleased": true}]),
+        query.body["consumerVersionSelectors"]
+            == json!([{"mainBranch": true}, {"deployedOrReleased": true}]),
         "selectors: {}",
         query.body
     );
-    ensure!(query.body["includePendingStatus"] == true, "pending: {}", query.body);
+    ensure!(
+        query.body["includePendingStatus"] == true,
+        "pending: {}",
+        query.body
+    );
     ensure!(
         query.body["includeWipPactsSince"] == "2024-01-01",
         "wip: {}",
@@ -109,7 +123,11 @@ async fn verify_from_broker(ctx: Arc<TrialContext>, contracts: Contracts) -> any
         .iter()
         .filter(|r| r.path.ends_with("/verification-results"))
         .collect();
-    ensure!(results.len() == 2, "expected a result per pact, got {}", results.len());
+    ensure!(
+        results.len() == 2,
+        "expected a result per pact, got {}",
+        results.len()
+    );
     for r in &results {
         ensure!(
             r.body["providerApplicationVersion"] == "1.2.3-contract-test",
@@ -136,9 +154,12 @@ async fn verify_from_broker(ctx: Arc<TrialContext>, contracts: Contracts) -> any
         mobile_result.body
     );
     ensure!(
-        seen.iter().any(|r| r.method == "PUT" && r.path == "/pacticipants/payments/branches/main/versions/1.2.3-contract-test"),
+        seen.iter().any(|r| r.method == "PUT"
+            && r.path == "/pacticipants/payments/branches/main/versions/1.2.3-contract-test"),
         "the provider branch was not recorded: {:?}",
-        seen.iter().map(|r| format!("{} {}", r.method, r.path)).collect::<Vec<_>>()
+        seen.iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect::<Vec<_>>()
     );
     Ok(())
 }
@@ -227,17 +248,26 @@ fn hal(v: Value) -> Response {
         .into_response()
 }
 
-async fn serve(State(st): State<BrokerState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn serve(
+    State(st): State<BrokerState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_string();
-    st.seen.lock().unwrap_or_else(|p| p.into_inner()).push(Seen {
-        method: method.to_string(),
-        path: path.clone(),
-        authorization: headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-    });
+    st.seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Seen {
+            method: method.to_string(),
+            path: path.clone(),
+            authorization: headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        });
     let b = &st.base;
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method.as_str(), segments.as_slice()) {
@@ -269,7 +299,9 @@ async fn serve(State(st): State<BrokerState>, method: Method, uri: Uri, headers:
                     })
                 })
                 .collect();
-            hal(json!({"_embedded": {"pacts": pacts}, "_links": {"self": {"href": format!("{b}{path}")}}}))
+            hal(
+                json!({"_embedded": {"pacts": pacts}, "_links": {"self": {"href": format!("{b}{path}")}}}),
+            )
         }
         ("GET", ["pacts", "provider", provider, "consumer", consumer, "pact-version", version]) => {
             let Some(pact) = st.pacts.get(*consumer) else {
@@ -293,9 +325,12 @@ async fn serve(State(st): State<BrokerState>, method: Method, uri: Uri, headers:
             }
         })),
         ("PUT", ["pacticipants", _, "branches", _, "versions", _]) => hal(json!({})),
-        ("POST", [.., "verification-results"]) => {
-            (StatusCode::CREATED, [("content-type", "application/hal+json")], "{}").into_response()
-        }
+        ("POST", [.., "verification-results"]) => (
+            StatusCode::CREATED,
+            [("content-type", "application/hal+json")],
+            "{}",
+        )
+            .into_response(),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }

@@ -126,8 +126,15 @@ pub fn http_cases() -> Vec<HttpCase> {
                         )
                         .await
                         .map_err(client_error)?;
-                    ensure!(p.status == PaymentStatus::Approved, "status is {:?}", p.status);
-                    ensure!(p.order_id.to_string() == APPROVED_KEY && p.amount == 1234, "{p:?}");
+                    ensure!(
+                        p.status == PaymentStatus::Approved,
+                        "status is {:?}",
+                        p.status
+                    );
+                    ensure!(
+                        p.order_id.to_string() == APPROVED_KEY && p.amount == 1234,
+                        "{p:?}"
+                    );
                     Ok(())
                 })
             },
@@ -173,8 +180,15 @@ pub fn http_cases() -> Vec<HttpCase> {
                         )
                         .await
                         .map_err(client_error)?;
-                    ensure!(p.status == PaymentStatus::Declined, "status is {:?}", p.status);
-                    ensure!(p.decline_reason.as_deref() == Some("card_declined"), "{p:?}");
+                    ensure!(
+                        p.status == PaymentStatus::Declined,
+                        "status is {:?}",
+                        p.status
+                    );
+                    ensure!(
+                        p.decline_reason.as_deref() == Some("card_declined"),
+                        "{p:?}"
+                    );
                     Ok(())
                 })
             },
@@ -231,7 +245,11 @@ pub fn http_cases() -> Vec<HttpCase> {
                         p.id.to_string() == REPLAYED_PAYMENT,
                         "the replay is a new payment: {p:?}"
                     );
-                    ensure!(p.status == PaymentStatus::Approved, "status is {:?}", p.status);
+                    ensure!(
+                        p.status == PaymentStatus::Approved,
+                        "status is {:?}",
+                        p.status
+                    );
                     Ok(())
                 })
             },
@@ -265,7 +283,11 @@ pub fn http_cases() -> Vec<HttpCase> {
             exercise: |client| {
                 Box::pin(async move {
                     let e = client
-                        .create_payment(INVALID_KEY, &payment_request(INVALID_KEY, 0, "eur", GOOD_CARD), None)
+                        .create_payment(
+                            INVALID_KEY,
+                            &payment_request(INVALID_KEY, 0, "eur", GOOD_CARD),
+                            None,
+                        )
                         .await
                         .err()
                         .context("an invalid payment was accepted")?;
@@ -338,8 +360,14 @@ pub fn http_cases() -> Vec<HttpCase> {
             },
             exercise: |client| {
                 Box::pin(async move {
-                    let e = client.get_payment(Uuid::parse_str(MISSING_PAYMENT)?, None).await.err();
-                    ensure!(e == Some(PaymentsError::NotFound), "expected NotFound, got {e:?}");
+                    let e = client
+                        .get_payment(Uuid::parse_str(MISSING_PAYMENT)?, None)
+                        .await
+                        .err();
+                    ensure!(
+                        e == Some(PaymentsError::NotFound),
+                        "expected NotFound, got {e:?}"
+                    );
                     Ok(())
                 })
             },
@@ -391,15 +419,24 @@ pub fn message_cases() -> Vec<MessageCase> {
                 "paid_at": term!(TIMESTAMP, s("paid_at")?),
                 "trace_id": term!(TRACE_ID, s("trace_id")?)
             });
-            let example_keys: Vec<&String> = p.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+            let example_keys: Vec<&String> = p
+                .as_object()
+                .map(|o| o.keys().collect())
+                .unwrap_or_default();
             let pattern_keys = body.to_example();
-            let pattern_keys: Vec<&String> = pattern_keys.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+            let pattern_keys: Vec<&String> = pattern_keys
+                .as_object()
+                .map(|o| o.keys().collect())
+                .unwrap_or_default();
             ensure!(
                 example_keys == pattern_keys,
                 "the contract names {pattern_keys:?}, orders builds {example_keys:?}: describe every field orders sends"
             );
             let mut m = MessageInteractionBuilder::new("an order.paid event");
-            m.given_with_params("an order has been paid", &json!({"amount": 1234, "currency": "EUR"}));
+            m.given_with_params(
+                "an order has been paid",
+                &json!({"amount": 1234, "currency": "EUR"}),
+            );
             m.json_body(body);
             // Metadata with values that differ per message gets a fixed example and a rule.
             let mut rules: Vec<(&str, &str)> = Vec::new();
@@ -437,7 +474,9 @@ pub fn message_cases() -> Vec<MessageCase> {
 /// Runs `f` on a blocking thread of the runtime: the Pact mock servers and message iterators
 /// block, and are neither `Send` nor usable inside an async context. A panic (a mock server
 /// reporting requests that did not match) becomes the error.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) if e.is_panic() => {
@@ -492,7 +531,11 @@ fn run_message_case(case: &MessageCase, out: &Path) -> anyhow::Result<()> {
     let mut seen = 0;
     for m in builder.messages() {
         seen += 1;
-        let payload = m.contents.contents.value().context("the message has no body")?;
+        let payload = m
+            .contents
+            .contents
+            .value()
+            .context("the message has no body")?;
         let headers: BTreeMap<String, String> = m
             .contents
             .metadata
@@ -500,7 +543,9 @@ fn run_message_case(case: &MessageCase, out: &Path) -> anyhow::Result<()> {
             .map(|(k, v)| {
                 (
                     k.clone(),
-                    v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()),
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string()),
                 )
             })
             .collect();
@@ -524,7 +569,10 @@ pub fn add_trials(mut suite: Suite, committed: PathBuf) -> Suite {
         suite = suite.local_trial(&name, move || {
             blocking(move || {
                 let out = tempfile::tempdir()?;
-                let case = http_cases().into_iter().nth(i).context("the case list changed")?;
+                let case = http_cases()
+                    .into_iter()
+                    .nth(i)
+                    .context("the case list changed")?;
                 run_http_case(&case, out.path())
             })
         });
@@ -534,7 +582,10 @@ pub fn add_trials(mut suite: Suite, committed: PathBuf) -> Suite {
         suite = suite.local_trial(&name, move || {
             blocking(move || {
                 let out = tempfile::tempdir()?;
-                let case = message_cases().into_iter().nth(i).context("the case list changed")?;
+                let case = message_cases()
+                    .into_iter()
+                    .nth(i)
+                    .context("the case list changed")?;
                 run_message_case(&case, out.path())
             })
         });
@@ -557,12 +608,14 @@ fn generate_files() -> anyhow::Result<BTreeMap<String, String>> {
     let mut dirs = Vec::new();
     for (i, case) in http_cases().iter().enumerate() {
         let dir = root.path().join(format!("http-{i}"));
-        run_http_case(case, &dir).with_context(|| format!("consumer test `{}`", case.description))?;
+        run_http_case(case, &dir)
+            .with_context(|| format!("consumer test `{}`", case.description))?;
         dirs.push(dir);
     }
     for (i, case) in message_cases().iter().enumerate() {
         let dir = root.path().join(format!("message-{i}"));
-        run_message_case(case, &dir).with_context(|| format!("consumer test `{}`", case.description))?;
+        run_message_case(case, &dir)
+            .with_context(|| format!("consumer test `{}`", case.description))?;
         dirs.push(dir);
     }
     let mut merged: BTreeMap<String, Value> = BTreeMap::new();
@@ -595,7 +648,12 @@ fn generate_files() -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for (name, mut pact) in merged {
         if let Some(list) = pact["interactions"].as_array_mut() {
-            list.sort_by_key(|i| (i["description"].as_str().unwrap_or_default().to_string(), i.to_string()));
+            list.sort_by_key(|i| {
+                (
+                    i["description"].as_str().unwrap_or_default().to_string(),
+                    i.to_string(),
+                )
+            });
             list.dedup();
         }
         out.insert(name, serde_json::to_string_pretty(&sorted(pact))? + "\n");
@@ -607,7 +665,8 @@ fn generate_files() -> anyhow::Result<BTreeMap<String, String>> {
 fn sorted(v: Value) -> Value {
     match v {
         Value::Object(map) => {
-            let entries: BTreeMap<String, Value> = map.into_iter().map(|(k, v)| (k, sorted(v))).collect();
+            let entries: BTreeMap<String, Value> =
+                map.into_iter().map(|(k, v)| (k, sorted(v))).collect();
             Value::Object(entries.into_iter().collect())
         }
         Value::Array(list) => Value::Array(list.into_iter().map(sorted).collect()),
@@ -638,7 +697,10 @@ async fn check_drift(committed: &Path) -> anyhow::Result<()> {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.ends_with(".json") && !generated.contains_key(&name) {
-                problems.push((e.path(), "is not generated by any consumer test (stale)".to_string()));
+                problems.push((
+                    e.path(),
+                    "is not generated by any consumer test (stale)".to_string(),
+                ));
             }
         }
     }
@@ -650,10 +712,15 @@ async fn check_drift(committed: &Path) -> anyhow::Result<()> {
     if update && !ci {
         std::fs::create_dir_all(committed)?;
         for (path, _) in &problems {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
             match generated.get(name) {
-                Some(text) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?,
-                None => std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?,
+                Some(text) => std::fs::write(path, text)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => std::fs::remove_file(path)
+                    .with_context(|| format!("removing {}", path.display()))?,
             }
             eprintln!("updated {}", path.display());
         }

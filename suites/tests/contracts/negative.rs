@@ -43,7 +43,9 @@ async fn renamed_field_fails(ctx: Arc<TrialContext>, contracts: Contracts) -> an
         )
         .await;
     let failure = match result {
-        Ok(()) => anyhow::bail!("the approved payment verified although payments answered `state` instead of `status`"),
+        Ok(()) => anyhow::bail!(
+            "the approved payment verified although payments answered `state` instead of `status`"
+        ),
         Err(e) => format!("{e:#}"),
     };
     ensure!(
@@ -64,7 +66,12 @@ async fn renamed_field_fails(ctx: Arc<TrialContext>, contracts: Contracts) -> an
     );
     // The same proxy leaves other interactions alone when the field is not in the contract.
     contracts
-        .verify_interaction_at(ctx.stack.clone(), &pact, "get a payment that does not exist", target)
+        .verify_interaction_at(
+            ctx.stack.clone(),
+            &pact,
+            "get a payment that does not exist",
+            target,
+        )
         .await
         .context("an interaction without the renamed field must still hold behind the proxy")?;
     proxy.stop().await;
@@ -87,7 +94,11 @@ struct ProxyState {
 }
 
 impl RenamingProxy {
-    async fn start(upstream: String, from: &'static str, to: &'static str) -> anyhow::Result<RenamingProxy> {
+    async fn start(
+        upstream: String,
+        from: &'static str,
+        to: &'static str,
+    ) -> anyhow::Result<RenamingProxy> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
         let state = ProxyState {
@@ -127,9 +138,18 @@ fn rename(v: &mut Value, from: &str, to: &str) {
     }
 }
 
-async fn forward(State(st): State<ProxyState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn forward(
+    State(st): State<ProxyState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut request = st.client.request(method, format!("{}{path}", st.upstream)).body(body);
+    let mut request = st
+        .client
+        .request(method, format!("{}{path}", st.upstream))
+        .body(body);
     for (k, v) in &headers {
         if k != "host" && k != "content-length" {
             request = request.header(k, v);

@@ -36,7 +36,9 @@ pub fn register(contracts: Contracts) -> Contracts {
         )
         // Payments approves every card but `tok_declined`: nothing to store up front. The
         // message producer places the order that gets paid.
-        .state(ORDERS, "an order has been paid", |_stack, _state| async { Ok(()) })
+        .state(ORDERS, "an order has been paid", |_stack, _state| async {
+            Ok(())
+        })
         .message_producer(ORDERS, produce)
 }
 
@@ -45,7 +47,8 @@ fn journey(stack: &Arc<Stack>, state: &StateCall) -> Journey {
 }
 
 fn uuid(state: &StateCall, key: &str) -> anyhow::Result<Uuid> {
-    Uuid::parse_str(state.str(key)?).with_context(|| format!("parameter `{key}` of `{}` is not a UUID", state.name))
+    Uuid::parse_str(state.str(key)?)
+        .with_context(|| format!("parameter `{key}` of `{}` is not a UUID", state.name))
 }
 
 /// Inserts a payment row with the state's id, order, amount, currency and status.
@@ -153,23 +156,39 @@ async fn produce(stack: Arc<Stack>, request: MessageRequest) -> anyhow::Result<P
 
 /// Places an order with a card payments approves, through orders' public API, and returns the
 /// `order.paid` event orders publishes for it, captured on a queue of our own.
-async fn order_paid(stack: Arc<Stack>, request: &MessageRequest) -> anyhow::Result<ProducedMessage> {
+async fn order_paid(
+    stack: Arc<Stack>,
+    request: &MessageRequest,
+) -> anyhow::Result<ProducedMessage> {
     let j = Journey::new(stack, "produce order.paid");
     let mut bus = j
-        .capture(orders::events::EXCHANGE, orders::events::ORDER_PAID_ROUTING_KEY)
+        .capture(
+            orders::events::EXCHANGE,
+            orders::events::ORDER_PAID_ROUTING_KEY,
+        )
         .await?;
     let currency = request
         .states
         .iter()
-        .find_map(|s| s.params.get("currency").and_then(Value::as_str).map(str::to_string))
+        .find_map(|s| {
+            s.params
+                .get("currency")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| "EUR".to_string());
     let mut body = suites::order(&suites::customer(), suites::GOOD_CARD);
     body["currency"] = Value::String(currency);
     let placed = suites::place_order(&j, &body).await?;
-    anyhow::ensure!(placed["status"] == "PAID", "the order was not paid: {placed}");
+    anyhow::ensure!(
+        placed["status"] == "PAID",
+        "the order was not paid: {placed}"
+    );
     let id = suites::id_of(&placed)?;
     let message = bus
-        .wait_for(PUBLISH_WITHIN, |m| m.json().is_ok_and(|v| v["order_id"] == id.as_str()))
+        .wait_for(PUBLISH_WITHIN, |m| {
+            m.json().is_ok_and(|v| v["order_id"] == id.as_str())
+        })
         .await
         .with_context(|| format!("orders published no order.paid for order {id}"))?;
     let p = &message.properties;
