@@ -151,15 +151,7 @@ pub fn find(manifest: &Manifest) -> Option<State> {
 pub fn tail(source: &LogSource, n: usize) -> Vec<String> {
     match source {
         LogSource::File(path) => crate::backend::native::tail(path, n),
-        LogSource::Container(id) => std::process::Command::new("docker")
-            .args(["logs", "--tail", &n.to_string(), id])
-            .output()
-            .map(|o| {
-                let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
-                text.push_str(&String::from_utf8_lossy(&o.stderr));
-                text.lines().map(str::to_string).collect()
-            })
-            .unwrap_or_default(),
+        LogSource::Container(id) => crate::backend::container::log_tail(id, n),
     }
 }
 
