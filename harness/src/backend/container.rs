@@ -1292,6 +1292,36 @@ impl Drop for ContainerInstance {
     }
 }
 
+/// The last `n` lines of a container's output (stdout and stderr).
+pub fn log_tail(id: &str, n: usize) -> Vec<String> {
+    let id = id.to_string();
+    let tail = n.to_string();
+    let text = blocking(|docker| async move {
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(false)
+            .tail(&tail)
+            .build();
+        let mut logs = docker.logs(&id, Some(options));
+        let mut bytes = Vec::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            bytes.extend_from_slice(&chunk.into_bytes());
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    });
+    match text {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(n)..]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        }
+        Err(e) => vec![format!("(cannot read the container's log: {e})")],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1522,35 +1552,5 @@ depends-on = ["postgres", "redis", "rabbitmq"]
         );
         assert_eq!(alive[LABEL_OWNER_PID], me.to_string());
         assert_eq!(alive[LABEL_MANAGED], "true");
-    }
-}
-
-/// The last `n` lines of a container's output (stdout and stderr).
-pub fn log_tail(id: &str, n: usize) -> Vec<String> {
-    let id = id.to_string();
-    let tail = n.to_string();
-    let text = blocking(|docker| async move {
-        let options = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .follow(false)
-            .tail(&tail)
-            .build();
-        let mut logs = docker.logs(&id, Some(options));
-        let mut bytes = Vec::new();
-        while let Some(Ok(chunk)) = logs.next().await {
-            bytes.extend_from_slice(&chunk.into_bytes());
-        }
-        String::from_utf8_lossy(&bytes).into_owned()
-    });
-    match text {
-        Ok(text) => {
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(n)..]
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        }
-        Err(e) => vec![format!("(cannot read the container's log: {e})")],
     }
 }
