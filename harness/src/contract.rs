@@ -1346,8 +1346,36 @@ impl ProviderStateExecutor for StateExecutor {
 /// the producer's message, its metadata base64-encoded JSON in `Pact-Message-Metadata`.
 struct MessageServer {
     port: u16,
+    server: LoopbackServer,
+}
+
+/// An HTTP server on a loopback port of its own, stopped gracefully by [`LoopbackServer::stop`]
+/// (message transports, broker stand-ins, proxies in tests).
+#[derive(Debug)]
+pub struct LoopbackServer {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl LoopbackServer {
+    /// Serves `app` on `listener` until stopped.
+    pub fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> LoopbackServer {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        LoopbackServer { stop, task }
+    }
+
+    /// Stops it and waits (at most 5 s) until it has.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
 }
 
 #[derive(Clone)]
@@ -1373,20 +1401,14 @@ impl MessageServer {
             errors,
         };
         let app = axum::Router::new().fallback(produce).with_state(state);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        Ok(MessageServer { port, stop, task })
+        Ok(MessageServer {
+            port,
+            server: LoopbackServer::serve(listener, app),
+        })
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        self.server.stop().await;
     }
 }
 

@@ -11,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use harness::contract::{BrokerSource, Contracts, Publish, VerifyRequest};
+use harness::contract::{BrokerSource, Contracts, LoopbackServer, Publish, VerifyRequest};
 use harness::runner::{Suite, TrialContext};
 use serde_json::{json, Value};
 
@@ -176,8 +176,7 @@ struct Seen {
 struct StandIn {
     url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    server: LoopbackServer,
 }
 
 #[derive(Clone)]
@@ -217,25 +216,15 @@ impl StandIn {
             seen: seen.clone(),
         };
         let app = axum::Router::new().fallback(serve).with_state(state);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
         Ok(StandIn {
             url: base,
             seen,
-            stop,
-            task,
+            server: LoopbackServer::serve(listener, app),
         })
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
+        self.server.stop().await;
     }
 }
 

@@ -9,7 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use harness::contract::{Contracts, Target};
+use harness::contract::{Contracts, LoopbackServer, Target};
 use harness::runner::{Suite, TrialContext};
 use serde_json::Value;
 
@@ -81,8 +81,7 @@ async fn renamed_field_fails(ctx: Arc<TrialContext>, contracts: Contracts) -> an
 /// A reverse proxy in front of a service that renames one key in every JSON object it returns.
 struct RenamingProxy {
     port: u16,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+    server: LoopbackServer,
 }
 
 #[derive(Clone)]
@@ -108,20 +107,14 @@ impl RenamingProxy {
             to,
         };
         let app = axum::Router::new().fallback(forward).with_state(state);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
-        Ok(RenamingProxy { port, stop, task })
+        Ok(RenamingProxy {
+            port,
+            server: LoopbackServer::serve(listener, app),
+        })
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
+        self.server.stop().await;
     }
 }
 
