@@ -6,6 +6,12 @@
 //! manifest attaches to that stack instead of starting its own — what makes nextest, which
 //! runs every test in a process of its own, practical. `harness down` ends it.
 //!
+//! The state also records each service's [fingerprint](crate::fingerprint). Before a suite
+//! attaches it compares them with what is on disk now; a service that changed (a rebuilt
+//! binary, an edited file, a new image, a changed manifest entry) is restarted in place by the
+//! stack's owner, asked over a control socket in its run directory, so an attached suite never
+//! tests old code and never owns a process or container itself.
+//!
 //! An attached stack offers endpoints and logs. Fault injection (stop, pause…) needs a stack
 //! of the suite's own: suites that break things (`Suite::sequential`) never attach.
 
@@ -18,7 +24,9 @@ use crate::backend::BackendKind;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::manifest::Manifest;
+use crate::fingerprint::{Fingerprinter, Fingerprints};
 use crate::scheduler::Timing;
+use crate::stack::Refreshed;
 
 /// Where a service's output can be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +57,12 @@ pub struct State {
     pub logs: BTreeMap<String, LogSource>,
     /// Start timings, in ready order: (service, started ms, ready ms).
     pub timings: Vec<(String, u64, u64)>,
+    /// What each service was started from.
+    #[serde(default)]
+    pub fingerprints: Fingerprints,
+    /// The owner's control socket, where attached suites ask for a refresh.
+    #[serde(default)]
+    pub control: Option<PathBuf>,
 }
 
 /// The target directory of the workspace around a manifest.
@@ -98,6 +112,8 @@ pub fn write(stack: &crate::Stack) -> Result<PathBuf, Error> {
         manifest_hash: content_hash(&manifest.path),
         endpoints: stack.endpoints(),
         logs: stack.log_sources(),
+        fingerprints: stack.fingerprints().clone(),
+        control: stack.run_dir().map(control_socket),
         timings: stack
             .timings()
             .iter()
@@ -136,15 +152,160 @@ fn alive(pid: u32) -> bool {
             .unwrap_or(false)
 }
 
-/// A live stack of this very manifest to attach to, unless `HARNESS_ATTACH=0`.
+/// A live stack of this very manifest (same file; its content may have changed since) to
+/// attach to, unless `HARNESS_ATTACH=0`.
 pub fn find(manifest: &Manifest) -> Option<State> {
     if std::env::var("HARNESS_ATTACH").is_ok_and(|v| v == "0") {
         return None;
     }
     let state = read(&state_file(manifest))?;
-    let same = state.manifest == canonical(&manifest.path)
-        && state.manifest_hash == content_hash(&manifest.path);
+    let same = state.manifest == canonical(&manifest.path);
     (same && alive(state.pid) && state.pid != std::process::id()).then_some(state)
+}
+
+/// Where the owner of a stack listens for refresh requests: in its run directory (short
+/// enough for a socket path, and removed with the run).
+pub fn control_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("control.sock")
+}
+
+/// Longest a refresh may take before the attached suite gives up on it.
+const REFRESH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Brings a running stack up to date before a suite attaches to it: compares the recorded
+/// fingerprints with the manifest and files as they are now and, if any service changed, asks
+/// the owner to restart it in place, then reads the state again. `Err` says why the stack
+/// cannot be used as it is (the caller then starts a stack of its own); it never hands back a
+/// stack running old code.
+pub async fn refreshed(
+    manifest: &Manifest,
+    state: State,
+) -> Result<(State, Vec<Refreshed>), String> {
+    let running: Vec<&String> = state.endpoints.keys().collect();
+    let wanted: Vec<&String> = manifest.services.iter().map(|s| &s.name).collect();
+    let mut sorted = wanted.clone();
+    sorted.sort();
+    if sorted != running {
+        return Err(format!(
+            "the running stack has services [{}], the manifest [{}]",
+            running
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            sorted
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let now = Fingerprinter::new().all(manifest, state.backend).await;
+    let changed = crate::fingerprint::changes(&state.fingerprints, &now);
+    if changed.is_empty() {
+        return Ok((state, Vec::new()));
+    }
+    let what = changed
+        .iter()
+        .map(|(s, why)| format!("{s} ({why})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some(socket) = state.control.clone() else {
+        return Err(format!(
+            "{what} changed, and the stack's process {} takes no refresh requests",
+            state.pid
+        ));
+    };
+    let reply = tokio::time::timeout(REFRESH_TIMEOUT, request(&socket))
+        .await
+        .map_err(|_| format!("{what} changed; the refresh did not finish within {} s", REFRESH_TIMEOUT.as_secs()))?
+        .map_err(|e| format!("{what} changed; asking process {} to refresh them failed: {e}", state.pid))?;
+    let refreshed = match reply {
+        Reply::Refreshed(r) => r,
+        Reply::Failed(e) => return Err(format!("{what} changed; the refresh failed: {e}")),
+    };
+    let state = find(manifest)
+        .ok_or_else(|| "the stack ended while it was refreshed".to_string())?;
+    Ok((state, refreshed))
+}
+
+/// What the owner answers a refresh request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply {
+    /// The services restarted (none when nothing had changed by the time it looked).
+    Refreshed(Vec<Refreshed>),
+    /// Why the refresh failed.
+    Failed(String),
+}
+
+async fn request(socket: &Path) -> std::io::Result<Reply> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::UnixStream::connect(socket).await?;
+    stream.write_all(b"refresh\n").await?;
+    let mut line = String::new();
+    tokio::io::BufReader::new(stream).read_line(&mut line).await?;
+    serde_json::from_str(&line).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("unreadable answer `{}`: {e}", line.trim()),
+        )
+    })
+}
+
+/// The owner's side of the control socket.
+#[derive(Debug)]
+pub struct Control {
+    listener: tokio::net::UnixListener,
+}
+
+impl Control {
+    /// Listens on the control socket of a stack this process owns.
+    pub fn bind(stack: &crate::Stack) -> Result<Control, Error> {
+        let dir = stack
+            .run_dir()
+            .ok_or_else(|| Error::Usage("an attached stack has no control socket".into()))?;
+        let path = control_socket(dir);
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| Error::io(format!("listening on {}", path.display()), e))?;
+        Ok(Control { listener })
+    }
+
+    /// Waits for the next request and answers it: refreshes `stack`, rewrites the state file,
+    /// and returns what was refreshed (for the owner to show).
+    pub async fn serve_one(&self, stack: &mut crate::Stack) -> Vec<Refreshed> {
+        use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+        let Ok((stream, _)) = self.listener.accept().await else {
+            return Vec::new();
+        };
+        let (read, mut write) = stream.into_split();
+        let mut line = String::new();
+        if tokio::io::BufReader::new(read)
+            .read_line(&mut line)
+            .await
+            .is_err()
+            || line.trim() != "refresh"
+        {
+            return Vec::new();
+        }
+        let (reply, done) = match refresh_and_record(stack).await {
+            Ok(r) => (Reply::Refreshed(r.clone()), r),
+            Err(e) => (Reply::Failed(e.to_string()), Vec::new()),
+        };
+        let mut text = serde_json::to_string(&reply).unwrap_or_default();
+        text.push('\n');
+        let _ = write.write_all(text.as_bytes()).await;
+        done
+    }
+}
+
+/// Refreshes a stack this process owns and records the result in its state file.
+pub async fn refresh_and_record(stack: &mut crate::Stack) -> Result<Vec<Refreshed>, Error> {
+    let result = stack.refresh().await;
+    // Written even after a failure: what did restart is recorded.
+    write(stack)?;
+    result
 }
 
 /// The last `n` lines of a log source.

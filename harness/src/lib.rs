@@ -46,6 +46,7 @@ pub mod cleanup;
 pub mod contract;
 pub mod endpoint;
 pub mod error;
+pub mod fingerprint;
 pub mod graph;
 pub mod isolation;
 pub mod journey;

@@ -494,19 +494,35 @@ async fn start_stack(
 ) -> Result<Stack, crate::Error> {
     let path = manifest.unwrap_or_else(crate::default_manifest_path);
     let mut manifest = Manifest::load(&path)?;
+    let mut built = false;
     if attachable {
         if let Some(state) = crate::attach::find(&manifest) {
-            eprintln!(
-                "attached to the running stack of process {} ({} backend)",
-                state.pid, state.backend
-            );
-            return Stack::attach(manifest, state);
+            // Built first, so the fingerprints compared are those of the code as it is now.
+            crate::build::cargo_binaries(&manifest)?;
+            built = true;
+            match crate::attach::refreshed(&manifest, state).await {
+                Ok((state, refreshed)) => {
+                    for r in &refreshed {
+                        eprintln!("{r}");
+                    }
+                    eprintln!(
+                        "attached to the running stack of process {} ({} backend)",
+                        state.pid, state.backend
+                    );
+                    return Stack::attach(manifest, state);
+                }
+                Err(why) => eprintln!(
+                    "not attaching to the running stack: {why}; starting a stack of its own"
+                ),
+            }
         }
     }
     for hook in hooks {
         hook(&mut manifest)?;
     }
-    crate::build::cargo_binaries(&manifest)?;
+    if !built {
+        crate::build::cargo_binaries(&manifest)?;
+    }
     Stack::start(
         manifest,
         StackOptions {

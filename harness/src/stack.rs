@@ -12,6 +12,7 @@ use crate::backend::{self, Backend, BackendKind, Instance, StartRequest};
 use crate::cleanup::{self, RunDir};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, StartupError};
+use crate::fingerprint::{Fingerprinter, Fingerprints};
 use crate::graph::Graph;
 use crate::manifest::{Kind, Manifest, Service};
 use crate::probe;
@@ -45,6 +46,34 @@ pub struct Stack {
     timings: Vec<Timing>,
     run: Option<RunDir>,
     attached: Option<u32>,
+    /// Credentials each service was started with (kept for a refresh in place).
+    credentials: BTreeMap<String, Creds>,
+    /// What each service was started from (see [`crate::fingerprint`]).
+    fingerprints: Fingerprints,
+    fingerprinter: Fingerprinter,
+}
+
+type Creds = (Option<String>, Option<String>, Option<String>);
+
+/// One service a refresh restarted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refreshed {
+    /// The service.
+    pub service: String,
+    /// Why: `binary changed`, `config and files changed`, `dependency payments moved`.
+    pub reason: String,
+    /// How long the restart and probe took.
+    pub millis: u64,
+}
+
+impl std::fmt::Display for Refreshed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refreshed {}: {} ({} ms)",
+            self.service, self.reason, self.millis
+        )
+    }
 }
 
 fn random_token(len: usize) -> String {
@@ -57,7 +86,7 @@ fn random_token(len: usize) -> String {
 }
 
 /// Credentials for one run: fixed in the manifest or random.
-fn credentials(service: &Service) -> (Option<String>, Option<String>, Option<String>) {
+fn credentials(service: &Service) -> Creds {
     let c = &service.credentials;
     match service.kind {
         Kind::Postgres | Kind::Rabbitmq => (
@@ -80,6 +109,7 @@ struct StackLauncher<'a> {
     manifest: &'a Manifest,
     backend: &'a dyn Backend,
     launched: Mutex<BTreeMap<String, Instant>>,
+    credentials: Mutex<BTreeMap<String, Creds>>,
 }
 
 #[async_trait]
@@ -99,13 +129,19 @@ impl Launcher for StackLauncher<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), Instant::now());
-        let (user, password, database) = credentials(service);
+        let creds = credentials(service);
+        self.credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), creds.clone());
+        let (user, password, database) = creds;
         let request = StartRequest {
             service,
             user,
             password,
             database,
             deps,
+            ports: None,
         };
         let instance = self
             .backend
@@ -128,31 +164,40 @@ impl Launcher for StackLauncher<'_> {
             .get(name)
             .copied()
             .unwrap_or_else(Instant::now);
-        let endpoint = instance.endpoint();
-        let deadline = launched + service.startup_timeout;
-        probe::wait_ready(&service.probe, &endpoint, deadline, || instance.exited())
-            .await
-            .map_err(|f| Failure {
-                message: f.last_error,
-                log_tail: instance.log_tail(LOG_TAIL_LINES),
-                probe: Some(f.probe),
-                waited: Some(launched.elapsed()),
-            })?;
-        after_ready(service, &endpoint)
-            .await
-            .map_err(|message| Failure {
-                message,
-                log_tail: instance.log_tail(LOG_TAIL_LINES),
-                probe: None,
-                waited: None,
-            })?;
-        instance.on_ready().await;
-        Ok(())
+        make_ready(service, instance.as_mut(), launched).await
     }
 
     async fn stop(&self, _name: &str, mut instance: Box<dyn Instance>) {
         instance.remove().await;
     }
+}
+
+/// Waits until a launched service passes its probe, then runs its one-time setup.
+async fn make_ready(
+    service: &Service,
+    instance: &mut dyn Instance,
+    launched: Instant,
+) -> Result<(), Failure> {
+    let endpoint = instance.endpoint();
+    let deadline = launched + service.startup_timeout;
+    probe::wait_ready(&service.probe, &endpoint, deadline, || instance.exited())
+        .await
+        .map_err(|f| Failure {
+            message: f.last_error,
+            log_tail: instance.log_tail(LOG_TAIL_LINES),
+            probe: Some(f.probe),
+            waited: Some(launched.elapsed()),
+        })?;
+    after_ready(service, &endpoint)
+        .await
+        .map_err(|message| Failure {
+            message,
+            log_tail: instance.log_tail(LOG_TAIL_LINES),
+            probe: None,
+            waited: None,
+        })?;
+    instance.on_ready().await;
+    Ok(())
 }
 
 /// One-time setup once a service is ready: the databases a postgres service should hold.
@@ -232,10 +277,15 @@ impl Stack {
         let run = RunDir::create().map_err(|e| Error::io("creating the run directory", e))?;
         let backend = backend::create(kind, &run, &manifest);
         backend.preflight(&manifest).await?;
+        // Taken before anything launches: a change made while the stack starts is seen by the
+        // next attach, never missed.
+        let mut fingerprinter = Fingerprinter::new();
+        let fingerprints = fingerprinter.all(&manifest, kind).await;
         let launcher = StackLauncher {
             manifest: &manifest,
             backend: backend.as_ref(),
             launched: Mutex::new(BTreeMap::new()),
+            credentials: Mutex::new(BTreeMap::new()),
         };
         let width = manifest
             .services
@@ -276,7 +326,10 @@ impl Stack {
             endpoints.insert(name.clone(), instance.endpoint());
             instances.insert(name, tokio::sync::Mutex::new(instance));
         }
-        drop(launcher);
+        let credentials = launcher
+            .credentials
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
         Ok(Stack {
             manifest,
             graph,
@@ -287,6 +340,9 @@ impl Stack {
             timings: started.timings,
             run: Some(run),
             attached: None,
+            credentials,
+            fingerprints,
+            fingerprinter,
         })
     }
 
@@ -324,7 +380,135 @@ impl Stack {
             manifest,
             run: None,
             attached: Some(state.pid),
+            credentials: BTreeMap::new(),
+            fingerprints: state.fingerprints,
+            fingerprinter: Fingerprinter::new(),
         })
+    }
+
+    /// What each service was started from, as recorded when it (last) started.
+    pub fn fingerprints(&self) -> &Fingerprints {
+        &self.fingerprints
+    }
+
+    /// The run directory of a stack this process owns.
+    pub fn run_dir(&self) -> Option<&std::path::Path> {
+        self.run.as_ref().map(|r| r.path.as_path())
+    }
+
+    /// Restarts in place every service whose fingerprint changed since it started (its
+    /// binary, program, files, image or manifest entry), and a dependent when the address it
+    /// was given moved; each is probed ready again before this returns. The manifest is read
+    /// again from its file. Nothing changed: nothing restarts.
+    ///
+    /// Only the stack's owner can refresh; a change of the set of services (added, removed)
+    /// cannot be refreshed in place.
+    pub async fn refresh(&mut self) -> Result<Vec<Refreshed>, Error> {
+        let Some(backend) = self.backend.as_ref() else {
+            return Err(Error::Usage(
+                "only the process that started a stack can refresh it".into(),
+            ));
+        };
+        let manifest = Manifest::load(&self.manifest.path)?;
+        let names = |m: &Manifest| {
+            m.services
+                .iter()
+                .map(|s| s.name.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let (before, after) = (names(&self.manifest), names(&manifest));
+        if before != after {
+            let added: Vec<_> = after.difference(&before).cloned().collect();
+            let removed: Vec<_> = before.difference(&after).cloned().collect();
+            return Err(Error::Usage(format!(
+                "the manifest's services changed (added: [{}], removed: [{}]); a running stack cannot \
+                 be refreshed in place: `harness down` and start it again",
+                added.join(", "),
+                removed.join(", ")
+            )));
+        }
+        let graph = Graph::new(&manifest)
+            .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
+        let now = self.fingerprinter.all(&manifest, self.kind).await;
+        let mut why: BTreeMap<String, String> =
+            crate::fingerprint::changes(&self.fingerprints, &now)
+                .into_iter()
+                .collect();
+        let mut refreshed = Vec::new();
+        let mut moved = Vec::new();
+        for name in graph.order() {
+            let Some(service) = manifest.service(&name) else {
+                continue;
+            };
+            let reason = why.remove(&name).or_else(|| {
+                service
+                    .depends_on
+                    .iter()
+                    .find(|d| moved.contains(&d.service))
+                    .map(|d| format!("dependency {} moved", d.service))
+            });
+            let Some(reason) = reason else { continue };
+            let began = Instant::now();
+            let mut deps = BTreeMap::new();
+            for d in &service.depends_on {
+                if let Some(i) = self.instances.get(&d.service) {
+                    deps.insert(d.service.clone(), i.lock().await.internal_endpoint());
+                }
+            }
+            let Some(slot) = self.instances.get(&name) else {
+                continue;
+            };
+            let mut instance = slot.lock().await;
+            let (old_host, old_internal) = (instance.endpoint(), instance.internal_endpoint());
+            instance.remove().await;
+            let creds = self
+                .credentials
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| credentials(service));
+            let (user, password, database) = creds;
+            let request = StartRequest {
+                service,
+                user,
+                password,
+                database,
+                deps: &deps,
+                ports: Some(&old_host.ports),
+            };
+            let refresh_failed = |message: String| {
+                Error::service(&name, format!("could not be refreshed ({reason}): {message}"))
+            };
+            let mut fresh = backend
+                .start(request)
+                .await
+                .map_err(|e| refresh_failed(e.to_string()))?;
+            make_ready(service, fresh.as_mut(), began)
+                .await
+                .map_err(|f| {
+                    refresh_failed(format!("{}\n{}", f.message, f.log_tail.join("\n")))
+                })?;
+            if fresh.internal_endpoint() != old_internal {
+                moved.push(name.clone());
+            }
+            self.endpoints
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.clone(), fresh.endpoint());
+            *instance = fresh;
+            drop(instance);
+            if let Some(f) = now.get(&name) {
+                self.fingerprints.insert(name.clone(), f.clone());
+            }
+            refreshed.push(Refreshed {
+                service: name.clone(),
+                reason,
+                millis: began.elapsed().as_millis() as u64,
+            });
+        }
+        self.fingerprints = now;
+        self.manifest = manifest;
+        self.graph = graph;
+        Ok(refreshed)
     }
 
     /// The pid of the process owning the stack, when this handle is attached to it.

@@ -108,6 +108,17 @@ impl Template {
         Ok(Template { parts })
     }
 
+    /// The text itself when it holds no references.
+    pub fn literal(&self) -> Option<String> {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(s) => Some(s.as_str()),
+                Part::Ref(_) => None,
+            })
+            .collect()
+    }
+
     /// The references in this template.
     pub fn references(&self) -> impl Iterator<Item = &Reference> {
         self.parts.iter().filter_map(|p| match p {

@@ -338,6 +338,25 @@ async fn image_present(docker: &Docker, image: &str) -> Result<bool, String> {
     }
 }
 
+/// The id of the image each service of `manifest` runs (as [`plan`] chooses it from this
+/// process's environment); services whose image cannot be inspected are left out.
+pub async fn image_ids(manifest: &Manifest) -> BTreeMap<String, String> {
+    let (Ok(plan), Ok(docker)) = (plan(manifest, &process_env), connect().await) else {
+        return BTreeMap::new();
+    };
+    let mut ids = BTreeMap::new();
+    for (image, services) in plan.by_image() {
+        if let Ok(inspect) = docker.inspect_image(image).await {
+            if let Some(id) = inspect.id {
+                for s in services {
+                    ids.insert(s.to_string(), id.clone());
+                }
+            }
+        }
+    }
+    ids
+}
+
 async fn pull(docker: &Docker, image: &str) -> Result<(), String> {
     let options = CreateImageOptionsBuilder::new().from_image(image).build();
     let mut progress = docker.create_image(Some(options), None, None);

@@ -143,6 +143,9 @@ pub struct StartRequest<'a> {
     pub database: Option<String>,
     /// Endpoints of its started dependencies, as the service itself reaches them.
     pub deps: &'a BTreeMap<String, Endpoint>,
+    /// Host ports to listen on again (a refresh in place keeps a native service's address, so
+    /// its dependents need no restart); `None` allocates new ones.
+    pub ports: Option<&'a BTreeMap<String, u16>>,
 }
 
 /// A backend: starts services of a manifest.

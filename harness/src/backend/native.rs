@@ -187,10 +187,11 @@ impl Backend for Native {
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let mut ports = BTreeMap::new();
         for name in service.ports.keys() {
-            ports.insert(
-                name.clone(),
-                free_port().map_err(|e| Error::io("finding a free port", e))?,
-            );
+            let port = match req.ports.and_then(|p| p.get(name)) {
+                Some(p) => *p,
+                None => free_port().map_err(|e| Error::io("finding a free port", e))?,
+            };
+            ports.insert(name.clone(), port);
         }
         let endpoint = Endpoint {
             kind: service.kind,

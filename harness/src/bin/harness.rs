@@ -48,6 +48,11 @@ enum Command {
         /// to it (nextest, repeated `cargo test`), and `harness down` ends it.
         #[arg(long)]
         detach: bool,
+        /// Restart a service in place when what it runs changes (a rebuilt binary, an edited
+        /// file under its `paths`, a new image, its manifest entry), so `cargo build` in
+        /// another terminal is enough.
+        #[arg(long, conflicts_with = "detach")]
+        watch: bool,
     },
     /// Which suites a change affects, from git: changed paths -> services -> dependents -> suites.
     Affected {
@@ -243,6 +248,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             backend,
             no_build,
             detach,
+            watch,
         } => {
             let m = load(&cli.manifest)?;
             if !no_build {
@@ -251,8 +257,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             if detach {
                 return up_detached(&m, backend).await;
             }
-            let state = state_file(&m);
-            let stack = Stack::start(
+            let mut stack = Stack::start(
                 m,
                 StackOptions {
                     backend,
@@ -264,13 +269,34 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             print_endpoints(&stack);
             harness::attach::write(&stack)?;
             write_timeline(&stack);
-            println!("\nthe stack is up; Ctrl-C or `harness down` stops it");
-            wait_for_signal().await;
-            eprintln!("stopping…");
-            stack.down().await;
-            let _ = std::fs::remove_file(&state);
-            eprintln!("stopped; nothing left behind");
-            Ok(exit_code::OK)
+            let control = harness::attach::Control::bind(&stack)?;
+            println!(
+                "\nthe stack is up{}; Ctrl-C or `harness down` stops it",
+                if watch {
+                    ", watching for changes"
+                } else {
+                    ""
+                }
+            );
+            // Runs until the cleanup thread ends the process on SIGINT/SIGTERM/SIGHUP.
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                let refreshed = tokio::select! {
+                    r = control.serve_one(&mut stack) => r,
+                    _ = tick.tick(), if watch => {
+                        match harness::attach::refresh_and_record(&mut stack).await {
+                            Ok(r) => r,
+                            Err(e) => {
+                                eprintln!("{e}");
+                                Vec::new()
+                            }
+                        }
+                    }
+                };
+                for r in refreshed {
+                    println!("{r}");
+                }
+            }
         }
         Command::Down { all } => {
             let m = load(&cli.manifest)?;
@@ -578,13 +604,24 @@ async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
     .await?;
     let state = harness::attach::write(&stack)?;
     write_timeline(&stack);
-    let status = std::process::Command::new(&cargo)
+    let control = harness::attach::Control::bind(&stack)?;
+    let mut stack = stack;
+    let mut suites = tokio::process::Command::new(&cargo)
         .args(["test", "-p", "suites", "--"])
         .args(&args)
         .current_dir(m.dir())
         .env("HARNESS_MANIFEST", &m.path)
         .env("PACT_DO_NOT_TRACK", "true")
-        .status();
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::io("running `cargo test -p suites`", e))?;
+    // The suites attach to this stack; one that finds a service changed asks for a refresh.
+    let status = loop {
+        tokio::select! {
+            status = suites.wait() => break status,
+            _ = control.serve_one(&mut stack) => {}
+        }
+    };
     let timings = stack.timings().to_vec();
     stack.down().await;
     let _ = std::fs::remove_file(&state);
@@ -620,13 +657,6 @@ fn print_endpoints(stack: &Stack) {
     }
 }
 
-async fn wait_for_signal() {
-    // The cleanup thread owns SIGINT/SIGTERM and exits after tearing down; this only returns
-    // if it could not be installed.
-    loop {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-    }
-}
 
 async fn down(state: &Path) -> Result<u8, Error> {
     let text = match std::fs::read_to_string(state) {

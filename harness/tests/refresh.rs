@@ -1,0 +1,312 @@
+//! An attached suite never tests old code: `harness up --detach` runs a stack, a service is
+//! changed on disk (an edited file of a `command` service, a rebuilt `binary`, a changed
+//! manifest entry), and the next attach restarts exactly that service in place before
+//! anything is tested; with nothing changed, nothing restarts.
+//!
+//! The services are small HTTP servers in Perl (installed on every Debian machine and in the
+//! base image): POST answers with the status the code says, and every answer names the
+//! process's start id, so a restart shows.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use harness::{attach, Manifest, Stack};
+
+/// Answers GET with 200 and POST with `STATUS` (from the code, or from the environment when
+/// the code says `env`); `X-Start` identifies this start of the process.
+const SERVER: &str = r#"use IO::Socket::INET;
+my $status = "201";
+$status = $ENV{STATUS} if $status eq "env";
+my $start = int(rand(1e12));
+my $s = IO::Socket::INET->new(LocalAddr => $ENV{BIND_HOST}, LocalPort => $ENV{PORT}, Listen => 16, ReuseAddr => 1) or die "listen: $!";
+$SIG{TERM} = sub { exit 0 };
+while (my $c = $s->accept) {
+  my $line = <$c> // "";
+  while (my $h = <$c>) { last if $h =~ /^\r?\n$/ }
+  my $code = $line =~ /^POST/ ? $status : 200;
+  print $c "HTTP/1.0 $code X\r\nContent-Length: 0\r\nX-Start: $start\r\nConnection: close\r\n\r\n";
+  close $c;
+}
+"#;
+
+/// A project of its own in a temporary directory (with a `Cargo.toml`, so its `target/` holds
+/// the state file and the `binary` services), removed on drop after its stack is down.
+struct Project {
+    dir: PathBuf,
+    manifest: PathBuf,
+    up: bool,
+}
+
+impl Project {
+    fn new(name: &str, manifest: &str) -> Project {
+        let dir = std::env::temp_dir().join(format!("harness-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("app")).unwrap();
+        std::fs::create_dir_all(dir.join("target/debug")).unwrap();
+        std::fs::write(dir.join("Cargo.toml"), "# a project of its own\n").unwrap();
+        let path = dir.join("stack.toml");
+        // Commands run in the service's run directory: files of the project by absolute path.
+        std::fs::write(&path, manifest.replace("DIR/", &format!("{}/", dir.display()))).unwrap();
+        Project {
+            dir,
+            manifest: path,
+            up: false,
+        }
+    }
+
+    fn write(&self, file: &str, text: &str) {
+        let path = self.dir.join(file);
+        // A new file (not rewritten in place), as cargo and editors do.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+
+    fn harness(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_harness"))
+            .arg("--manifest")
+            .arg(&self.manifest)
+            .args(args)
+            .current_dir(&self.dir)
+            .env_remove("HARNESS_BIN_DIR")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("HARNESS_ATTACH")
+            .output()
+            .expect("the harness binary runs")
+    }
+
+    fn up(&mut self, backend: &str) {
+        let out = self.harness(&["up", "--detach", "--no-build", "--backend", backend]);
+        assert!(
+            out.status.success(),
+            "harness up --detach failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.up = true;
+    }
+
+    /// Attaches as a suite does: refresh what changed, then a handle on the stack.
+    async fn attach(&self) -> (Stack, Vec<String>) {
+        let manifest = Manifest::load(&self.manifest).unwrap();
+        let state = attach::find(&manifest).expect("the detached stack is found");
+        let (state, refreshed) = attach::refreshed(&manifest, state)
+            .await
+            .unwrap_or_else(|e| panic!("the stack could not be refreshed: {e}"));
+        let stack = Stack::attach(manifest, state).unwrap();
+        (stack, refreshed.iter().map(|r| r.to_string()).collect())
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if self.up {
+            let _ = self.harness(&["down"]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// POSTs to a service: (status, start id).
+async fn post(stack: &Stack, service: &str) -> (u16, String) {
+    let url = stack.url(service).unwrap();
+    let response = reqwest::Client::new()
+        .post(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let start = response
+        .headers()
+        .get("x-start")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (response.status().as_u16(), start)
+}
+
+fn only(refreshed: &[String], service: &str, reason: &str) {
+    assert_eq!(refreshed.len(), 1, "one refresh expected: {refreshed:?}");
+    let line = &refreshed[0];
+    assert!(
+        line.starts_with(&format!("refreshed {service}: {reason} (")) && line.ends_with(" ms)"),
+        "{line}"
+    );
+}
+
+const NATIVE: &str = r#"
+[stack]
+name = "refresh-native"
+
+[services.cmd]
+kind = "service"
+command = ["perl", "DIR/app/server.pl"]
+ports = { http = 8080 }
+paths = ["app"]
+probe = { type = "http", path = "/" }
+env = { PORT = "{{ self.port.http }}", BIND_HOST = "{{ self.host }}" }
+
+[services.bin]
+kind = "service"
+binary = "bin-server"
+ports = { http = 8080 }
+probe = { type = "http", path = "/" }
+env = { PORT = "{{ self.port.http }}", BIND_HOST = "{{ self.host }}" }
+"#;
+
+fn program(status: &str) -> String {
+    SERVER.replace(r#"my $status = "201";"#, &format!(r#"my $status = "{status}";"#))
+}
+
+fn executable(status: &str) -> String {
+    format!("#!/usr/bin/env perl\n{}", program(status))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn native_services_that_changed_are_refreshed_and_nothing_else() {
+    let mut p = Project::new("refresh-native", NATIVE);
+    p.write("app/server.pl", &program("201"));
+    p.write("target/debug/bin-server", &executable("201"));
+    p.up("native");
+
+    let (stack, refreshed) = p.attach().await;
+    assert!(refreshed.is_empty(), "nothing changed: {refreshed:?}");
+    let (status, cmd_start) = post(&stack, "cmd").await;
+    assert_eq!(status, 201);
+    let (status, bin_start) = post(&stack, "bin").await;
+    assert_eq!(status, 201);
+
+    // An edited file of the `command` service: that service, and only it, restarts.
+    p.write("app/server.pl", &program("200"));
+    let (stack, refreshed) = p.attach().await;
+    only(&refreshed, "cmd", "files changed");
+    let (status, start) = post(&stack, "cmd").await;
+    assert_eq!(status, 200, "the refreshed stack runs the changed code");
+    assert_ne!(start, cmd_start);
+    assert_eq!(post(&stack, "bin").await, (201, bin_start.clone()));
+
+    // Reverted: back to the old behaviour.
+    p.write("app/server.pl", &program("201"));
+    let (stack, refreshed) = p.attach().await;
+    only(&refreshed, "cmd", "files changed");
+    let (status, cmd_start) = post(&stack, "cmd").await;
+    assert_eq!(status, 201);
+
+    // A rebuilt binary.
+    p.write("target/debug/bin-server", &executable("202"));
+    let (stack, refreshed) = p.attach().await;
+    only(&refreshed, "bin", "binary changed");
+    let (status, bin_start) = post(&stack, "bin").await;
+    assert_eq!(status, 202);
+    assert_eq!(post(&stack, "cmd").await, (201, cmd_start.clone()));
+
+    // Nothing changed: nothing restarts.
+    let (stack, refreshed) = p.attach().await;
+    assert!(refreshed.is_empty(), "nothing changed: {refreshed:?}");
+    assert_eq!(post(&stack, "cmd").await, (201, cmd_start));
+    assert_eq!(post(&stack, "bin").await, (202, bin_start));
+
+    // A changed manifest entry is a change too.
+    let edited = std::fs::read_to_string(&p.manifest)
+        .unwrap()
+        .replace(r#"binary = "bin-server""#, "binary = \"bin-server\"\nargs = [\"-w\"]");
+    std::fs::write(&p.manifest, edited).unwrap();
+    let (_stack, refreshed) = p.attach().await;
+    only(&refreshed, "bin", "config changed");
+}
+
+fn docker_ready(image: &str) -> bool {
+    let present = Command::new("docker")
+        .args(["image", "inspect", image])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present && std::env::var_os("CI").is_some() {
+        panic!("CI has a Docker engine and builds the images; `{image}` is missing");
+    }
+    present
+}
+
+const BASE_IMAGE: &str = "harness-local/base:bookworm";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_whose_entry_changed_is_recreated() {
+    if !docker_ready(BASE_IMAGE) {
+        eprintln!("skipped: no Docker engine with {BASE_IMAGE} (fixtures/images/build.sh base)");
+        return;
+    }
+    let server = SERVER.replace(r#"my $status = "201";"#, r#"my $status = "env";"#);
+    let manifest = format!(
+        r#"
+[stack]
+name = "refresh-container"
+
+[services.app]
+kind = "service"
+image = "{BASE_IMAGE}"
+args = ["perl", "-e", {server:?}]
+ports = {{ http = 8080 }}
+probe = {{ type = "http", path = "/" }}
+env = {{ PORT = "8080", BIND_HOST = "0.0.0.0", STATUS = "201" }}
+"#
+    );
+    let mut p = Project::new("refresh-container", &manifest);
+    p.up("container");
+    let (stack, refreshed) = p.attach().await;
+    assert!(refreshed.is_empty(), "{refreshed:?}");
+    let (status, first) = post(&stack, "app").await;
+    assert_eq!(status, 201);
+
+    std::fs::write(&p.manifest, manifest.replace(r#"STATUS = "201""#, r#"STATUS = "200""#)).unwrap();
+    let (stack, refreshed) = p.attach().await;
+    only(&refreshed, "app", "config changed");
+    let (status, second) = post(&stack, "app").await;
+    assert_eq!(status, 200, "the container runs the changed entry");
+    assert_ne!(first, second);
+
+    std::fs::write(&p.manifest, &manifest).unwrap();
+    let (stack, refreshed) = p.attach().await;
+    only(&refreshed, "app", "config changed");
+    assert_eq!(post(&stack, "app").await.0, 201);
+    let (stack, refreshed) = p.attach().await;
+    assert!(refreshed.is_empty(), "{refreshed:?}");
+    assert_eq!(post(&stack, "app").await.0, 201);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retagged_image_changes_the_fingerprint() {
+    if !docker_ready(BASE_IMAGE) || !docker_ready("harness-local/redis:7") {
+        eprintln!("skipped: no Docker engine with the local images");
+        return;
+    }
+    let tag = format!("harness-refresh-test/app:{}", std::process::id());
+    let retag = |from: &str| {
+        assert!(Command::new("docker")
+            .args(["tag", from, &tag])
+            .status()
+            .unwrap()
+            .success());
+    };
+    let p = Project::new(
+        "refresh-image",
+        &format!("[stack]\nname = \"refresh-image\"\n\n[services.app]\nkind = \"service\"\nimage = \"{tag}\"\nports = {{ http = 80 }}\n"),
+    );
+    let manifest = Manifest::load(&p.manifest).unwrap();
+    let fingerprint = |m: &Manifest| {
+        let m = m.clone();
+        async move {
+            harness::fingerprint::Fingerprinter::new()
+                .all(&m, harness::backend::BackendKind::Container)
+                .await
+        }
+    };
+    retag(BASE_IMAGE);
+    let before = fingerprint(&manifest).await;
+    retag("harness-local/redis:7");
+    let after = fingerprint(&manifest).await;
+    let _ = Command::new("docker").args(["rmi", &tag]).output();
+    assert_eq!(
+        harness::fingerprint::changes(&before, &after),
+        vec![("app".to_string(), "image changed".to_string())]
+    );
+}
