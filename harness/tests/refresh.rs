@@ -310,3 +310,75 @@ async fn a_retagged_image_changes_the_fingerprint() {
         vec![("app".to_string(), "image changed".to_string())]
     );
 }
+
+#[test]
+fn up_watch_refreshes_a_rebuilt_binary_by_itself() {
+    use std::io::{BufRead as _, BufReader};
+    let p = Project::new("refresh-watch", NATIVE);
+    p.write("app/server.pl", &program("201"));
+    p.write("target/debug/bin-server", &executable("201"));
+    let mut up = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .arg("--manifest")
+        .arg(&p.manifest)
+        .args(["up", "--watch", "--no-build", "--backend", "native"])
+        .env_remove("HARNESS_BIN_DIR")
+        .env_remove("CARGO_TARGET_DIR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(up.id() as i32);
+    // Ends the stack whatever happens below.
+    struct Stop(nix::unistd::Pid);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGINT);
+        }
+    }
+    let stop = Stop(pid);
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = up.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("`harness up --watch` did not print `{what}` within 30 s; it printed:\n{}", seen.join("\n"));
+    };
+    wait_for("watching for changes");
+    p.write("target/debug/bin-server", &executable("203"));
+    let line = wait_for("refreshed bin:");
+    assert!(line.starts_with("refreshed bin: binary changed ("), "{line}");
+    let manifest = Manifest::load(&p.manifest).unwrap();
+    let state = attach::find(&manifest).expect("the watched stack is found");
+    let status = raw_post(&state.endpoints["bin"].address().unwrap());
+    assert_eq!(status, 203, "the watched stack runs the rebuilt binary");
+    drop(stop);
+    let status = up.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "Ctrl-C ends `up` with 130");
+    assert!(attach::find(&manifest).is_none(), "the state file is removed");
+}
+
+/// POSTs over a plain socket (for tests without a runtime); returns the status code.
+fn raw_post(address: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut conn = std::net::TcpStream::connect(address).unwrap();
+    conn.write_all(b"POST / HTTP/1.0\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"))
+}

@@ -2,6 +2,9 @@
 //!
 //! - **cold**: the suite binary starts its own stack, runs, tears it down.
 //! - **warm**: a stack is already up (as after `harness up --detach`); the binary attaches.
+//! - **refreshed**: as warm, but one service's binary was rebuilt just before (a new file with
+//!   other content, as cargo writes it): the suite finds its fingerprint changed and the stack's
+//!   owner restarts it in place before the first trial. Refresh cost = refreshed - warm.
 //!
 //! Both run the built test binary directly (after `cargo test --no-run`), so cargo's own
 //! startup is not counted, and record the time from spawning it to its first trial starting
@@ -81,6 +84,35 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v.get(v.len() / 2).copied().unwrap_or_default()
 }
 
+/// Copies every `binary` service's executable into `dir` (so the benchmark can "rebuild" one
+/// without touching the workspace's own `target/`).
+fn copy_binaries(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, Error> {
+    let bins = crate::backend::native::bin_dir(manifest.dir());
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let mut names = Vec::new();
+    for s in &manifest.services {
+        if let crate::manifest::Launch::Binary(b) = &s.launch {
+            std::fs::copy(bins.join(b), dir.join(b))
+                .map_err(|e| Error::io(format!("copying {}", bins.join(b).display()), e))?;
+            names.push(s.name.clone());
+        }
+    }
+    Ok(names)
+}
+
+/// "Rebuilds" a binary: a new file with the old content and one more byte each time (data
+/// after an ELF image is never loaded), renamed into place.
+fn rebuild(path: &Path, round: usize) -> Result<(), Error> {
+    let mut bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    bytes.push(round as u8);
+    let tmp = path.with_extension("rebuilt");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
 /// Runs the benchmark and renders its report.
 pub async fn suites(
     manifest: &Manifest,
@@ -89,8 +121,7 @@ pub async fn suites(
     backend: Option<BackendKind>,
 ) -> Result<String, Error> {
     let binary = test_binary(manifest, suite)?;
-    let (mut cold_first, mut cold_total, mut warm_first, mut warm_total) =
-        (vec![], vec![], vec![], vec![]);
+    let (mut cold_first, mut cold_total) = (vec![], vec![]);
     let mut failures = 0;
     for _ in 0..runs {
         let (m, b) = (manifest.clone(), binary.clone());
@@ -101,7 +132,60 @@ pub async fn suites(
         cold_total.push(t);
         failures += usize::from(!ok);
     }
-    let stack = Stack::start(
+    // The warm and refreshed modes run on copies of the binaries, which the refreshed mode
+    // replaces between runs; the stack and the suites find them through HARNESS_BIN_DIR.
+    let scratch = std::env::temp_dir().join(format!("harness-bench-{}", std::process::id()));
+    let result = warm_and_refreshed(manifest, &binary, runs, backend, &scratch.join("bin")).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let (kind, warm_first, warm_total, refreshed_first, refreshed_service, warm_failures) = result?;
+    failures += warm_failures;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (cf, ct, wf, wt, rf) = (
+        median(cold_first),
+        median(cold_total),
+        median(warm_first),
+        median(warm_total),
+        median(refreshed_first),
+    );
+    Ok(format!(
+        "suite `{suite}` on the {kind} backend, {runs} runs of each mode (medians)\n\n\
+         \x20 mode                 to first trial      whole suite\n\
+         \x20 cold (own stack)     {:>10.0} ms   {:>10.0} ms   (target: whole suite <= 45000 ms)\n\
+         \x20 warm (attached)      {:>10.0} ms   {:>10.0} ms   (target: first trial <= 1000 ms)\n\
+         \x20 refreshed ({:<9}) {:>10.0} ms                   (attached, its binary rebuilt)\n\n\
+         \x20 warm / cold, whole suite = {:.2}\n\
+         \x20 refreshed / cold, to first trial = {:.2}\n\
+         \x20 refresh cost (refreshed - warm, to first trial) = {:.0} ms   (target: <= 1500 ms)\n\
+         \x20 runs with failures: {failures}\n",
+        ms(cf),
+        ms(ct),
+        ms(wf),
+        ms(wt),
+        refreshed_service,
+        ms(rf),
+        wt.as_secs_f64() / ct.as_secs_f64().max(1e-9),
+        rf.as_secs_f64() / cf.as_secs_f64().max(1e-9),
+        ms(rf) - ms(wf),
+    ))
+}
+
+type WarmRuns = (BackendKind, Vec<Duration>, Vec<Duration>, Vec<Duration>, String, usize);
+
+/// The attached modes: a stack of this process's own (serving refresh requests), the suite
+/// attached `runs` times as it is, then `runs` times each after a rebuild of one binary.
+async fn warm_and_refreshed(
+    manifest: &Manifest,
+    binary: &Path,
+    runs: usize,
+    backend: Option<BackendKind>,
+    scratch: &Path,
+) -> Result<WarmRuns, Error> {
+    let changed = copy_binaries(manifest, scratch)?;
+    let Some(service) = changed.iter().find(|s| s.as_str() == "orders").or(changed.first()).cloned() else {
+        return Err(Error::Usage("the manifest has no `binary` service to rebuild".into()));
+    };
+    std::env::set_var("HARNESS_BIN_DIR", scratch);
+    let mut stack = Stack::start(
         manifest.clone(),
         StackOptions {
             backend,
@@ -111,13 +195,38 @@ pub async fn suites(
     .await?;
     let kind = stack.backend();
     let state = crate::attach::write(&stack)?;
+    let control = crate::attach::Control::bind(&stack)?;
+    let (mut warm_first, mut warm_total, mut refreshed_first) = (vec![], vec![], vec![]);
+    let mut failures = 0;
     let mut result = Ok(());
-    for _ in 0..runs {
-        let (m, b) = (manifest.clone(), binary.clone());
-        match tokio::task::spawn_blocking(move || run_once(&b, &m, true, backend)).await {
+    let program = match manifest.service(&service).map(|s| &s.launch) {
+        Some(crate::manifest::Launch::Binary(b)) => scratch.join(b),
+        _ => scratch.join(&service),
+    };
+    for round in 0..runs * 2 {
+        let refreshing = round >= runs;
+        if refreshing {
+            if let Err(e) = rebuild(&program, round) {
+                result = Err(e);
+                break;
+            }
+        }
+        let (m, b) = (manifest.clone(), binary.to_path_buf());
+        let mut run = tokio::task::spawn_blocking(move || run_once(&b, &m, true, backend));
+        let outcome = loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = control.serve_one(&mut stack) => {}
+            }
+        };
+        match outcome {
             Ok(Ok((f, t, ok))) => {
-                warm_first.push(f);
-                warm_total.push(t);
+                if refreshing {
+                    refreshed_first.push(f);
+                } else {
+                    warm_first.push(f);
+                    warm_total.push(t);
+                }
                 failures += usize::from(!ok);
             }
             Ok(Err(e)) => {
@@ -130,28 +239,11 @@ pub async fn suites(
             }
         }
     }
+    drop(control);
     stack.down().await;
+    std::env::remove_var("HARNESS_BIN_DIR");
     let _ = std::fs::remove_file(&state);
     crate::cleanup::unregister_dir(&state);
     result?;
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let (cf, ct, wf, wt) = (
-        median(cold_first),
-        median(cold_total),
-        median(warm_first),
-        median(warm_total),
-    );
-    Ok(format!(
-        "suite `{suite}` on the {kind} backend, {runs} runs of each mode (medians)\n\n\
-         \x20 mode                 to first trial      whole suite\n\
-         \x20 cold (own stack)     {:>10.0} ms   {:>10.0} ms   (target: whole suite <= 45000 ms)\n\
-         \x20 warm (attached)      {:>10.0} ms   {:>10.0} ms   (target: first trial <= 1000 ms)\n\n\
-         \x20 warm / cold, whole suite = {:.2}\n\
-         \x20 runs with failures: {failures}\n",
-        ms(cf),
-        ms(ct),
-        ms(wf),
-        ms(wt),
-        wt.as_secs_f64() / ct.as_secs_f64().max(1e-9),
-    ))
+    Ok((kind, warm_first, warm_total, refreshed_first, service, failures))
 }
