@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::BackendKind;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
-use crate::manifest::Manifest;
 use crate::fingerprint::{Fingerprinter, Fingerprints};
+use crate::manifest::Manifest;
 use crate::scheduler::Timing;
 use crate::stack::Refreshed;
 
@@ -218,14 +218,24 @@ pub async fn refreshed(
     };
     let reply = tokio::time::timeout(REFRESH_TIMEOUT, request(&socket))
         .await
-        .map_err(|_| format!("{what} changed; the refresh did not finish within {} s", REFRESH_TIMEOUT.as_secs()))?
-        .map_err(|e| format!("{what} changed; asking process {} to refresh them failed: {e}", state.pid))?;
+        .map_err(|_| {
+            format!(
+                "{what} changed; the refresh did not finish within {} s",
+                REFRESH_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| {
+            format!(
+                "{what} changed; asking process {} to refresh them failed: {e}",
+                state.pid
+            )
+        })?;
     let refreshed = match reply {
         Reply::Refreshed(r) => r,
         Reply::Failed(e) => return Err(format!("{what} changed; the refresh failed: {e}")),
     };
-    let state = find(manifest)
-        .ok_or_else(|| "the stack ended while it was refreshed".to_string())?;
+    let state =
+        find(manifest).ok_or_else(|| "the stack ended while it was refreshed".to_string())?;
     Ok((state, refreshed))
 }
 
@@ -244,7 +254,9 @@ async fn request(socket: &Path) -> std::io::Result<Reply> {
     let mut stream = tokio::net::UnixStream::connect(socket).await?;
     stream.write_all(b"refresh\n").await?;
     let mut line = String::new();
-    tokio::io::BufReader::new(stream).read_line(&mut line).await?;
+    tokio::io::BufReader::new(stream)
+        .read_line(&mut line)
+        .await?;
     serde_json::from_str(&line).map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -8,7 +8,8 @@
 //! - `binary`: the content of a `binary` service's executable (native backend);
 //! - `program` and `files`: for a `command` service, the resolved program's content and the
 //!   content of every file under its `paths` (`target/` and VCS directories skipped);
-//! - `image`: the id of the image a container runs (container backend).
+//! - `image`: the id of the image a container runs (container backend), and `binary` when the
+//!   container runs a workspace binary mounted from the host.
 //!
 //! The stack's owner records them when the stack starts (in the state file); an attaching suite
 //! computes them again and asks the owner to refresh what differs (see [`crate::attach`]).
@@ -95,9 +96,12 @@ impl Fingerprinter {
 
     /// Fingerprints of every service of `manifest` as `backend` runs them.
     pub async fn all(&mut self, manifest: &Manifest, backend: BackendKind) -> Fingerprints {
-        let images = match backend {
-            BackendKind::Container => crate::backend::container::image_ids(manifest).await,
-            _ => BTreeMap::new(),
+        let (images, mounts) = match backend {
+            BackendKind::Container => (
+                crate::backend::container::image_ids(manifest).await,
+                crate::backend::container::planned_mounts(manifest),
+            ),
+            _ => (BTreeMap::new(), BTreeMap::new()),
         };
         let bins = crate::backend::native::bin_dir(manifest.dir());
         manifest
@@ -111,6 +115,9 @@ impl Fingerprinter {
                     BackendKind::Container => {
                         if let Some(id) = images.get(&s.name) {
                             parts.insert("image".into(), id.clone());
+                        }
+                        if let Some(bin) = mounts.get(&s.name) {
+                            parts.insert("binary".into(), hex(self.file(bin)));
                         }
                     }
                     BackendKind::External => {}
@@ -155,7 +162,12 @@ impl Fingerprinter {
         files.dedup();
         let mut h = Hasher::new();
         for f in &files {
-            h.write(f.strip_prefix(dir).unwrap_or(f).as_os_str().as_encoded_bytes());
+            h.write(
+                f.strip_prefix(dir)
+                    .unwrap_or(f)
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            );
             h.write(&self.file(f).to_le_bytes());
         }
         h.finish()
@@ -180,7 +192,14 @@ impl Fingerprinter {
 }
 
 /// Directories never part of a service's files.
-const SKIPPED_DIRS: &[&str] = &["target", ".git", ".hg", ".svn", "__pycache__", "node_modules"];
+const SKIPPED_DIRS: &[&str] = &[
+    "target",
+    ".git",
+    ".hg",
+    ".svn",
+    "__pycache__",
+    "node_modules",
+];
 
 fn collect(path: &Path, out: &mut Vec<PathBuf>) {
     let Ok(meta) = std::fs::symlink_metadata(path) else {

@@ -172,6 +172,56 @@ impl Launcher for StackLauncher<'_> {
     }
 }
 
+/// The place of a service between its removal and its successor's start in a refresh (and
+/// after a refresh that failed): every operation says so.
+#[derive(Debug)]
+struct Vacant {
+    name: String,
+    endpoint: Endpoint,
+    internal: Endpoint,
+}
+
+impl Vacant {
+    fn gone(&self) -> Error {
+        Error::service(
+            &self.name,
+            "is not running: its refresh did not bring it back (see the refresh error)",
+        )
+    }
+}
+
+#[async_trait]
+impl Instance for Vacant {
+    fn endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
+    }
+    fn internal_endpoint(&self) -> Endpoint {
+        self.internal.clone()
+    }
+    fn exited(&mut self) -> Option<String> {
+        Some("removed for a refresh".into())
+    }
+    fn log_tail(&self, _n: usize) -> Vec<String> {
+        Vec::new()
+    }
+    async fn stop(&mut self) -> Result<(), Error> {
+        Err(self.gone())
+    }
+    async fn start(&mut self) -> Result<(), Error> {
+        Err(self.gone())
+    }
+    async fn kill(&mut self) -> Result<(), Error> {
+        Err(self.gone())
+    }
+    async fn pause(&mut self) -> Result<(), Error> {
+        Err(self.gone())
+    }
+    async fn unpause(&mut self) -> Result<(), Error> {
+        Err(self.gone())
+    }
+    async fn remove(&mut self) {}
+}
+
 /// Waits until a launched service passes its probe, then runs its one-time setup.
 async fn make_ready(
     service: &Service,
@@ -460,7 +510,16 @@ impl Stack {
             };
             let mut instance = slot.lock().await;
             let (old_host, old_internal) = (instance.endpoint(), instance.internal_endpoint());
-            instance.remove().await;
+            // Removed and dropped before its successor starts: an instance's `Drop` removes its
+            // directory, which the successor reuses.
+            let vacant = Box::new(Vacant {
+                name: name.clone(),
+                endpoint: old_host.clone(),
+                internal: old_internal.clone(),
+            });
+            let mut old = std::mem::replace(&mut *instance, vacant);
+            old.remove().await;
+            drop(old);
             let creds = self
                 .credentials
                 .get(&name)
@@ -476,7 +535,10 @@ impl Stack {
                 ports: Some(&old_host.ports),
             };
             let refresh_failed = |message: String| {
-                Error::service(&name, format!("could not be refreshed ({reason}): {message}"))
+                Error::service(
+                    &name,
+                    format!("could not be refreshed ({reason}): {message}"),
+                )
             };
             let mut fresh = backend
                 .start(request)
@@ -484,9 +546,7 @@ impl Stack {
                 .map_err(|e| refresh_failed(e.to_string()))?;
             make_ready(service, fresh.as_mut(), began)
                 .await
-                .map_err(|f| {
-                    refresh_failed(format!("{}\n{}", f.message, f.log_tail.join("\n")))
-                })?;
+                .map_err(|f| refresh_failed(format!("{}\n{}", f.message, f.log_tail.join("\n"))))?;
             if fresh.internal_endpoint() != old_internal {
                 moved.push(name.clone());
             }

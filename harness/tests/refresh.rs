@@ -46,7 +46,11 @@ impl Project {
         std::fs::write(dir.join("Cargo.toml"), "# a project of its own\n").unwrap();
         let path = dir.join("stack.toml");
         // Commands run in the service's run directory: files of the project by absolute path.
-        std::fs::write(&path, manifest.replace("DIR/", &format!("{}/", dir.display()))).unwrap();
+        std::fs::write(
+            &path,
+            manifest.replace("DIR/", &format!("{}/", dir.display())),
+        )
+        .unwrap();
         Project {
             dir,
             manifest: path,
@@ -156,7 +160,10 @@ env = { PORT = "{{ self.port.http }}", BIND_HOST = "{{ self.host }}" }
 "#;
 
 fn program(status: &str) -> String {
-    SERVER.replace(r#"my $status = "201";"#, &format!(r#"my $status = "{status}";"#))
+    SERVER.replace(
+        r#"my $status = "201";"#,
+        &format!(r#"my $status = "{status}";"#),
+    )
 }
 
 fn executable(status: &str) -> String {
@@ -208,9 +215,10 @@ async fn native_services_that_changed_are_refreshed_and_nothing_else() {
     assert_eq!(post(&stack, "bin").await, (202, bin_start));
 
     // A changed manifest entry is a change too.
-    let edited = std::fs::read_to_string(&p.manifest)
-        .unwrap()
-        .replace(r#"binary = "bin-server""#, "binary = \"bin-server\"\nargs = [\"-w\"]");
+    let edited = std::fs::read_to_string(&p.manifest).unwrap().replace(
+        r#"binary = "bin-server""#,
+        "binary = \"bin-server\"\nargs = [\"-w\"]",
+    );
     std::fs::write(&p.manifest, edited).unwrap();
     let (_stack, refreshed) = p.attach().await;
     only(&refreshed, "bin", "config changed");
@@ -257,7 +265,11 @@ env = {{ PORT = "8080", BIND_HOST = "0.0.0.0", STATUS = "201" }}
     let (status, first) = post(&stack, "app").await;
     assert_eq!(status, 201);
 
-    std::fs::write(&p.manifest, manifest.replace(r#"STATUS = "201""#, r#"STATUS = "200""#)).unwrap();
+    std::fs::write(
+        &p.manifest,
+        manifest.replace(r#"STATUS = "201""#, r#"STATUS = "200""#),
+    )
+    .unwrap();
     let (stack, refreshed) = p.attach().await;
     only(&refreshed, "app", "config changed");
     let (status, second) = post(&stack, "app").await;
@@ -353,12 +365,18 @@ fn up_watch_refreshes_a_rebuilt_binary_by_itself() {
                 Err(_) => break,
             }
         }
-        panic!("`harness up --watch` did not print `{what}` within 30 s; it printed:\n{}", seen.join("\n"));
+        panic!(
+            "`harness up --watch` did not print `{what}` within 30 s; it printed:\n{}",
+            seen.join("\n")
+        );
     };
     wait_for("watching for changes");
     p.write("target/debug/bin-server", &executable("203"));
     let line = wait_for("refreshed bin:");
-    assert!(line.starts_with("refreshed bin: binary changed ("), "{line}");
+    assert!(
+        line.starts_with("refreshed bin: binary changed ("),
+        "{line}"
+    );
     let manifest = Manifest::load(&p.manifest).unwrap();
     let state = attach::find(&manifest).expect("the watched stack is found");
     let status = raw_post(&state.endpoints["bin"].address().unwrap());
@@ -366,14 +384,18 @@ fn up_watch_refreshes_a_rebuilt_binary_by_itself() {
     drop(stop);
     let status = up.wait().unwrap();
     assert_eq!(status.code(), Some(130), "Ctrl-C ends `up` with 130");
-    assert!(attach::find(&manifest).is_none(), "the state file is removed");
+    assert!(
+        attach::find(&manifest).is_none(),
+        "the state file is removed"
+    );
 }
 
 /// POSTs over a plain socket (for tests without a runtime); returns the status code.
 fn raw_post(address: &str) -> u16 {
     use std::io::{Read as _, Write as _};
     let mut conn = std::net::TcpStream::connect(address).unwrap();
-    conn.write_all(b"POST / HTTP/1.0\r\nContent-Length: 0\r\n\r\n").unwrap();
+    conn.write_all(b"POST / HTTP/1.0\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
     let mut answer = String::new();
     conn.read_to_string(&mut answer).unwrap();
     answer
@@ -381,4 +403,50 @@ fn raw_post(address: &str) -> u16 {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_runs_the_binary_as_built_and_a_rebuild_refreshes_it() {
+    if !docker_ready(BASE_IMAGE) {
+        eprintln!("skipped: no Docker engine with {BASE_IMAGE} (fixtures/images/build.sh base)");
+        return;
+    }
+    let mut p = Project::new(
+        "refresh-container-bin",
+        &format!(
+            r#"
+[stack]
+name = "refresh-container-bin"
+
+[services.bin]
+kind = "service"
+binary = "bin-server"
+image = "{BASE_IMAGE}"
+ports = {{ http = 8080 }}
+probe = {{ type = "http", path = "/" }}
+env = {{ PORT = "8080", BIND_HOST = "0.0.0.0" }}
+"#
+        ),
+    );
+    p.write("target/debug/bin-server", &executable("201"));
+    p.up("container");
+    let (stack, refreshed) = p.attach().await;
+    assert!(refreshed.is_empty(), "{refreshed:?}");
+    let (status, first) = post(&stack, "bin").await;
+    assert_eq!(
+        status, 201,
+        "the image has no such program: the built binary runs"
+    );
+
+    p.write("target/debug/bin-server", &executable("200"));
+    let (stack, refreshed) = p.attach().await;
+    only(&refreshed, "bin", "binary changed");
+    let (status, second) = post(&stack, "bin").await;
+    assert_eq!(status, 200, "the container runs the rebuilt binary");
+    assert_ne!(first, second);
+
+    p.write("target/debug/bin-server", &executable("201"));
+    let (stack, refreshed) = p.attach().await;
+    only(&refreshed, "bin", "binary changed");
+    assert_eq!(post(&stack, "bin").await.0, 201);
 }

@@ -26,7 +26,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -323,6 +323,48 @@ pub fn plan(manifest: &Manifest, env: &dyn Fn(&str) -> Option<String>) -> Result
         images,
         unset,
     })
+}
+
+/// [`mounted_binaries`] as this process's environment decides them.
+pub fn planned_mounts(manifest: &Manifest) -> BTreeMap<String, PathBuf> {
+    plan(manifest, &process_env)
+        .map(|p| mounted_binaries(manifest, &p, &process_env))
+        .unwrap_or_default()
+}
+
+/// Where a mounted workspace binary appears inside its container.
+const MOUNTED_BIN_DIR: &str = "/harness/bin";
+
+/// The workspace binaries the container backend runs fresh from the host: every `binary`
+/// service whose image is the manifest's own (not replaced by `HARNESS_IMAGE_<SERVICE>` or
+/// `[stack.images]`, e.g. a candidate image under verification), when the binary is built.
+/// The binary is mounted read-only into the service's image and run as its entrypoint, so a
+/// `cargo build` is all a change needs: no image is rebuilt, and a stale image never runs old
+/// code. `HARNESS_MOUNT_BINARIES=0` runs the images as they are.
+pub fn mounted_binaries(
+    manifest: &Manifest,
+    plan: &ImagePlan,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> BTreeMap<String, PathBuf> {
+    if env("HARNESS_MOUNT_BINARIES").is_some_and(|v| v.trim() == "0") {
+        return BTreeMap::new();
+    }
+    let bins = crate::backend::native::bin_dir(manifest.dir());
+    manifest
+        .services
+        .iter()
+        .filter_map(|s| {
+            let crate::manifest::Launch::Binary(b) = &s.launch else {
+                return None;
+            };
+            let own = plan
+                .images
+                .get(&s.name)
+                .is_some_and(|c| c.from.starts_with("the manifest"));
+            let path = bins.join(b);
+            (own && path.is_file()).then(|| (s.name.clone(), path))
+        })
+        .collect()
 }
 
 pub(crate) fn process_env(name: &str) -> Option<String> {
@@ -751,6 +793,7 @@ pub struct Container {
     labels: HashMap<String, String>,
     docker: tokio::sync::OnceCell<Docker>,
     images: Mutex<BTreeMap<String, String>>,
+    mounts: Mutex<BTreeMap<String, PathBuf>>,
     critical: BTreeSet<String>,
     shared: Arc<Shared>,
     hook: u64,
@@ -788,6 +831,7 @@ impl Container {
             short,
             docker: tokio::sync::OnceCell::new(),
             images: Mutex::new(BTreeMap::new()),
+            mounts: Mutex::new(BTreeMap::new()),
             critical: estimated_critical_path(manifest),
             shared,
             hook,
@@ -890,8 +934,22 @@ impl Container {
                 (format!("{p}/tcp"), Some(vec![binding]))
             })
             .collect();
+        let mounted = self
+            .mounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&service.name)
+            .cloned();
+        let (entrypoint, binds) = match (&mounted, &service.launch) {
+            (Some(host), crate::manifest::Launch::Binary(b)) => (
+                Some(vec![format!("{MOUNTED_BIN_DIR}/{b}")]),
+                Some(vec![format!("{}:{MOUNTED_BIN_DIR}/{b}:ro", host.display())]),
+            ),
+            _ => (None, None),
+        };
         let body = ContainerCreateBody {
             image: Some(image.clone()),
+            entrypoint,
             hostname: Some(service.name.clone()),
             env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             cmd: (!cmd.is_empty()).then_some(cmd),
@@ -899,6 +957,7 @@ impl Container {
             exposed_ports: Some(bindings.keys().cloned().collect()),
             host_config: Some(HostConfig {
                 network_mode: Some(self.network.clone()),
+                binds,
                 port_bindings: Some(bindings),
                 publish_all_ports: Some(false),
                 cpu_shares: boosted.then_some(CRITICAL_CPU_SHARES),
@@ -1003,6 +1062,8 @@ impl Backend for Container {
             return Err(images_error(&plan, &missing));
         }
         network?;
+        *self.mounts.lock().unwrap_or_else(|p| p.into_inner()) =
+            mounted_binaries(manifest, &plan, &process_env);
         *self.images.lock().unwrap_or_else(|p| p.into_inner()) =
             plan.images.into_iter().map(|(s, c)| (s, c.image)).collect();
         Ok(())

@@ -88,7 +88,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// without touching the workspace's own `target/`).
 fn copy_binaries(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, Error> {
     let bins = crate::backend::native::bin_dir(manifest.dir());
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let mut names = Vec::new();
     for s in &manifest.services {
         if let crate::manifest::Launch::Binary(b) = &s.launch {
@@ -103,7 +104,8 @@ fn copy_binaries(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, Error> 
 /// "Rebuilds" a binary: a new file with the old content and one more byte each time (data
 /// after an ELF image is never loaded), renamed into place.
 fn rebuild(path: &Path, round: usize) -> Result<(), Error> {
-    let mut bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    let mut bytes =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     bytes.push(round as u8);
     let tmp = path.with_extension("rebuilt");
     std::fs::write(&tmp, bytes).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
@@ -169,7 +171,14 @@ pub async fn suites(
     ))
 }
 
-type WarmRuns = (BackendKind, Vec<Duration>, Vec<Duration>, Vec<Duration>, String, usize);
+type WarmRuns = (
+    BackendKind,
+    Vec<Duration>,
+    Vec<Duration>,
+    Vec<Duration>,
+    String,
+    usize,
+);
 
 /// The attached modes: a stack of this process's own (serving refresh requests), the suite
 /// attached `runs` times as it is, then `runs` times each after a rebuild of one binary.
@@ -181,8 +190,15 @@ async fn warm_and_refreshed(
     scratch: &Path,
 ) -> Result<WarmRuns, Error> {
     let changed = copy_binaries(manifest, scratch)?;
-    let Some(service) = changed.iter().find(|s| s.as_str() == "orders").or(changed.first()).cloned() else {
-        return Err(Error::Usage("the manifest has no `binary` service to rebuild".into()));
+    let Some(service) = changed
+        .iter()
+        .find(|s| s.as_str() == "orders")
+        .or(changed.first())
+        .cloned()
+    else {
+        return Err(Error::Usage(
+            "the manifest has no `binary` service to rebuild".into(),
+        ));
     };
     std::env::set_var("HARNESS_BIN_DIR", scratch);
     let mut stack = Stack::start(
@@ -245,5 +261,12 @@ async fn warm_and_refreshed(
     let _ = std::fs::remove_file(&state);
     crate::cleanup::unregister_dir(&state);
     result?;
-    Ok((kind, warm_first, warm_total, refreshed_first, service, failures))
+    Ok((
+        kind,
+        warm_first,
+        warm_total,
+        refreshed_first,
+        service,
+        failures,
+    ))
 }

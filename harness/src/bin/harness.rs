@@ -272,11 +272,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             let control = harness::attach::Control::bind(&stack)?;
             println!(
                 "\nthe stack is up{}; Ctrl-C or `harness down` stops it",
-                if watch {
-                    ", watching for changes"
-                } else {
-                    ""
-                }
+                if watch { ", watching for changes" } else { "" }
             );
             // Runs until the cleanup thread ends the process on SIGINT/SIGTERM/SIGHUP.
             let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -656,7 +652,6 @@ fn print_endpoints(stack: &Stack) {
         println!("  {name:<16} {address:<24} {url}");
     }
 }
-
 
 async fn down(state: &Path) -> Result<u8, Error> {
     let text = match std::fs::read_to_string(state) {
