@@ -163,6 +163,8 @@ enum Bench {
 }
 
 fn main() -> ExitCode {
+    // First of all: a signal at any later moment tears down what was started by then.
+    harness::cleanup::install_signal_handler();
     harness::contract::do_not_track();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -556,11 +558,12 @@ async fn up_detached(m: &Manifest, backend: Option<BackendKind>) -> Result<u8, E
 async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
     harness::build::cargo_binaries(&m)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let built = std::process::Command::new(&cargo)
-        .args(["test", "-p", "suites", "--no-run", "--quiet"])
-        .current_dir(m.dir())
-        .status()
-        .map_err(|e| Error::io("building the suites", e))?;
+    let built = harness::cleanup::status_in_own_group(
+        std::process::Command::new(&cargo)
+            .args(["test", "-p", "suites", "--no-run", "--quiet"])
+            .current_dir(m.dir()),
+    )
+    .map_err(|e| Error::io("building the suites", e))?;
     if !built.success() {
         return Err(Error::Prerequisite {
             what: "the suites do not build".into(),
@@ -578,13 +581,14 @@ async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
     .await?;
     let state = harness::attach::write(&stack)?;
     write_timeline(&stack);
-    let status = std::process::Command::new(&cargo)
-        .args(["test", "-p", "suites", "--"])
-        .args(&args)
-        .current_dir(m.dir())
-        .env("HARNESS_MANIFEST", &m.path)
-        .env("PACT_DO_NOT_TRACK", "true")
-        .status();
+    let status = harness::cleanup::status_in_own_group(
+        std::process::Command::new(&cargo)
+            .args(["test", "-p", "suites", "--"])
+            .args(&args)
+            .current_dir(m.dir())
+            .env("HARNESS_MANIFEST", &m.path)
+            .env("PACT_DO_NOT_TRACK", "true"),
+    );
     let timings = stack.timings().to_vec();
     stack.down().await;
     let _ = std::fs::remove_file(&state);
