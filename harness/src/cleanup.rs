@@ -206,10 +206,11 @@ pub fn emergency_cleanup() {
         let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
     }
     // Helpers a server started in a session of its own are not in its group, but they work
-    // inside the run directory.
+    // inside the run directory or carry the run's id (RabbitMQ's `epmd -daemon`, started by
+    // the VM when our epmd was stopped a moment before it).
     let root = runs_root();
     for dir in dirs.iter().filter(|d| d.starts_with(&root)) {
-        kill_until_gone(|| processes_with_cwd_in(dir).collect());
+        kill_until_gone(|| strays(dir).into_iter().collect());
     }
     for path in dirs {
         remove_path(&path);
@@ -270,6 +271,25 @@ fn proc_stat(pid: i32) -> Option<ProcStat> {
         pgrp: fields.get(2)?.parse().ok()?,
         start: fields.get(19)?.parse().ok()?,
     })
+}
+
+/// Live processes of the run directory `dir` found without its record: those working inside
+/// it, and those carrying its id in `HARNESS_RUN_ID` (which daemons keep, redis does not).
+fn strays(dir: &Path) -> BTreeSet<i32> {
+    let marker = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|id| format!("{RUN_ID_ENV}={id}"));
+    let mut found: BTreeSet<i32> = processes_with_cwd_in(dir).collect();
+    if let Some(marker) = marker {
+        found.extend(all_pids().filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+                .unwrap_or(false)
+                && proc_stat(*pid).is_some_and(|s| !s.zombie)
+        }));
+    }
+    found
 }
 
 /// Live processes whose working directory is `dir` or inside it (also once it is deleted).
@@ -448,11 +468,12 @@ pub fn read_record(run_dir: &Path) -> Vec<Recorded> {
 
 /// Live processes of the run `id`: those its record lists (only while their start time
 /// matches, so a reused pid is spared), the members of their process groups started since,
-/// and every process whose working directory is inside the run directory.
+/// every process whose working directory is inside the run directory, and every process
+/// carrying the run's id in its environment.
 pub fn run_processes(id: &str) -> Vec<i32> {
     let dir = runs_root().join(id);
     let record = read_record(&dir);
-    let mut found: BTreeSet<i32> = processes_with_cwd_in(&dir).collect();
+    let mut found = strays(&dir);
     for r in &record {
         if proc_stat(r.pid).is_some_and(|s| s.start == r.start && !s.zombie) {
             found.insert(r.pid);
