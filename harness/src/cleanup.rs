@@ -300,7 +300,9 @@ fn processes_with_cwd_in(dir: &Path) -> impl Iterator<Item = i32> + '_ {
 fn cwd(pid: i32) -> Option<PathBuf> {
     let link = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
     let text = link.to_str()?;
-    Some(PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(text)))
+    Some(PathBuf::from(
+        text.strip_suffix(" (deleted)").unwrap_or(text),
+    ))
 }
 
 fn all_pids() -> impl Iterator<Item = i32> {
@@ -431,7 +433,7 @@ fn orphans() -> Vec<i32> {
                 return false;
             };
             // An owner that started after this process is a reused pid.
-            !start_time(owner).is_some_and(|t| t <= me.start)
+            start_time(owner).is_none_or(|t| t > me.start)
         })
         .collect()
 }

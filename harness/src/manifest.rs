@@ -962,7 +962,11 @@ fn build_service(
                     format!("`command` of service `{name}` is empty"),
                     "give the program and its arguments, e.g. `command = [\"./bin/server\", \"--port\", \"{{ self.port }}\"]`",
                 ));
-            } else if let Some(program) = cmd.get_ref().first().filter(|p| p.get_ref().trim().is_empty()) {
+            } else if let Some(program) = cmd
+                .get_ref()
+                .first()
+                .filter(|p| p.get_ref().trim().is_empty())
+            {
                 problems.push(Problem::at(
                     program.span(),
                     format!("the program of service `{name}`'s `command` is an empty string"),
