@@ -23,8 +23,9 @@ pub fn cargo_binaries(manifest: &Manifest) -> Result<(), Error> {
     for b in &bins {
         cmd.args(["--bin", b]);
     }
-    let status = cmd
-        .status()
+    // In a group of its own, registered: a signal to the harness stops the build too (a
+    // terminal's Ctrl-C reaches only the harness's group, whose handler passes it on).
+    let status = crate::cleanup::status_in_own_group(&mut cmd)
         .map_err(|e| Error::io("running `cargo build`", e))?;
     if status.success() {
         Ok(())

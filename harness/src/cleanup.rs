@@ -5,10 +5,18 @@
 //! grace period), removes the directories and exits with `128 + signal`. Normal teardown and
 //! `Drop` unregister what they removed.
 //!
+//! Starting something and the cleanup exclude each other ([`guarded`]): a process or directory
+//! started while a signal arrives is registered before the handler looks, and nothing starts
+//! once it has begun.
+//!
 //! A run that is killed outright (`kill -9`) cannot clean up after itself; every run therefore
-//! owns a directory under [`runs_root`] recording its owner, and every process it starts carries
-//! `HARNESS_RUN_ID` in its environment. [`reap_dead_runs`] (called at every start) finds runs
-//! whose owner is gone and removes what they left.
+//! owns a directory under [`runs_root`] holding its owner (`owner`: pid and start time) and its
+//! record (`processes`: pid, process group and start time of every process it started, appended
+//! right after each spawn). [`reap_dead_runs`] (called at every start) finds runs whose owner is
+//! gone and kills what their record lists (when the start time still matches, so a reused pid
+//! is spared), the rest of those process groups, and every process whose working directory is
+//! inside the run's directory (servers' own helpers that left the group, and anything started
+//! in the instant between spawn and record); then it removes the directory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,8 +26,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
-/// Environment variable carried by every process a run starts.
+/// Environment variable carried by every process a run starts (for the processes' own use;
+/// reaping does not rely on it, since servers such as redis overwrite their environment).
 pub const RUN_ID_ENV: &str = "HARNESS_RUN_ID";
+
+/// The file in a run directory listing the processes the run started.
+pub const RECORD_FILE: &str = "processes";
 
 type Hook = Box<dyn Fn() + Send>;
 
@@ -32,6 +44,8 @@ struct Registry {
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+/// Held while something is started and while the emergency cleanup runs (see [`guarded`]).
+static STARTS: Mutex<()> = Mutex::new(());
 static INSTALL: Once = Once::new();
 static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -67,6 +81,67 @@ pub fn install_signal_handler() {
             }
         });
     });
+}
+
+/// Runs `start` (a spawn, a directory creation) unless a signal arrived. The emergency cleanup
+/// waits for a `start` under way and registers nothing until it returns, so whatever `start`
+/// registers is seen by it; after the signal, `start` is refused.
+pub fn guarded<T>(start: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    let _starts = STARTS.lock().unwrap_or_else(|p| p.into_inner());
+    if interrupted() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::Interrupted,
+            "not started: the run is being stopped by a signal",
+        ));
+    }
+    start()
+}
+
+/// Spawns a process that the command puts in a process group of its own (`process_group(0)`),
+/// registers the group for emergency cleanup and appends it to the run's record (`record`: the
+/// run directory), all before any other start or the signal handler's cleanup can happen.
+pub fn spawn_recorded<C>(
+    record: Option<&Path>,
+    graceful: Signal,
+    spawn: impl FnOnce() -> std::io::Result<C>,
+    pid_of: impl Fn(&C) -> Option<u32>,
+) -> std::io::Result<C> {
+    guarded(|| {
+        let child = spawn()?;
+        if let Some(pid) = pid_of(&child) {
+            register_group(pid as i32, graceful);
+            if let Some(dir) = record {
+                // A failed write only loses the record; the reaper still finds the process by
+                // its working directory, and this run's own cleanup by its registered group.
+                let _ = append_record(dir, pid);
+            }
+        }
+        Ok(child)
+    })
+}
+
+fn append_record(run_dir: &Path, pid: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let stat = proc_stat(pid as i32).ok_or_else(|| std::io::Error::other("process gone"))?;
+    let line = format!("{pid} {} {}\n", stat.pgrp, stat.start);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run_dir.join(RECORD_FILE))?
+        .write_all(line.as_bytes())
+}
+
+/// Runs a command to its end in a process group of its own, registered, so a signal to this
+/// process stops it too (`cargo build`, `cargo test`); returns its exit status.
+pub fn status_in_own_group(
+    cmd: &mut std::process::Command,
+) -> std::io::Result<std::process::ExitStatus> {
+    use std::os::unix::process::CommandExt as _;
+    cmd.process_group(0);
+    let mut child = spawn_recorded(None, Signal::SIGTERM, || cmd.spawn(), |c| Some(c.id()))?;
+    let status = child.wait();
+    unregister_group(child.id() as i32);
+    status
 }
 
 /// Registers a process group, stopped with `graceful` first on emergency cleanup.
@@ -105,6 +180,9 @@ pub fn unregister_hook(key: u64) {
 
 /// Stops every registered process group and removes every registered directory, now.
 pub fn emergency_cleanup() {
+    // Held to the end: a start under way finishes (and registers) first, later ones wait and
+    // then see `interrupted()`.
+    let _starts = STARTS.lock().unwrap_or_else(|p| p.into_inner());
     let (groups, dirs, hooks) = with(|r| {
         (
             std::mem::take(&mut r.groups),
@@ -118,17 +196,51 @@ pub fn emergency_cleanup() {
     for (pgid, signal) in &groups {
         let _ = killpg(Pid::from_raw(*pgid), *signal);
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Long enough for a suite binary run by `harness test` or `verify` to tear its own stack
+    // down; groups that are gone end the wait at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && groups.keys().any(|g| group_alive(*g)) {
         std::thread::sleep(Duration::from_millis(20));
     }
     for pgid in groups.keys() {
         let _ = killpg(Pid::from_raw(*pgid), Signal::SIGKILL);
     }
+    // Helpers a server started in a session of its own are not in its group, but they work
+    // inside the run directory or carry the run's id (RabbitMQ's `epmd -daemon`, started by
+    // the VM when our epmd was stopped a moment before it).
+    let root = runs_root();
+    for dir in dirs.iter().filter(|d| d.starts_with(&root)) {
+        kill_until_gone(|| strays(dir).into_iter().collect());
+    }
     for path in dirs {
-        if std::fs::remove_dir_all(&path).is_err() {
-            let _ = std::fs::remove_file(&path);
+        remove_path(&path);
+    }
+}
+
+/// Removes a directory (or file); retried, since a process killed a moment ago may still be
+/// writing into it.
+fn remove_path(path: &Path) {
+    for _ in 0..10 {
+        let gone = std::fs::remove_dir_all(path).is_ok() || std::fs::remove_file(path).is_ok();
+        if gone || !path.exists() {
+            return;
         }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGKILLs what `find` returns until it returns nothing (a parent may fork while its
+/// children are killed); bounded.
+fn kill_until_gone(find: impl Fn() -> Vec<i32>) {
+    for _ in 0..10 {
+        let pids = find();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -138,20 +250,59 @@ pub fn group_alive(pgid: i32) -> bool {
 }
 
 fn processes_in_group(pgid: i32) -> impl Iterator<Item = i32> {
-    all_pids().filter(move |pid| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                // Fields after the command name: state ppid pgrp ...
-                let rest = s.rsplit_once(')')?.1;
-                let mut f = rest.split_whitespace();
-                let state = f.next()?;
-                let _ppid = f.next()?;
-                let pgrp: i32 = f.next()?.parse().ok()?;
-                Some(pgrp == pgid && state != "Z")
-            })
-            .unwrap_or(false)
+    all_pids().filter(move |pid| proc_stat(*pid).is_some_and(|s| s.pgrp == pgid && !s.zombie))
+}
+
+/// What `/proc/<pid>/stat` says about a process.
+struct ProcStat {
+    zombie: bool,
+    pgrp: i32,
+    /// Field 22: clock ticks since boot when it started.
+    start: u64,
+}
+
+fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; the fields after its last `)` are
+    // state, ppid, pgrp, ... with the start time the 20th of them.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(ProcStat {
+        zombie: *fields.first()? == "Z",
+        pgrp: fields.get(2)?.parse().ok()?,
+        start: fields.get(19)?.parse().ok()?,
     })
+}
+
+/// Live processes of the run directory `dir` found without its record: those working inside
+/// it, and those carrying its id in `HARNESS_RUN_ID` (which daemons keep, redis does not).
+fn strays(dir: &Path) -> BTreeSet<i32> {
+    let marker = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|id| format!("{RUN_ID_ENV}={id}"));
+    let mut found: BTreeSet<i32> = processes_with_cwd_in(dir).collect();
+    if let Some(marker) = marker {
+        found.extend(all_pids().filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
+                .unwrap_or(false)
+                && proc_stat(*pid).is_some_and(|s| !s.zombie)
+        }));
+    }
+    found
+}
+
+/// Live processes whose working directory is `dir` or inside it (also once it is deleted).
+fn processes_with_cwd_in(dir: &Path) -> impl Iterator<Item = i32> + '_ {
+    all_pids().filter(move |pid| cwd(*pid).is_some_and(|c| c.starts_with(dir)))
+}
+
+fn cwd(pid: i32) -> Option<PathBuf> {
+    let link = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    let text = link.to_str()?;
+    Some(PathBuf::from(
+        text.strip_suffix(" (deleted)").unwrap_or(text),
+    ))
 }
 
 fn all_pids() -> impl Iterator<Item = i32> {
@@ -169,13 +320,7 @@ pub fn runs_root() -> PathBuf {
 
 /// The start time of a process (clock ticks since boot), to tell a live owner from a reused pid.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+    proc_stat(pid as i32).map(|s| s.start)
 }
 
 /// The directory of one run, removed when dropped.
@@ -196,21 +341,32 @@ impl RunDir {
         let _ = std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755));
         let id = format!("{}-{:08x}", std::process::id(), rand::random::<u32>());
         let path = root.join(&id);
-        std::fs::create_dir(&path)?;
+        // Created and registered in one guarded step, so a signal never leaves it behind.
+        guarded(|| {
+            std::fs::create_dir(&path)?;
+            register_dir(&path);
+            Ok(())
+        })?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
         let me = std::process::id();
         std::fs::write(
             path.join("owner"),
             format!("{me} {}\n", start_time(me).unwrap_or(0)),
         )?;
-        register_dir(&path);
         Ok(RunDir { id, path })
+    }
+}
+
+impl RunDir {
+    /// The run's record of the processes it started (see [`RECORD_FILE`]).
+    pub fn record(&self) -> PathBuf {
+        self.path.join(RECORD_FILE)
     }
 }
 
 impl Drop for RunDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+        remove_path(&self.path);
         unregister_dir(&self.path);
     }
 }
@@ -247,27 +403,91 @@ pub fn reap_dead_runs() -> Vec<String> {
         if alive {
             continue;
         }
-        kill_run_processes(&id);
-        let _ = std::fs::remove_dir_all(&path);
+        kill_until_gone(|| run_processes(&id));
+        remove_path(&path);
         reaped.push(id);
     }
+    kill_until_gone(orphans);
     reaped
 }
 
-/// Pids of processes carrying `HARNESS_RUN_ID=<id>`.
-pub fn run_processes(id: &str) -> Vec<i32> {
-    let marker = format!("{RUN_ID_ENV}={id}");
+/// Processes working inside the directory of a run that is gone (removed while they lived)
+/// and whose owner is dead: the owner's pid is the run id's first part.
+fn orphans() -> Vec<i32> {
+    let root = runs_root();
     all_pids()
         .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
-                .unwrap_or(false)
+            let Some(dir) = cwd(*pid) else { return false };
+            let Ok(rest) = dir.strip_prefix(&root) else {
+                return false;
+            };
+            let Some(id) = rest.iter().next().and_then(|c| c.to_str()) else {
+                return false;
+            };
+            if root.join(id).exists() {
+                // Judged with its run above.
+                return false;
+            }
+            let owner: Option<u32> = id.split('-').next().and_then(|p| p.parse().ok());
+            let (Some(owner), Some(me)) = (owner, proc_stat(*pid)) else {
+                return false;
+            };
+            // An owner that started after this process is a reused pid.
+            start_time(owner).is_none_or(|t| t > me.start)
         })
         .collect()
 }
 
-fn kill_run_processes(id: &str) {
-    for pid in run_processes(id) {
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+/// One line of a run's record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The process id.
+    pub pid: i32,
+    /// Its process group (its own pid: every process is started as a group leader).
+    pub pgid: i32,
+    /// Its start time (clock ticks since boot, `/proc/<pid>/stat` field 22).
+    pub start: u64,
+}
+
+/// The processes a run's record lists (`run_dir`/[`RECORD_FILE`]); unreadable lines skipped.
+pub fn read_record(run_dir: &Path) -> Vec<Recorded> {
+    let text = std::fs::read_to_string(run_dir.join(RECORD_FILE)).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace().map(str::parse::<u64>);
+            let (Some(Ok(pid)), Some(Ok(pgid)), Some(Ok(start))) = (f.next(), f.next(), f.next())
+            else {
+                return None;
+            };
+            Some(Recorded {
+                pid: i32::try_from(pid).ok()?,
+                pgid: i32::try_from(pgid).ok()?,
+                start,
+            })
+        })
+        .collect()
+}
+
+/// Live processes of the run `id`: those its record lists (only while their start time
+/// matches, so a reused pid is spared), the members of their process groups started since,
+/// every process whose working directory is inside the run directory, and every process
+/// carrying the run's id in its environment.
+pub fn run_processes(id: &str) -> Vec<i32> {
+    let dir = runs_root().join(id);
+    let record = read_record(&dir);
+    let mut found = strays(&dir);
+    for r in &record {
+        if proc_stat(r.pid).is_some_and(|s| s.start == r.start && !s.zombie) {
+            found.insert(r.pid);
+        }
+        // A group id is not reused while a member lives; a leader with another start time
+        // means the group ended and its id now belongs to someone else.
+        let reused = proc_stat(r.pgid).is_some_and(|s| s.start != r.start);
+        if !reused {
+            found.extend(all_pids().filter(|pid| {
+                proc_stat(*pid).is_some_and(|s| s.pgrp == r.pgid && s.start >= r.start && !s.zombie)
+            }));
+        }
     }
+    found.into_iter().collect()
 }

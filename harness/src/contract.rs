@@ -952,6 +952,7 @@ pub fn run_verify_command(
     target: &SuiteTarget,
     manifest: &Path,
 ) -> Result<u8, Error> {
+    crate::cleanup::install_signal_handler();
     request.validate()?;
     let mut request = request.clone();
     if let Some(Candidate::Binary(b)) = &request.candidate {
@@ -989,8 +990,9 @@ pub fn run_verify_command(
         cmd.env(k, v);
     }
     let what = format!("`cargo test -p {} --test {}`", target.package, target.test);
-    let status = cmd
-        .status()
+    // In a group of its own, registered: a signal to `harness verify` reaches the suite, whose
+    // own handler then stops its stack.
+    let status = crate::cleanup::status_in_own_group(&mut cmd)
         .map_err(|e| Error::io(format!("running {what}"), e))?;
     let report = std::fs::read(&report_path)
         .ok()

@@ -37,6 +37,9 @@ use toml::Spanned;
 
 use crate::template::{Field, Template};
 
+/// The database a postgres service creates when the manifest names none (`database`).
+pub const DEFAULT_POSTGRES_DATABASE: &str = "app";
+
 /// Default time a service gets to become ready.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -353,7 +356,7 @@ struct RawManifest {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawStack {
-    name: Option<String>,
+    name: Option<Spanned<String>>,
     startup_timeout: Option<Spanned<String>>,
     pull: Option<Spanned<String>>,
     image_prefix: Option<Spanned<String>>,
@@ -371,7 +374,7 @@ struct RawService {
     #[serde(default)]
     args: Vec<Spanned<String>>,
     #[serde(default)]
-    env: BTreeMap<String, Spanned<String>>,
+    env: BTreeMap<Spanned<String>, Spanned<String>>,
     #[serde(default)]
     ports: BTreeMap<Spanned<String>, Spanned<i64>>,
     depends_on: Option<Spanned<RawDependsOn>>,
@@ -379,11 +382,11 @@ struct RawService {
     startup_timeout: Option<Spanned<String>>,
     user: Option<String>,
     password: Option<String>,
-    database: Option<String>,
+    database: Option<Spanned<String>>,
     #[serde(default)]
     databases: Vec<Spanned<String>>,
     #[serde(default)]
-    paths: Vec<String>,
+    paths: Vec<Spanned<String>>,
 }
 
 /// `depends-on`: a list of names (each `ready`) or a table of `name = condition`.
@@ -571,6 +574,10 @@ fn toml_problem(e: &toml::de::Error) -> Problem {
             Some(s) => format!("did you mean `{s}`? remove or rename the key"),
             None => "remove the key; the manifest format is described in the README".into(),
         }
+    } else if message.contains("unknown variant `service_healthy`") {
+        "did you mean \"ready\"? docker compose's `service_healthy` is the harness's `ready`: the dependency's probe passed".into()
+    } else if message.contains("unknown variant `service_started`") {
+        "did you mean \"started\"? docker compose's `service_started` is the harness's `started`: the dependency's process or container is running".into()
     } else if message.contains("unknown variant") {
         "use one of the values listed above".into()
     } else if message.contains("duplicate key") {
@@ -687,7 +694,13 @@ fn build(path: &Path, raw: RawManifest, problems: &mut Vec<Problem>) -> Manifest
     let mut services = Vec::new();
     for (name, body) in &raw.services {
         let name_str = name.get_ref().as_str();
-        if !valid_name(name_str) {
+        if name_str == "self" {
+            problems.push(Problem::at(
+                name.span(),
+                "a service cannot be named `self`",
+                "rename it: in templates `{{ self.… }}` already means the service the template belongs to",
+            ));
+        } else if !valid_name(name_str) {
             problems.push(Problem::at(
                 name.span(),
                 format!("`{name_str}` is not a valid service name"),
@@ -704,9 +717,23 @@ fn build(path: &Path, raw: RawManifest, problems: &mut Vec<Problem>) -> Manifest
     }
     check_templates(&raw, &services, problems);
     let images = build_images(&raw.stack, &names, problems);
+    if let Some(n) = &raw.stack.name {
+        if n.get_ref().trim().is_empty() || n.get_ref().contains(char::is_control) {
+            problems.push(Problem::at(
+                n.span(),
+                "the stack's `name` is empty",
+                "name the stack (it is shown in progress and reports), e.g. `name = \"shop\"`, or remove the key",
+            ));
+        }
+    }
     let manifest = Manifest {
         path: path.to_path_buf(),
-        name: raw.stack.name.clone().unwrap_or_else(|| "stack".into()),
+        name: raw
+            .stack
+            .name
+            .as_ref()
+            .map(|n| n.get_ref().clone())
+            .unwrap_or_else(|| "stack".into()),
         services,
         images,
         suites: BTreeMap::new(),
@@ -825,6 +852,23 @@ fn build_service(
     let mut seen_numbers = BTreeMap::new();
     for (port_name, number) in &raw.ports {
         let n = *number.get_ref();
+        let pname = port_name.get_ref();
+        if pname.is_empty()
+            || !pname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            problems.push(Problem::at(
+                port_name.span(),
+                if pname.is_empty() {
+                    format!("service `{name}` has a port with an empty name")
+                } else {
+                    format!("`{pname}` is not a port name service `{name}` can use")
+                },
+                "name ports with letters, digits, `-` and `_` (templates refer to them as `{{ <service>.port.<name> }}`), e.g. `http = 8080`",
+            ));
+            continue;
+        }
         if !(1..=65535).contains(&n) {
             problems.push(Problem::at(
                 number.span(),
@@ -918,6 +962,16 @@ fn build_service(
                     format!("`command` of service `{name}` is empty"),
                     "give the program and its arguments, e.g. `command = [\"./bin/server\", \"--port\", \"{{ self.port }}\"]`",
                 ));
+            } else if let Some(program) = cmd
+                .get_ref()
+                .first()
+                .filter(|p| p.get_ref().trim().is_empty())
+            {
+                problems.push(Problem::at(
+                    program.span(),
+                    format!("the program of service `{name}`'s `command` is an empty string"),
+                    "the first element is the program to run: a path or a name found in PATH, e.g. `command = [\"./bin/server\"]`",
+                ));
             }
             Launch::Command(
                 cmd.get_ref()
@@ -998,6 +1052,13 @@ fn build_service(
                         String::new()
                     })
             };
+            if spec.path.is_some() && !matches!(spec.kind, RawProbeKind::Http) {
+                problems.push(Problem::at(
+                    p.span(),
+                    format!("the probe of `{name}` has a `path`, which only an `http` probe uses"),
+                    "remove `path`, or use `type = \"http\"`",
+                ));
+            }
             match spec.kind {
                 RawProbeKind::Postgres => ProbeSpec::Postgres,
                 RawProbeKind::Redis => ProbeSpec::Redis,
@@ -1073,6 +1134,48 @@ fn build_service(
         }
     }
 
+    if let Some(db) = &raw.database {
+        let d = db.get_ref();
+        if raw.kind == Kind::Postgres
+            && (d.is_empty() || !d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            problems.push(Problem::at(
+                db.span(),
+                format!("`{d}` is not a database name the harness can create"),
+                "use letters, digits and `_` only, e.g. `database = \"app\"`",
+            ));
+        }
+    }
+
+    for path in &raw.paths {
+        let text = path.get_ref();
+        if text.trim().is_empty() || Path::new(text).is_absolute() {
+            problems.push(Problem::at(
+                path.span(),
+                if text.trim().is_empty() {
+                    format!("`paths` of service `{name}` holds an empty path")
+                } else {
+                    format!("`paths` of service `{name}` holds `{text}`, which is not a path inside the repository")
+                },
+                "list directories or files relative to the manifest's directory, e.g. `paths = [\"orders\", \"shop-common\"]`",
+            ));
+        }
+    }
+
+    for key in raw.env.keys() {
+        let k = key.get_ref();
+        let mut chars = k.chars();
+        let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            problems.push(Problem::at(
+                key.span(),
+                format!("`{k}` is not an environment variable name (service `{name}`)"),
+                "use letters, digits and `_`, not starting with a digit, e.g. `DATABASE_URL = \"{{ postgres.url }}\"`",
+            ));
+        }
+    }
+
     Service {
         name: name.to_string(),
         kind: raw.kind,
@@ -1090,7 +1193,7 @@ fn build_service(
         env: raw
             .env
             .iter()
-            .filter_map(|(k, v)| parse_template(v, problems).map(|t| (k.clone(), t)))
+            .filter_map(|(k, v)| parse_template(v, problems).map(|t| (k.get_ref().clone(), t)))
             .collect(),
         ports,
         depends_on,
@@ -1099,10 +1202,10 @@ fn build_service(
         credentials: Credentials {
             user: raw.user.clone(),
             password: raw.password.clone(),
-            database: raw.database.clone(),
+            database: raw.database.as_ref().map(|d| d.get_ref().clone()),
         },
         databases,
-        paths: raw.paths.clone(),
+        paths: raw.paths.iter().map(|p| p.get_ref().clone()).collect(),
     }
 }
 
@@ -1183,6 +1286,31 @@ fn check_templates(raw: &RawManifest, services: &[Service], problems: &mut Vec<P
                         format!("`{}` refers to `{}`, but `{}` does not depend on it", r.text, r.service, service.name),
                         format!("add `{}` to the `depends-on` of `{}` so its endpoint is known when `{}` starts", r.service, service.name, service.name),
                     ));
+                }
+                if let (Field::Url(Some(db)), Kind::Postgres) = (&r.field, target.kind) {
+                    let default = target
+                        .credentials
+                        .database
+                        .as_deref()
+                        .unwrap_or(DEFAULT_POSTGRES_DATABASE);
+                    let created: Vec<&str> = std::iter::once(default)
+                        .chain(target.databases.iter().map(String::as_str))
+                        .collect();
+                    // `postgres` is the server's own maintenance database, always there.
+                    if !created.contains(&db.as_str()) && db != "postgres" {
+                        problems.push(Problem::at(
+                            span.clone(),
+                            format!(
+                                "`{}`: service `{}` does not create a database `{db}`",
+                                r.text, target.name
+                            ),
+                            format!(
+                                "add `\"{db}\"` to `databases` of `{}`, or use one it creates: {}",
+                                target.name,
+                                join(created.iter().copied())
+                            ),
+                        ));
+                    }
                 }
                 if let Field::Port(Some(port)) | Field::Bind(Some(port)) = &r.field {
                     if !target.ports.contains_key(port) {

@@ -171,6 +171,7 @@ impl Suite {
     /// Parses the command line, starts the stack if any trial is selected, runs the trials,
     /// tears the stack down, writes the reports, and returns the exit code.
     pub fn run(mut self) -> ExitCode {
+        crate::cleanup::install_signal_handler();
         let mut args = Arguments::from_args();
         if self.sequential && args.test_threads.is_none() {
             args.test_threads = Some(1);

@@ -97,7 +97,11 @@ fn credentials(service: &Service) -> Creds {
             ),
             Some(c.password.clone().unwrap_or_else(|| random_token(24))),
             match service.kind {
-                Kind::Postgres => Some(c.database.clone().unwrap_or_else(|| "app".into())),
+                Kind::Postgres => Some(
+                    c.database
+                        .clone()
+                        .unwrap_or_else(|| crate::manifest::DEFAULT_POSTGRES_DATABASE.into()),
+                ),
                 _ => c.database.clone(),
             },
         ),

@@ -854,6 +854,9 @@ impl Container {
     }
 
     async fn create_network(&self, docker: &Docker) -> Result<(), Error> {
+        // Counted like a container creation (see `start`): a network being created when the
+        // signal arrives is waited for, then removed by its labels.
+        self.shared.creating.fetch_add(1, Ordering::SeqCst);
         self.shared.touched.store(true, Ordering::SeqCst);
         let request = NetworkCreateRequest {
             name: self.network.clone(),
@@ -861,16 +864,22 @@ impl Container {
             labels: Some(self.labels.clone()),
             ..Default::default()
         };
-        docker
-            .create_network(request)
-            .await
-            .map(drop)
-            .map_err(|e| Error::Prerequisite {
-                what: format!("cannot create the network `{}`: {e}", self.network),
-                help:
-                    "check that the engine can create bridge networks (`docker network create x`)"
-                        .into(),
-            })
+        let result = if cleanup::interrupted() {
+            Err(Error::service("stack", "not started: interrupted"))
+        } else {
+            docker
+                .create_network(request)
+                .await
+                .map(drop)
+                .map_err(|e| Error::Prerequisite {
+                    what: format!("cannot create the network `{}`: {e}", self.network),
+                    help:
+                        "check that the engine can create bridge networks (`docker network create x`)"
+                            .into(),
+                })
+        };
+        self.shared.creating.fetch_sub(1, Ordering::SeqCst);
+        result
     }
 
     async fn create(

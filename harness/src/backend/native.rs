@@ -9,7 +9,9 @@
 //!   As root it runs as the `rabbitmq` user and its directories belong to that user.
 //! - Generic services: a cargo binary of the workspace (`binary = "orders"`) or a command.
 //!
-//! Every process runs in its own process group, registered with [`crate::cleanup`].
+//! Every process runs in its own process group, registered with [`crate::cleanup`] and written
+//! to the run's record in the same guarded step as its spawn; every process works inside the
+//! run directory, so helpers that leave their group are found by their working directory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -183,7 +185,8 @@ impl Backend for Native {
     async fn start(&self, req: StartRequest<'_>) -> Result<Box<dyn Instance>, Error> {
         let service = req.service;
         let dir = self.run_dir.join(&service.name);
-        std::fs::create_dir_all(&dir)
+        // Not `create_dir_all`: after a signal the run directory is gone and must stay gone.
+        cleanup::guarded(|| std::fs::create_dir(&dir))
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let mut ports = BTreeMap::new();
         for name in service.ports.keys() {
@@ -211,6 +214,7 @@ impl Backend for Native {
         };
         let base = ProcSpec {
             run_id: self.run_id.clone(),
+            run_dir: self.run_dir.clone(),
             log: dir.join("output.log"),
             cwd: dir.clone(),
             ..ProcSpec::default()
@@ -326,13 +330,14 @@ async fn postgres(base: &ProcSpec, ep: &Endpoint, dir: &Path) -> Result<Proc, Er
     cmd.process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd
-        .spawn()
-        .map_err(|e| fail(format!("cannot run {}: {e}", initdb.display())))?;
+    let child = cleanup::spawn_recorded(
+        Some(&base.run_dir),
+        Signal::SIGTERM,
+        || cmd.spawn(),
+        Child::id,
+    )
+    .map_err(|e| fail(format!("cannot run {}: {e}", initdb.display())))?;
     let pgid = child.id().map(|p| p as i32);
-    if let Some(g) = pgid {
-        cleanup::register_group(g, Signal::SIGTERM);
-    }
     let out = child.wait_with_output().await;
     if let Some(g) = pgid {
         cleanup::unregister_group(g);
@@ -419,7 +424,7 @@ async fn rabbitmq(
     let epmd_port = free_port().map_err(|e| Error::io("finding a free port", e))?;
     let dist_port = free_port().map_err(|e| Error::io("finding a free port", e))?;
     for sub in ["mnesia", "log"] {
-        std::fs::create_dir_all(dir.join(sub))
+        std::fs::create_dir(dir.join(sub))
             .map_err(|e| Error::io("creating rabbitmq directories", e))?;
     }
     write(&dir.join("enabled_plugins"), "[].\n")?;
@@ -467,6 +472,12 @@ async fn rabbitmq(
     let env = vec![
         ("HOME".into(), d("")),
         ("ERL_EPMD_PORT".into(), epmd_port.to_string()),
+        // The VM would otherwise run `epmd -daemon`, which leaves its group and outlives the
+        // run; ours is already listening on ERL_EPMD_PORT.
+        (
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS".into(),
+            "-start_epmd false".into(),
+        ),
         (
             "RABBITMQ_NODENAME".into(),
             format!("harness-{short}@localhost"),
@@ -559,6 +570,8 @@ struct ProcSpec {
     cwd: PathBuf,
     log: PathBuf,
     run_id: String,
+    /// Where the run's record is kept.
+    run_dir: PathBuf,
     graceful: Option<Signal>,
 }
 
@@ -605,13 +618,10 @@ impl Proc {
         if let Some(u) = &s.user {
             cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", s.program.display()))?;
+        let child =
+            cleanup::spawn_recorded(Some(&s.run_dir), self.graceful(), || cmd.spawn(), Child::id)
+                .map_err(|e| format!("cannot run {}: {e}", s.program.display()))?;
         let pgid = child.id().map(|p| p as i32);
-        if let Some(g) = pgid {
-            cleanup::register_group(g, self.graceful());
-        }
         self.child = Some(child);
         self.pgid = pgid;
         self.exit = None;

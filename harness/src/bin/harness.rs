@@ -168,6 +168,8 @@ enum Bench {
 }
 
 fn main() -> ExitCode {
+    // First of all: a signal at any later moment tears down what was started by then.
+    harness::cleanup::install_signal_handler();
     harness::contract::do_not_track();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -578,11 +580,12 @@ async fn up_detached(m: &Manifest, backend: Option<BackendKind>) -> Result<u8, E
 async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
     harness::build::cargo_binaries(&m)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let built = std::process::Command::new(&cargo)
-        .args(["test", "-p", "suites", "--no-run", "--quiet"])
-        .current_dir(m.dir())
-        .status()
-        .map_err(|e| Error::io("building the suites", e))?;
+    let built = harness::cleanup::status_in_own_group(
+        std::process::Command::new(&cargo)
+            .args(["test", "-p", "suites", "--no-run", "--quiet"])
+            .current_dir(m.dir()),
+    )
+    .map_err(|e| Error::io("building the suites", e))?;
     if !built.success() {
         return Err(Error::Prerequisite {
             what: "the suites do not build".into(),
@@ -602,19 +605,21 @@ async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
     write_timeline(&stack);
     let control = harness::attach::Control::bind(&stack)?;
     let mut stack = stack;
-    let mut suites = tokio::process::Command::new(&cargo)
-        .args(["test", "-p", "suites", "--"])
-        .args(&args)
-        .current_dir(m.dir())
-        .env("HARNESS_MANIFEST", &m.path)
-        .env("PACT_DO_NOT_TRACK", "true")
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Error::io("running `cargo test -p suites`", e))?;
+    let (cargo2, dir, manifest_path) = (cargo.clone(), m.dir().to_path_buf(), m.path.clone());
+    let mut suites = tokio::task::spawn_blocking(move || {
+        harness::cleanup::status_in_own_group(
+            std::process::Command::new(&cargo2)
+                .args(["test", "-p", "suites", "--"])
+                .args(&args)
+                .current_dir(dir)
+                .env("HARNESS_MANIFEST", manifest_path)
+                .env("PACT_DO_NOT_TRACK", "true"),
+        )
+    });
     // The suites attach to this stack; one that finds a service changed asks for a refresh.
     let status = loop {
         tokio::select! {
-            status = suites.wait() => break status,
+            status = &mut suites => break status.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
             _ = control.serve_one(&mut stack) => {}
         }
     };
