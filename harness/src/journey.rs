@@ -163,6 +163,12 @@ impl Journey {
         &self.stack
     }
 
+    /// Adds `service`'s log tail to the report of a failing step, e.g. a consumer the journey
+    /// reaches only through the broker (services it calls over HTTP are added by themselves).
+    pub fn watch(&self, service: &str) {
+        self.touch(service);
+    }
+
     fn touch(&self, service: &str) {
         self.touched
             .lock()

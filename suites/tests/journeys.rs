@@ -365,6 +365,7 @@ async fn trace_id_everywhere(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
 /// still processed: a consumer that requeues forever, drops the message or stops fails here.
 async fn malformed_order_paid_is_dead_lettered(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     let j = Journey::new(ctx.stack.clone(), &ctx.name);
+    j.watch("notifications");
     let mut dead = j.capture_fanout(DEAD_LETTER_EXCHANGE).await?;
     let bad_id = uuid::Uuid::new_v4().to_string();
     j.step("publish a malformed order.paid", async {
