@@ -117,7 +117,11 @@ const TAIL_SEARCH: usize = 2000;
 /// service's own records of the journey's successful reads (JSON lines at info level or
 /// below whose `method` is `GET` and whose `path` the journey read). `None` when no line
 /// has the trace id.
-fn journey_lines(lines: &[String], trace_id: &str, reads: &BTreeSet<String>) -> Option<Vec<String>> {
+fn journey_lines(
+    lines: &[String],
+    trace_id: &str,
+    reads: &BTreeSet<String>,
+) -> Option<Vec<String>> {
     let with_trace: Vec<&String> = lines.iter().filter(|l| l.contains(trace_id)).collect();
     if with_trace.is_empty() {
         return None;
@@ -206,8 +210,7 @@ impl Journey {
                         .logs(&service, TAIL_SEARCH)
                         .await
                         .unwrap_or_default();
-                    let (title, shown) = match journey_lines(&lines, &self.trace.trace_id, &reads)
-                    {
+                    let (title, shown) = match journey_lines(&lines, &self.trace.trace_id, &reads) {
                         Some(shown) => (
                             format!("last lines of `{service}` with the journey's trace id"),
                             shown,
@@ -218,10 +221,7 @@ impl Journey {
                         ),
                     };
                     if !shown.is_empty() {
-                        report.push_str(&format!(
-                            "\n  --- {title} ---\n  {}",
-                            shown.join("\n  ")
-                        ));
+                        report.push_str(&format!("\n  --- {title} ---\n  {}", shown.join("\n  ")));
                     }
                 }
                 Err(anyhow!(report))
@@ -708,9 +708,14 @@ mod tests {
     #[test]
     fn log_tails_keep_the_trace_and_drop_the_journeys_own_reads() {
         let t = "4bf92f3577b34da6a3ce929d0e0e4736";
-        let poll = format!(r#"{{"level":"INFO","trace_id":"{t}","method":"GET","path":"/notifications","message":"request completed"}}"#);
-        let cause = format!(r#"{{"level":"WARN","trace_id":"{t}","message":"malformed order.paid message; dead-lettering"}}"#);
-        let other = r#"{"level":"INFO","trace_id":"0af7651916cd43dd8448eb211c80319c","message":"x"}"#;
+        let poll = format!(
+            r#"{{"level":"INFO","trace_id":"{t}","method":"GET","path":"/notifications","message":"request completed"}}"#
+        );
+        let cause = format!(
+            r#"{{"level":"WARN","trace_id":"{t}","message":"malformed order.paid message; dead-lettering"}}"#
+        );
+        let other =
+            r#"{"level":"INFO","trace_id":"0af7651916cd43dd8448eb211c80319c","message":"x"}"#;
         let mut lines = vec![cause.clone(), other.to_string()];
         lines.extend(std::iter::repeat_n(poll.clone(), 50));
         let reads: BTreeSet<String> = ["/notifications".to_string()].into();

@@ -89,39 +89,38 @@ async fn payments_down(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
 async fn payments_slow(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     let j = Journey::new(ctx.stack.clone(), &ctx.name);
     let stack = &ctx.stack;
-    j.step("pause payments", async { Ok(stack.pause("payments").await?) })
-        .await?;
+    j.step("pause payments", async {
+        Ok(stack.pause("payments").await?)
+    })
+    .await?;
     let result = async {
         let who = customer();
         // As many concurrent orders as failures open the breaker (BREAKER_FAILURE_THRESHOLD):
         // each one times out once, so together they cost one payments timeout.
         let mut ids = j
-            .step(
-                "five orders while payments hangs wait for payment",
-                async {
-                    let body = order(&who, GOOD_CARD);
-                    let started = Instant::now();
-                    let placed =
-                        futures::future::join_all((0..5).map(|_| place_order(&j, &body))).await;
-                    let took = started.elapsed();
-                    let mut ids = Vec::new();
-                    for p in placed {
-                        let p = p?;
-                        ensure!(
-                            p["status"] == "PENDING_PAYMENT",
-                            "status is {}",
-                            p["status"]
-                        );
-                        ids.push(id_of(&p)?);
-                    }
+            .step("five orders while payments hangs wait for payment", async {
+                let body = order(&who, GOOD_CARD);
+                let started = Instant::now();
+                let placed =
+                    futures::future::join_all((0..5).map(|_| place_order(&j, &body))).await;
+                let took = started.elapsed();
+                let mut ids = Vec::new();
+                for p in placed {
+                    let p = p?;
                     ensure!(
-                        took < Duration::from_secs(5),
-                        "orders took {took:?} to answer with payments hanging: the payments \
-                         timeout (PAYMENTS_TIMEOUT_MS) is not applied"
+                        p["status"] == "PENDING_PAYMENT",
+                        "status is {}",
+                        p["status"]
                     );
-                    Ok(ids)
-                },
-            )
+                    ids.push(id_of(&p)?);
+                }
+                ensure!(
+                    took < Duration::from_secs(5),
+                    "orders took {took:?} to answer with payments hanging: the payments \
+                         timeout (PAYMENTS_TIMEOUT_MS) is not applied"
+                );
+                Ok(ids)
+            })
             .await?;
         j.step(
             "orders' /health reports the payments circuit open",

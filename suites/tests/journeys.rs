@@ -35,7 +35,10 @@ fn main() -> ExitCode {
         .trial("declined_payment", declined_payment)
         .trial("idempotency", idempotency)
         .trial("trace_id_everywhere", trace_id_everywhere)
-        .trial("malformed_order_paid_is_dead_lettered", malformed_order_paid_is_dead_lettered)
+        .trial(
+            "malformed_order_paid_is_dead_lettered",
+            malformed_order_paid_is_dead_lettered,
+        )
         .trial("bad_input", bad_input)
         .trial(
             "snapshot_detects_a_changed_response",
@@ -55,7 +58,11 @@ async fn happy_path(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     let id = id_of(&placed)?;
     j.step("the order is paid at once", async {
         ensure!(placed["status"] == "PAID", "status is {}", placed["status"]);
-        ensure!(placed["total"] == TOTAL, "total is {}, expected {TOTAL}", placed["total"]);
+        ensure!(
+            placed["total"] == TOTAL,
+            "total is {}, expected {TOTAL}",
+            placed["total"]
+        );
         Ok(())
     })
     .await?;
@@ -410,22 +417,25 @@ async fn malformed_order_paid_is_dead_lettered(ctx: Arc<TrialContext>) -> anyhow
         .await
     })
     .await?;
-    j.step("the malformed message lands in the dead-letter queue", async {
-        dead.wait_for(Duration::from_secs(5), |m| {
-            m.properties
-                .message_id()
-                .as_ref()
-                .is_some_and(|id| id.as_str() == bad_id)
-        })
-        .await
-        .with_context(|| {
-            format!(
+    j.step(
+        "the malformed message lands in the dead-letter queue",
+        async {
+            dead.wait_for(Duration::from_secs(5), |m| {
+                m.properties
+                    .message_id()
+                    .as_ref()
+                    .is_some_and(|id| id.as_str() == bad_id)
+            })
+            .await
+            .with_context(|| {
+                format!(
                 "message {bad_id} was not dead-lettered to `{DEAD_LETTER_EXCHANGE}`: notifications \
                  must reject a malformed order.paid without requeueing it"
             )
-        })?;
-        Ok(())
-    })
+            })?;
+            Ok(())
+        },
+    )
     .await?;
     j.step(
         "the valid message after it is still processed",
@@ -472,20 +482,20 @@ async fn bad_input(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     let orders = j.http("orders")?;
     for (label, body, field) in &cases {
         j.step(&format!("{label} is refused naming `{field}`"), async {
-                let r = orders.post("/orders", body).await?;
-                ensure!((400..500).contains(&r.status), "status {}", r.status);
-                let v = r.json()?;
-                let fields: Vec<&str> = v["fields"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|f| f["field"].as_str()).collect())
-                    .unwrap_or_default();
-                ensure!(
-                    fields.contains(field),
-                    "fields {fields:?} do not name `{field}`: {v}"
-                );
-                snapshots().check_json(&Snapshots::name(&ctx.name, label), &v)
-            })
-            .await?;
+            let r = orders.post("/orders", body).await?;
+            ensure!((400..500).contains(&r.status), "status {}", r.status);
+            let v = r.json()?;
+            let fields: Vec<&str> = v["fields"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|f| f["field"].as_str()).collect())
+                .unwrap_or_default();
+            ensure!(
+                fields.contains(field),
+                "fields {fields:?} do not name `{field}`: {v}"
+            );
+            snapshots().check_json(&Snapshots::name(&ctx.name, label), &v)
+        })
+        .await?;
     }
     j.step("malformed JSON is refused", async {
         let r = orders
@@ -540,32 +550,36 @@ async fn snapshot_detects_a_changed_response(ctx: Arc<TrialContext>) -> anyhow::
     std::fs::copy(&committed, scratch.join(format!("{name}.snap")))
         .with_context(|| format!("the committed snapshot {} is missing", committed.display()))?;
     let snap = Snapshots::new(&scratch);
-    let result = j.step("a renamed field and a changed status fail the snapshot", async {
-        snap.check_json(&name, &placed)
-            .context("the unchanged response should match")?;
-        let mut renamed = placed.clone();
-        let status = renamed
-            .as_object_mut()
-            .context("not an object")?
-            .remove("status");
-        renamed["state"] = status.unwrap_or_default();
-        let err = snap
-            .check_json(&name, &renamed)
-            .err()
-            .context("a renamed field went unnoticed")?;
-        ensure!(
-            err.to_string().contains("$.state: unexpected"),
-            "the failure does not name the field: {err}"
-        );
-        let mut changed = placed.clone();
-        changed["status"] = json!("PAID");
-        ensure!(
-            snap.check_json(&name, &changed).is_err(),
-            "a changed status went unnoticed"
-        );
-        Ok(())
-    })
-    .await;
+    let result = j
+        .step(
+            "a renamed field and a changed status fail the snapshot",
+            async {
+                snap.check_json(&name, &placed)
+                    .context("the unchanged response should match")?;
+                let mut renamed = placed.clone();
+                let status = renamed
+                    .as_object_mut()
+                    .context("not an object")?
+                    .remove("status");
+                renamed["state"] = status.unwrap_or_default();
+                let err = snap
+                    .check_json(&name, &renamed)
+                    .err()
+                    .context("a renamed field went unnoticed")?;
+                ensure!(
+                    err.to_string().contains("$.state: unexpected"),
+                    "the failure does not name the field: {err}"
+                );
+                let mut changed = placed.clone();
+                changed["status"] = json!("PAID");
+                ensure!(
+                    snap.check_json(&name, &changed).is_err(),
+                    "a changed status went unnoticed"
+                );
+                Ok(())
+            },
+        )
+        .await;
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }

@@ -12,8 +12,8 @@ use anyhow::{anyhow, bail, ensure, Context as _};
 use chrono::TimeZone as _;
 use harness::runner::Suite;
 use notifications::decoder::decode_order_paid;
-use orders::events::{order_paid_message, OrderPaid, OutgoingMessage};
 use orders::breaker::BreakerConfig;
+use orders::events::{order_paid_message, OrderPaid, OutgoingMessage};
 use orders::gateway::{ChargeOutcome, PaymentGateway};
 use orders::payments_client::{
     CreatePayment, Payment, PaymentStatus, PaymentsClient, PaymentsError,
