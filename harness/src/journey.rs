@@ -22,7 +22,9 @@
 //! ```
 //!
 //! A failed step names itself, shows the last HTTP exchange (request and response) and the log
-//! tails of the services the journey talked to.
+//! tails of the services the journey talked to: the lines carrying the journey's trace id,
+//! without the journey's own successful reads (its polling), so a service's warning about the
+//! real cause is not pushed out of view by the test's `GET`s.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -100,6 +102,46 @@ pub struct Journey {
     trace: Trace,
     touched: Arc<Mutex<BTreeSet<String>>>,
     last: Arc<Mutex<Option<Exchange>>>,
+    reads: Reads,
+}
+
+/// Paths of the `GET` requests the journey sent, to recognise its polling in log tails.
+type Reads = Arc<Mutex<BTreeSet<String>>>;
+
+/// Lines of a log tail shown when a step fails.
+const TAIL_LINES: usize = 10;
+/// How far back a failing step searches a service's log for its trace id.
+const TAIL_SEARCH: usize = 2000;
+
+/// The lines of `lines` worth showing for a journey: those with its trace id, minus the
+/// service's own records of the journey's successful reads (JSON lines at info level or
+/// below whose `method` is `GET` and whose `path` the journey read). `None` when no line
+/// has the trace id.
+fn journey_lines(
+    lines: &[String],
+    trace_id: &str,
+    reads: &BTreeSet<String>,
+) -> Option<Vec<String>> {
+    let with_trace: Vec<&String> = lines.iter().filter(|l| l.contains(trace_id)).collect();
+    if with_trace.is_empty() {
+        return None;
+    }
+    let own_read = |line: &str| {
+        let Ok(v) = serde_json::from_str::<Value>(line) else {
+            return false;
+        };
+        let quiet = v["level"]
+            .as_str()
+            .is_some_and(|l| matches!(l.to_ascii_lowercase().as_str(), "info" | "debug" | "trace"));
+        quiet && v["method"] == "GET" && v["path"].as_str().is_some_and(|p| reads.contains(p))
+    };
+    let kept: Vec<String> = with_trace
+        .into_iter()
+        .filter(|l| !own_read(l))
+        .cloned()
+        .collect();
+    let skip = kept.len().saturating_sub(TAIL_LINES);
+    Some(kept.into_iter().skip(skip).collect())
 }
 
 impl Journey {
@@ -111,6 +153,7 @@ impl Journey {
             trace: Trace::new(),
             touched: Arc::default(),
             last: Arc::default(),
+            reads: Arc::default(),
         }
     }
 
@@ -122,6 +165,12 @@ impl Journey {
     /// The stack.
     pub fn stack(&self) -> &Arc<Stack> {
         &self.stack
+    }
+
+    /// Adds `service`'s log tail to the report of a failing step, e.g. a consumer the journey
+    /// reaches only through the broker (services it calls over HTTP are added by themselves).
+    pub fn watch(&self, service: &str) {
+        self.touch(service);
     }
 
     fn touch(&self, service: &str) {
@@ -154,13 +203,25 @@ impl Journey {
                     .iter()
                     .cloned()
                     .collect();
+                let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 for service in touched {
-                    let lines = self.stack.logs(&service, 10).await.unwrap_or_default();
-                    if !lines.is_empty() {
-                        report.push_str(&format!(
-                            "\n  --- last lines of `{service}` ---\n  {}",
-                            lines.join("\n  ")
-                        ));
+                    let lines = self
+                        .stack
+                        .logs(&service, TAIL_SEARCH)
+                        .await
+                        .unwrap_or_default();
+                    let (title, shown) = match journey_lines(&lines, &self.trace.trace_id, &reads) {
+                        Some(shown) => (
+                            format!("last lines of `{service}` with the journey's trace id"),
+                            shown,
+                        ),
+                        None => (
+                            format!("last lines of `{service}` (none has the journey's trace id)"),
+                            lines[lines.len().saturating_sub(TAIL_LINES)..].to_vec(),
+                        ),
+                    };
+                    if !shown.is_empty() {
+                        report.push_str(&format!("\n  --- {title} ---\n  {}", shown.join("\n  ")));
                     }
                 }
                 Err(anyhow!(report))
@@ -179,6 +240,7 @@ impl Journey {
                 .build()?,
             trace: self.trace.clone(),
             last: self.last.clone(),
+            reads: self.reads.clone(),
         })
     }
 
@@ -234,15 +296,32 @@ impl Journey {
         Ok(lapin::Connection::connect(&self.stack.url(&name)?, crate::amqp::properties()).await?)
     }
 
-    /// Starts capturing messages published to `exchange` with `routing_key` on a temporary,
-    /// exclusive queue of the journey's own.
+    /// Starts capturing messages published to the topic `exchange` with `routing_key` on a
+    /// temporary, exclusive queue of the journey's own.
     pub async fn capture(&self, exchange: &str, routing_key: &str) -> anyhow::Result<Capture> {
+        self.capture_from(exchange, lapin::ExchangeKind::Topic, routing_key)
+            .await
+    }
+
+    /// Starts capturing every message routed through the fanout `exchange` (e.g. a service's
+    /// dead-letter exchange) on a temporary, exclusive queue of the journey's own.
+    pub async fn capture_fanout(&self, exchange: &str) -> anyhow::Result<Capture> {
+        self.capture_from(exchange, lapin::ExchangeKind::Fanout, "")
+            .await
+    }
+
+    async fn capture_from(
+        &self,
+        exchange: &str,
+        kind: lapin::ExchangeKind,
+        routing_key: &str,
+    ) -> anyhow::Result<Capture> {
         let connection = self.amqp().await?;
         let channel = connection.create_channel().await?;
         channel
             .exchange_declare(
                 exchange,
-                lapin::ExchangeKind::Topic,
+                kind,
                 ExchangeDeclareOptions {
                     durable: true,
                     ..Default::default()
@@ -250,7 +329,7 @@ impl Journey {
                 FieldTable::default(),
             )
             .await
-            .context("declaring the exchange to capture from")?;
+            .with_context(|| format!("declaring the exchange `{exchange}` to capture from"))?;
         let queue = channel
             .queue_declare(
                 "",
@@ -286,6 +365,56 @@ impl Journey {
         })
     }
 
+    /// Publishes one JSON message with `message_id` to `exchange` with `routing_key` and waits
+    /// for the broker's confirm. Text `headers` are sent with it, plus the journey's `trace_id`
+    /// (unless given), so the consumer's log lines about the message show in the journey's log
+    /// tails.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message_id: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+        use lapin::types::{AMQPValue, ShortString};
+        let connection = self.amqp().await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let mut table = FieldTable::default();
+        table.insert(
+            ShortString::from("trace_id"),
+            AMQPValue::LongString(self.trace.trace_id.as_str().into()),
+        );
+        for (k, v) in headers {
+            table.insert(ShortString::from(*k), AMQPValue::LongString((*v).into()));
+        }
+        let confirm = channel
+            .basic_publish(
+                exchange,
+                routing_key,
+                BasicPublishOptions::default(),
+                body,
+                lapin::BasicProperties::default()
+                    .with_message_id(message_id.into())
+                    .with_content_type("application/json".into())
+                    .with_delivery_mode(2)
+                    .with_headers(table),
+            )
+            .await
+            .with_context(|| format!("publishing to `{exchange}` with key `{routing_key}`"))?
+            .await?;
+        anyhow::ensure!(
+            confirm.is_ack(),
+            "the broker refused the message to `{exchange}` with key `{routing_key}`"
+        );
+        let _ = connection.close(200, "published").await;
+        Ok(())
+    }
+
     fn service_of_kind(&self, kind: Kind) -> anyhow::Result<String> {
         let s = self
             .stack
@@ -306,6 +435,7 @@ pub struct Http {
     client: reqwest::Client,
     trace: Trace,
     last: Arc<Mutex<Option<Exchange>>>,
+    reads: Reads,
 }
 
 /// A response, with its body read.
@@ -378,6 +508,13 @@ impl Http {
             .await
             .with_context(|| format!("{request}: no response"))?;
         let status = response.status().as_u16();
+        if method == reqwest::Method::GET && status < 500 {
+            let path = path.split('?').next().unwrap_or(path).to_string();
+            self.reads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(path);
+        }
         let headers = response.headers().clone();
         let text = response.text().await.unwrap_or_default();
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(Exchange {
@@ -566,6 +703,27 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(v, 3);
+    }
+
+    #[test]
+    fn log_tails_keep_the_trace_and_drop_the_journeys_own_reads() {
+        let t = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let poll = format!(
+            r#"{{"level":"INFO","trace_id":"{t}","method":"GET","path":"/notifications","message":"request completed"}}"#
+        );
+        let cause = format!(
+            r#"{{"level":"WARN","trace_id":"{t}","message":"malformed order.paid message; dead-lettering"}}"#
+        );
+        let other =
+            r#"{"level":"INFO","trace_id":"0af7651916cd43dd8448eb211c80319c","message":"x"}"#;
+        let mut lines = vec![cause.clone(), other.to_string()];
+        lines.extend(std::iter::repeat_n(poll.clone(), 50));
+        let reads: BTreeSet<String> = ["/notifications".to_string()].into();
+        assert_eq!(journey_lines(&lines, t, &reads), Some(vec![cause.clone()]));
+        // A read the journey did not make is kept; no line with the trace id gives `None`.
+        let shown = journey_lines(&lines, t, &BTreeSet::new()).unwrap();
+        assert_eq!(shown.len(), TAIL_LINES);
+        assert_eq!(journey_lines(&[other.to_string()], t, &reads), None);
     }
 
     #[test]

@@ -18,7 +18,16 @@ use suites::{
     DECLINED_CARD, GOOD_CARD,
 };
 
+/// Where orders publishes its events, and where notifications dead-letters what it cannot read.
+const EXCHANGE: &str = "shop.events";
+const ORDER_PAID: &str = "order.paid";
+const DEAD_LETTER_EXCHANGE: &str = "notifications.dlx";
 const EVENTUALLY: Duration = Duration::from_secs(15);
+/// How long after the first `order.paid` of an order a second one would be noticed.
+const DUPLICATE_WINDOW: Duration = Duration::from_millis(1000);
+/// The order total of [`order`] in minor units, and its currency.
+const TOTAL: i64 = 1234;
+const CURRENCY: &str = "EUR";
 
 fn main() -> ExitCode {
     Suite::new("journeys")
@@ -26,6 +35,10 @@ fn main() -> ExitCode {
         .trial("declined_payment", declined_payment)
         .trial("idempotency", idempotency)
         .trial("trace_id_everywhere", trace_id_everywhere)
+        .trial(
+            "malformed_order_paid_is_dead_lettered",
+            malformed_order_paid_is_dead_lettered,
+        )
         .trial("bad_input", bad_input)
         .trial(
             "snapshot_detects_a_changed_response",
@@ -45,17 +58,27 @@ async fn happy_path(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     let id = id_of(&placed)?;
     j.step("the order is paid at once", async {
         ensure!(placed["status"] == "PAID", "status is {}", placed["status"]);
-        ensure!(placed["total"] == 1234, "total is {}", placed["total"]);
+        ensure!(
+            placed["total"] == TOTAL,
+            "total is {}, expected {TOTAL}",
+            placed["total"]
+        );
         Ok(())
     })
     .await?;
     let event = j
-        .step("order.paid is published", async {
-            let m = bus
-                .wait_for(EVENTUALLY, |m| {
-                    m.json().is_ok_and(|v| v["order_id"] == id.as_str())
-                })
-                .await?;
+        .step("order.paid is published exactly once", async {
+            let of_order = |m: &harness::journey::Message| {
+                m.json().is_ok_and(|v| v["order_id"] == id.as_str())
+            };
+            let m = bus.wait_for(EVENTUALLY, of_order).await?;
+            let all = bus.collect(DUPLICATE_WINDOW, of_order).await;
+            ensure!(
+                all.len() == 1,
+                "{} order.paid messages on the bus for order {id}, expected 1: orders' outbox \
+                 publisher sent the event more than once",
+                all.len()
+            );
             m.json()
         })
         .await?;
@@ -81,15 +104,15 @@ async fn happy_path(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
         let payments = j.sql("payments").await?;
         let row = fetch_row(
             &payments,
-            "SELECT status, amount FROM payments WHERE id = $1::uuid AND order_id = $2::uuid",
+            "SELECT status, amount, currency FROM payments WHERE id = $1::uuid AND order_id = $2::uuid",
             &[&payment_id, &id],
         )
         .await?;
         let (p_status, amount): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
-        ensure!(
-            p_status == "APPROVED" && amount == 1234,
-            "payment row: {p_status} {amount}"
-        );
+        let currency: String = row.try_get(2)?;
+        ensure!(p_status == "APPROVED", "payment row: status {p_status}, expected APPROVED");
+        ensure!(amount == TOTAL, "payment row: amount {amount}, expected {TOTAL}");
+        ensure!(currency == CURRENCY, "payment row: currency {currency}, expected {CURRENCY}");
         let notes = j.sql("notifications").await?;
         let rows = count(
             &notes,
@@ -97,7 +120,10 @@ async fn happy_path(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
             &[&id],
         )
         .await?;
-        ensure!(rows == 1, "{rows} notification rows for the order");
+        ensure!(
+            rows == 1,
+            "notifications' database has {rows} rows for order {id}, expected 1"
+        );
         ensure!(
             event["payment_id"] == payment_id.as_str(),
             "event payment_id {}",
@@ -114,12 +140,14 @@ async fn happy_path(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
                 .expect_status(200)
         })
         .await?;
-    let snap = snapshots();
-    snap.check_json(&Snapshots::name(&ctx.name, "placed_order"), &placed)?;
-    snap.check_json(&Snapshots::name(&ctx.name, "fetched_order"), &fetched)?;
-    snap.check_json(&Snapshots::name(&ctx.name, "order_paid_event"), &event)?;
-    snap.check_json(&Snapshots::name(&ctx.name, "notifications"), &notifications)?;
-    Ok(())
+    j.step("responses and the event match their snapshots", async {
+        let snap = snapshots();
+        snap.check_json(&Snapshots::name(&ctx.name, "placed_order"), &placed)?;
+        snap.check_json(&Snapshots::name(&ctx.name, "fetched_order"), &fetched)?;
+        snap.check_json(&Snapshots::name(&ctx.name, "order_paid_event"), &event)?;
+        snap.check_json(&Snapshots::name(&ctx.name, "notifications"), &notifications)
+    })
+    .await
 }
 
 async fn declined_payment(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
@@ -175,7 +203,10 @@ async fn declined_payment(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
-    snapshots().check_json(&Snapshots::name(&ctx.name, "declined_order"), &placed)
+    j.step("the response matches its snapshot", async {
+        snapshots().check_json(&Snapshots::name(&ctx.name, "declined_order"), &placed)
+    })
+    .await
 }
 
 async fn idempotency(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
@@ -210,12 +241,16 @@ async fn idempotency(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
             r.expect_status(201)
         })
         .await?;
-    ensure!(
-        first["id"] == replay["id"],
-        "replay has another id: {} vs {}",
-        first["id"],
-        replay["id"]
-    );
+    j.step("the replay is the first payment", async {
+        ensure!(
+            first["id"] == replay["id"],
+            "replay has another id: {} vs {}",
+            first["id"],
+            replay["id"]
+        );
+        Ok(())
+    })
+    .await?;
     j.step("ten concurrent requests with one new key make one payment", async {
         let key2 = format!("idem-{}", uuid::Uuid::new_v4());
         let body2 = json!({"order_id": uuid::Uuid::new_v4(), "amount": 500, "currency": "USD", "card_token": GOOD_CARD});
@@ -277,7 +312,34 @@ async fn trace_id_everywhere(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
-    notifications_reach(&j, &who, 1, EVENTUALLY).await?;
+    j.step("payments received the trace from orders as traceparent", async {
+        let payments = j.sql("payments").await?;
+        let row = fetch_row(
+            &payments,
+            "SELECT traceparent FROM payments WHERE order_id = $1::uuid",
+            &[&id],
+        )
+        .await?;
+        let received: Option<String> = row.try_get(0)?;
+        let received = received.with_context(|| {
+            format!(
+                "payments received no `traceparent` header from orders for order {id}: orders \
+                 must propagate the W3C trace context on its payments call"
+            )
+        })?;
+        let parts: Vec<&str> = received.split('-').collect();
+        ensure!(
+            parts.len() == 4 && parts[1] == trace,
+            "payments received traceparent `{received}` from orders, expected one with trace id {trace}"
+        );
+        Ok(())
+    })
+    .await?;
+    j.step(
+        "a notification is listed",
+        notifications_reach(&j, &who, 1, EVENTUALLY),
+    )
+    .await?;
     j.step(
         "the trace id is in the log lines of all three services",
         async {
@@ -304,6 +366,83 @@ async fn trace_id_everywhere(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
         },
     )
     .await
+}
+
+/// A malformed `order.paid` is dead-lettered by notifications, and the valid message after it is
+/// still processed: a consumer that requeues forever, drops the message or stops fails here.
+async fn malformed_order_paid_is_dead_lettered(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
+    let j = Journey::new(ctx.stack.clone(), &ctx.name);
+    j.watch("notifications");
+    let mut dead = j.capture_fanout(DEAD_LETTER_EXCHANGE).await?;
+    let bad_id = uuid::Uuid::new_v4().to_string();
+    j.step("publish a malformed order.paid", async {
+        let body = json!({"schema_version": 1, "type": "order.paid", "order_id": "not-a-uuid"});
+        j.publish(
+            EXCHANGE,
+            ORDER_PAID,
+            &bad_id,
+            body.to_string().as_bytes(),
+            &[],
+        )
+        .await
+    })
+    .await?;
+    let who = customer();
+    j.step("publish a valid order.paid after it", async {
+        let event = orders::events::OrderPaid::new(
+            uuid::Uuid::new_v4(),
+            &who,
+            TOTAL,
+            CURRENCY,
+            uuid::Uuid::new_v4(),
+            chrono::Utc::now(),
+            j.trace_id(),
+        );
+        let message = orders::events::order_paid_message(
+            &event,
+            &shop_common::TraceContext::from_trace_id(j.trace_id()),
+        );
+        let headers: Vec<(&str, &str)> = message
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        j.publish(
+            &message.exchange,
+            &message.routing_key,
+            &message.message_id,
+            &message.payload,
+            &headers,
+        )
+        .await
+    })
+    .await?;
+    j.step(
+        "the malformed message lands in the dead-letter queue",
+        async {
+            dead.wait_for(Duration::from_secs(5), |m| {
+                m.properties
+                    .message_id()
+                    .as_ref()
+                    .is_some_and(|id| id.as_str() == bad_id)
+            })
+            .await
+            .with_context(|| {
+                format!(
+                "message {bad_id} was not dead-lettered to `{DEAD_LETTER_EXCHANGE}`: notifications \
+                 must reject a malformed order.paid without requeueing it"
+            )
+            })?;
+            Ok(())
+        },
+    )
+    .await?;
+    j.step(
+        "the valid message after it is still processed",
+        notifications_reach(&j, &who, 1, Duration::from_secs(5)),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn bad_input(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
@@ -342,23 +481,21 @@ async fn bad_input(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     ];
     let orders = j.http("orders")?;
     for (label, body, field) in &cases {
-        let v = j
-            .step(&format!("{label} is refused naming `{field}`"), async {
-                let r = orders.post("/orders", body).await?;
-                ensure!((400..500).contains(&r.status), "status {}", r.status);
-                let v = r.json()?;
-                let fields: Vec<&str> = v["fields"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|f| f["field"].as_str()).collect())
-                    .unwrap_or_default();
-                ensure!(
-                    fields.contains(field),
-                    "fields {fields:?} do not name `{field}`: {v}"
-                );
-                Ok(v)
-            })
-            .await?;
-        snapshots().check_json(&Snapshots::name(&ctx.name, label), &v)?;
+        j.step(&format!("{label} is refused naming `{field}`"), async {
+            let r = orders.post("/orders", body).await?;
+            ensure!((400..500).contains(&r.status), "status {}", r.status);
+            let v = r.json()?;
+            let fields: Vec<&str> = v["fields"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|f| f["field"].as_str()).collect())
+                .unwrap_or_default();
+            ensure!(
+                fields.contains(field),
+                "fields {fields:?} do not name `{field}`: {v}"
+            );
+            snapshots().check_json(&Snapshots::name(&ctx.name, label), &v)
+        })
+        .await?;
     }
     j.step("malformed JSON is refused", async {
         let r = orders
@@ -413,32 +550,36 @@ async fn snapshot_detects_a_changed_response(ctx: Arc<TrialContext>) -> anyhow::
     std::fs::copy(&committed, scratch.join(format!("{name}.snap")))
         .with_context(|| format!("the committed snapshot {} is missing", committed.display()))?;
     let snap = Snapshots::new(&scratch);
-    let result = async {
-        snap.check_json(&name, &placed)
-            .context("the unchanged response should match")?;
-        let mut renamed = placed.clone();
-        let status = renamed
-            .as_object_mut()
-            .context("not an object")?
-            .remove("status");
-        renamed["state"] = status.unwrap_or_default();
-        let err = snap
-            .check_json(&name, &renamed)
-            .err()
-            .context("a renamed field went unnoticed")?;
-        ensure!(
-            err.to_string().contains("$.state: unexpected"),
-            "the failure does not name the field: {err}"
-        );
-        let mut changed = placed.clone();
-        changed["status"] = json!("PAID");
-        ensure!(
-            snap.check_json(&name, &changed).is_err(),
-            "a changed status went unnoticed"
-        );
-        Ok(())
-    }
-    .await;
+    let result = j
+        .step(
+            "a renamed field and a changed status fail the snapshot",
+            async {
+                snap.check_json(&name, &placed)
+                    .context("the unchanged response should match")?;
+                let mut renamed = placed.clone();
+                let status = renamed
+                    .as_object_mut()
+                    .context("not an object")?
+                    .remove("status");
+                renamed["state"] = status.unwrap_or_default();
+                let err = snap
+                    .check_json(&name, &renamed)
+                    .err()
+                    .context("a renamed field went unnoticed")?;
+                ensure!(
+                    err.to_string().contains("$.state: unexpected"),
+                    "the failure does not name the field: {err}"
+                );
+                let mut changed = placed.clone();
+                changed["status"] = json!("PAID");
+                ensure!(
+                    snap.check_json(&name, &changed).is_err(),
+                    "a changed status went unnoticed"
+                );
+                Ok(())
+            },
+        )
+        .await;
     let _ = std::fs::remove_dir_all(&scratch);
     result
 }
@@ -447,26 +588,44 @@ async fn snapshot_detects_a_changed_response(ctx: Arc<TrialContext>) -> anyhow::
 async fn fresh_database_isolation(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
     let migrations =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/orders/migrations");
-    let template =
-        DatabaseTemplate::from_migrations(&ctx.stack, "orders_isolation", &migrations).await?;
-    let a = template.fresh_database().await?;
-    let b = template.fresh_database().await?;
-    let pa = sqlx::PgPool::connect(&a.url).await?;
-    let pb = sqlx::PgPool::connect(&b.url).await?;
-    let id = uuid::Uuid::new_v4().to_string();
-    execute(
-        &pa,
-        "INSERT INTO orders (id, customer_id, status, total, currency, card_token, trace_id)
-         VALUES ($1::uuid, 'c', 'PAID', 1, 'EUR', 't', 'x')",
-        &[&id],
-    )
+    let j = Journey::new(ctx.stack.clone(), &ctx.name);
+    let template = j
+        .step(
+            "a template database from the orders migrations",
+            DatabaseTemplate::from_migrations(&ctx.stack, "orders_isolation", &migrations),
+        )
+        .await?;
+    let (a, b) = j
+        .step("two fresh databases from it", async {
+            Ok((
+                template.fresh_database().await?,
+                template.fresh_database().await?,
+            ))
+        })
+        .await?;
+    j.step("a row written in one is not in the other", async {
+        let pa = sqlx::PgPool::connect(&a.url).await?;
+        let pb = sqlx::PgPool::connect(&b.url).await?;
+        let id = uuid::Uuid::new_v4().to_string();
+        execute(
+            &pa,
+            "INSERT INTO orders (id, customer_id, status, total, currency, card_token, trace_id)
+             VALUES ($1::uuid, 'c', 'PAID', 1, 'EUR', 't', 'x')",
+            &[&id],
+        )
+        .await?;
+        let in_a = count(&pa, "SELECT count(*) FROM orders", &[]).await?;
+        let in_b = count(&pb, "SELECT count(*) FROM orders", &[]).await?;
+        pa.close().await;
+        pb.close().await;
+        ensure!(in_a == 1 && in_b == 0, "a has {in_a} rows, b has {in_b}");
+        Ok(())
+    })
     .await?;
-    let in_a = count(&pa, "SELECT count(*) FROM orders", &[]).await?;
-    let in_b = count(&pb, "SELECT count(*) FROM orders", &[]).await?;
-    ensure!(in_a == 1 && in_b == 0, "a has {in_a} rows, b has {in_b}");
-    pa.close().await;
-    pb.close().await;
-    template.drop_database(&a).await?;
-    template.drop_database(&b).await?;
-    Ok(())
+    j.step("drop both databases", async {
+        template.drop_database(&a).await?;
+        template.drop_database(&b).await?;
+        Ok(())
+    })
+    .await
 }

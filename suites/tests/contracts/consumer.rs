@@ -12,8 +12,12 @@ use anyhow::{anyhow, bail, ensure, Context as _};
 use chrono::TimeZone as _;
 use harness::runner::Suite;
 use notifications::decoder::decode_order_paid;
+use orders::breaker::BreakerConfig;
 use orders::events::{order_paid_message, OrderPaid, OutgoingMessage};
-use orders::payments_client::{CreatePayment, PaymentStatus, PaymentsClient, PaymentsError};
+use orders::gateway::{ChargeOutcome, PaymentGateway};
+use orders::payments_client::{
+    CreatePayment, Payment, PaymentStatus, PaymentsClient, PaymentsError,
+};
 use pact_consumer::builders::{InteractionBuilder, MessageInteractionBuilder};
 use pact_consumer::prelude::*;
 use pact_models::matchingrules::{MatchingRule, RuleLogic};
@@ -27,6 +31,8 @@ pub const TIMESTAMP: &str = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-
 pub const CURRENCY: &str = "^[A-Z]{3}$";
 pub const TRACE_ID: &str = "^[0-9a-f]{32}$";
 pub const TRACEPARENT: &str = "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$";
+/// The trace the consumer examples run under (the W3C specification's example).
+const EXAMPLE_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// Idempotency keys (= order ids, as orders sends them) and payment ids of the examples.
 pub const APPROVED_KEY: &str = "0d6c4a52-7f3e-4b1a-9c2d-1e5f00000001";
@@ -69,7 +75,8 @@ fn payment_request(key: &str, amount: i64, currency: &str, card: &str) -> Create
     }
 }
 
-/// `POST /payments` as orders sends it: the order id is the idempotency key.
+/// `POST /payments` as orders sends it: the order id is the idempotency key, and the trace is
+/// propagated as a W3C `traceparent` (payments records it; journeys check it arrives).
 fn post_payment(i: &mut InteractionBuilder, key: &str, body: JsonPattern) {
     i.request
         .post()
@@ -77,7 +84,29 @@ fn post_payment(i: &mut InteractionBuilder, key: &str, body: JsonPattern) {
         .header("Content-Type", "application/json")
         .header("Accept", "application/json")
         .header("Idempotency-Key", term!(UUID, key))
+        .header("traceparent", term!(TRACEPARENT, EXAMPLE_TRACEPARENT))
         .json_body(body);
+}
+
+/// The trace context of the examples.
+fn example_trace() -> anyhow::Result<TraceContext> {
+    shop_common::trace::parse_traceparent(EXAMPLE_TRACEPARENT)
+        .context("EXAMPLE_TRACEPARENT is not a valid traceparent")
+}
+
+/// Charges 1234 EUR for the order `key` through orders' real gateway, as `POST /orders` does,
+/// so the request the pact records is the one orders builds: the order's amount and currency,
+/// the order id as idempotency key, the trace propagated.
+async fn charge(client: PaymentsClient, key: &str, card: &str) -> anyhow::Result<Payment> {
+    let gateway = PaymentGateway::new(client, BreakerConfig::default(), 1, Duration::ZERO);
+    let order_id = Uuid::parse_str(key)?;
+    match gateway
+        .charge(order_id, 1234, "EUR", card, &example_trace()?)
+        .await
+    {
+        ChargeOutcome::Approved(p) | ChargeOutcome::Declined(p) => Ok(p),
+        other => bail!("orders' payment gateway did not get a payment: {other:?}"),
+    }
 }
 
 fn client_error(e: PaymentsError) -> anyhow::Error {
@@ -98,8 +127,8 @@ pub fn http_cases() -> Vec<HttpCase> {
                     APPROVED_KEY,
                     json_pattern!({
                         "order_id": term!(UUID, APPROVED_KEY),
-                        "amount": like!(1234),
-                        "currency": term!(CURRENCY, "EUR"),
+                        "amount": 1234,
+                        "currency": "EUR",
                         "card_token": like!(GOOD_CARD)
                     }),
                 );
@@ -118,14 +147,7 @@ pub fn http_cases() -> Vec<HttpCase> {
             },
             exercise: |client| {
                 Box::pin(async move {
-                    let p = client
-                        .create_payment(
-                            APPROVED_KEY,
-                            &payment_request(APPROVED_KEY, 1234, "EUR", GOOD_CARD),
-                            None,
-                        )
-                        .await
-                        .map_err(client_error)?;
+                    let p = charge(client, APPROVED_KEY, GOOD_CARD).await?;
                     ensure!(
                         p.status == PaymentStatus::Approved,
                         "status is {:?}",
@@ -151,8 +173,8 @@ pub fn http_cases() -> Vec<HttpCase> {
                     DECLINED_KEY,
                     json_pattern!({
                         "order_id": term!(UUID, DECLINED_KEY),
-                        "amount": like!(1234),
-                        "currency": term!(CURRENCY, "EUR"),
+                        "amount": 1234,
+                        "currency": "EUR",
                         "card_token": DECLINED_CARD
                     }),
                 );
@@ -172,14 +194,7 @@ pub fn http_cases() -> Vec<HttpCase> {
             },
             exercise: |client| {
                 Box::pin(async move {
-                    let p = client
-                        .create_payment(
-                            DECLINED_KEY,
-                            &payment_request(DECLINED_KEY, 1234, "EUR", DECLINED_CARD),
-                            None,
-                        )
-                        .await
-                        .map_err(client_error)?;
+                    let p = charge(client, DECLINED_KEY, DECLINED_CARD).await?;
                     ensure!(
                         p.status == PaymentStatus::Declined,
                         "status is {:?}",
@@ -212,8 +227,8 @@ pub fn http_cases() -> Vec<HttpCase> {
                     REPLAYED_KEY,
                     json_pattern!({
                         "order_id": term!(UUID, REPLAYED_KEY),
-                        "amount": like!(1234),
-                        "currency": term!(CURRENCY, "EUR"),
+                        "amount": 1234,
+                        "currency": "EUR",
                         "card_token": like!(GOOD_CARD)
                     }),
                 );
@@ -233,14 +248,7 @@ pub fn http_cases() -> Vec<HttpCase> {
             },
             exercise: |client| {
                 Box::pin(async move {
-                    let p = client
-                        .create_payment(
-                            REPLAYED_KEY,
-                            &payment_request(REPLAYED_KEY, 1234, "EUR", GOOD_CARD),
-                            None,
-                        )
-                        .await
-                        .map_err(client_error)?;
+                    let p = charge(client, REPLAYED_KEY, GOOD_CARD).await?;
                     ensure!(
                         p.id.to_string() == REPLAYED_PAYMENT,
                         "the replay is a new payment: {p:?}"
@@ -286,7 +294,7 @@ pub fn http_cases() -> Vec<HttpCase> {
                         .create_payment(
                             INVALID_KEY,
                             &payment_request(INVALID_KEY, 0, "eur", GOOD_CARD),
-                            None,
+                            Some(&example_trace()?),
                         )
                         .await
                         .err()
