@@ -308,7 +308,7 @@ fn attempts(
     let mut outcome = Err(String::new());
     let mut passed_on = 1;
     for attempt in 1..=retries + 1 {
-        outcome = run();
+        outcome = run_captured(&mut run);
         passed_on = attempt;
         match &outcome {
             Ok(()) => break,
@@ -345,6 +345,30 @@ fn attempts(
     outcome.map_err(Failed::from)
 }
 
+/// One attempt, with its panics and notes captured ([`crate::capture`]): they are shown with
+/// the failure message, and not at all when the attempt passes. A panic fails the attempt
+/// (with its message, location and backtrace) instead of unwinding through the runner.
+fn run_captured(run: &mut impl FnMut() -> Result<(), String>) -> Result<(), String> {
+    let (outcome, output) = crate::capture::output_of(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *run)).unwrap_or_else(|p| {
+            Err(format!(
+                "panicked: {}",
+                crate::capture::payload_text(p.as_ref())
+            ))
+        })
+    });
+    outcome.map_err(|e| {
+        if output.trim().is_empty() {
+            e
+        } else {
+            format!(
+                "{e}\n--- output of the trial (HARNESS_VERBOSE=1 shows it as it happens) ---\n{}",
+                output.trim_end()
+            )
+        }
+    })
+}
+
 /// Trial selection from the environment: a CI shard, an "only these" filter (from
 /// `harness affected`), and retries.
 #[derive(Debug, Clone, Default)]
@@ -367,12 +391,7 @@ impl Selection {
                 crate::Error::Usage(format!("HARNESS_SHARD is `{v}`; write `<index>/<count>` with 1 <= index <= count, e.g. `2/4`"))
             })?),
         };
-        let only = var("HARNESS_ONLY").map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        });
+        let only = var("HARNESS_ONLY").and_then(|v| Selection::parse_only(&v));
         let retries = match var("HARNESS_RETRIES") {
             None => 0,
             Some(v) => v.parse().map_err(|_| {
@@ -386,6 +405,17 @@ impl Selection {
             only,
             retries,
         })
+    }
+
+    /// A `HARNESS_ONLY` value: trial-name prefixes separated by commas. Empty (or only
+    /// commas and spaces) means no filter: every trial is kept.
+    pub fn parse_only(value: &str) -> Option<Vec<String>> {
+        let prefixes: Vec<String> = value
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        (!prefixes.is_empty()).then_some(prefixes)
     }
 
     /// Whether a trial is kept.

@@ -1,0 +1,187 @@
+//! A trial's output, kept until it is known whether the trial failed.
+//!
+//! libtest-mimic captures nothing, so without this a green run would show every panic message
+//! and backtrace a trial catches on purpose (a snapshot mismatch it expects), insta's diffs
+//! and the pact verifier's full report, `(FAILED)` lines included. Here:
+//!
+//! - [`output_of`] runs a closure with a buffer of its own on the current thread: panics on
+//!   that thread (message, location and, as `RUST_BACKTRACE` says, the backtrace) and
+//!   [`note`]s go into the buffer instead of the terminal. The runner wraps every trial in it
+//!   and shows the buffer with the failure message, and only then.
+//! - [`stdout_of`] captures what a library prints to stdout itself (insta's diff, the
+//!   verifier's report), at the file descriptor, so the caller can keep it for a failure.
+//!
+//! `HARNESS_VERBOSE=1` turns all of it off: everything is printed as it happens.
+
+use std::cell::RefCell;
+use std::io::{Read as _, Seek as _, Write as _};
+use std::sync::{Mutex, Once};
+
+thread_local! {
+    static BUFFER: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Whether `HARNESS_VERBOSE` asks for all output as it happens (set, and not `0`).
+pub fn verbose() -> bool {
+    std::env::var("HARNESS_VERBOSE").is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0")
+}
+
+/// Runs `f` with an output buffer of its own on this thread and returns what was written to
+/// it (panics and notes); empty with `HARNESS_VERBOSE=1`, which prints them instead. Nested
+/// calls each get their own buffer.
+pub fn output_of<R>(f: impl FnOnce() -> R) -> (R, String) {
+    install_panic_hook();
+    if verbose() {
+        return (f(), String::new());
+    }
+    let outer = BUFFER.with(|b| b.borrow_mut().replace(String::new()));
+    let mut scope = Scope(Some(outer));
+    let result = f();
+    let text = scope.end();
+    (result, text)
+}
+
+/// The buffer of one [`output_of`]; ending it restores the enclosing one.
+struct Scope(Option<Option<String>>);
+
+impl Scope {
+    fn end(&mut self) -> String {
+        let outer = self.0.take().flatten();
+        BUFFER
+            .with(|b| std::mem::replace(&mut *b.borrow_mut(), outer))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            // `f` unwound: what it wrote (the panic's message among it) must not be lost.
+            let text = self.end();
+            if !text.is_empty() {
+                note(&text);
+            }
+        }
+    }
+}
+
+/// Adds text to the current thread's output buffer, or prints it to stderr when there is none
+/// (or with `HARNESS_VERBOSE=1`).
+pub fn note(text: &str) {
+    let kept = BUFFER.with(|b| match &mut *b.borrow_mut() {
+        Some(buffer) => {
+            buffer.push_str(text);
+            if !text.ends_with('\n') {
+                buffer.push('\n');
+            }
+            true
+        }
+        None => false,
+    });
+    if !kept {
+        eprintln!("{text}");
+    }
+}
+
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let buffered = BUFFER.with(|b| b.borrow().is_some());
+            if !buffered {
+                return previous(info);
+            }
+            let thread = std::thread::current();
+            let mut text = format!(
+                "thread '{}' panicked at {}:\n{}\n",
+                thread.name().unwrap_or("<unnamed>"),
+                info.location()
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "an unknown place".into()),
+                payload_text(info.payload())
+            );
+            // `capture` follows RUST_BACKTRACE / RUST_LIB_BACKTRACE, as the default hook does.
+            let backtrace = std::backtrace::Backtrace::capture();
+            if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+                text.push_str(&format!("stack backtrace:\n{backtrace}\n"));
+            }
+            note(&text);
+        }));
+    });
+}
+
+/// A panic payload as text (`panic!` gives a `&str` or a `String`).
+pub fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(a panic payload that is not text)".into())
+}
+
+/// One redirection of stdout at a time: they replace the same file descriptor.
+static REDIRECT: Mutex<()> = Mutex::new(());
+
+/// Runs `f` with the process's stdout (file descriptor 1) sent to a temporary file and returns
+/// what was written there. With `exclusive`, the calling thread holds Rust's stdout lock
+/// throughout, so no other thread's `print!` lands in the capture (they wait); only use it
+/// when `f` prints from this thread and waits for no other thread that might print. Without
+/// it, output of other threads during `f` is captured too: the caller writes back what is not
+/// its own ([`write_back`]). With `HARNESS_VERBOSE=1`, or if stdout cannot be redirected,
+/// nothing is captured.
+pub fn stdout_of<R>(exclusive: bool, f: impl FnOnce() -> R) -> (R, String) {
+    if verbose() {
+        return (f(), String::new());
+    }
+    let _one = REDIRECT.lock().unwrap_or_else(|p| p.into_inner());
+    let stdout = std::io::stdout();
+    let _lock = exclusive.then(|| stdout.lock());
+    // What is buffered belongs before the capture.
+    let _ = std::io::stdout().flush();
+    let Some((mut file, saved)) = redirect() else {
+        return (f(), String::new());
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    let _ = std::io::stdout().flush();
+    let _ = nix::unistd::dup2(saved, 1);
+    let _ = nix::unistd::close(saved);
+    let mut text = String::new();
+    let _ = file
+        .rewind()
+        .and_then(|()| file.read_to_string(&mut text).map(drop));
+    match result {
+        Ok(r) => (r, text),
+        Err(panic) => {
+            // Shown, since the panic will be.
+            print!("{text}");
+            std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+/// A temporary file now on file descriptor 1, and a duplicate of the previous stdout.
+fn redirect() -> Option<(std::fs::File, std::os::fd::RawFd)> {
+    use std::os::fd::AsRawFd as _;
+    let file = tempfile::tempfile().ok()?;
+    let saved = nix::unistd::dup(1).ok()?;
+    if nix::unistd::dup2(file.as_raw_fd(), 1).is_err() {
+        let _ = nix::unistd::close(saved);
+        return None;
+    }
+    Some((file, saved))
+}
+
+/// Prints what a capture holds besides `own` (the text the caller knows it printed itself,
+/// e.g. the verifier's report): output of other threads is never lost. When `own` is not
+/// found in one piece (other output interleaved with it), everything is printed.
+pub fn write_back(captured: &str, own: &str) {
+    let rest = match captured.find(own) {
+        Some(at) if !own.is_empty() => format!("{}{}", &captured[..at], &captured[at + own.len()..]),
+        _ => captured.to_string(),
+    };
+    if !rest.is_empty() {
+        print!("{rest}");
+        let _ = std::io::stdout().flush();
+    }
+}
