@@ -164,7 +164,10 @@ pub fn read_pacts(dir: &Path) -> Result<Vec<Pact>, Error> {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Error::io(format!("reading {}", file.display()), e))?;
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                Error::Usage(format!("{} is not a pact file (not JSON: {e})", file.display()))
+                Error::Usage(format!(
+                    "{} is not a pact file (not JSON: {e})",
+                    file.display()
+                ))
             })?;
             let side = |k: &str| {
                 v[k]["name"].as_str().map(str::to_string).ok_or_else(|| {
@@ -518,7 +521,12 @@ pub fn explain(manifest: &Manifest, pacts: &[Pact], trials: &[MappedTrial]) -> S
     for pact in pacts {
         let by = format!("pact {}", pact.segment());
         section(
-            format!("{by} ({}) -> {}, {}", pact.file.display(), pact.consumer, pact.provider),
+            format!(
+                "{by} ({}) -> {}, {}",
+                pact.file.display(),
+                pact.consumer,
+                pact.provider
+            ),
             matching(&by),
         );
     }

@@ -120,36 +120,42 @@ pub fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(a panic payload that is not text)".into())
 }
 
-/// One redirection of stdout at a time: they replace the same file descriptor.
+/// One redirection at a time: they replace the same file descriptors.
 static REDIRECT: Mutex<()> = Mutex::new(());
 
 /// Runs `f` with the process's stdout (file descriptor 1) sent to a temporary file and returns
-/// what was written there. With `exclusive`, the calling thread holds Rust's stdout lock
-/// throughout, so no other thread's `print!` lands in the capture (they wait); only use it
-/// when `f` prints from this thread and waits for no other thread that might print. Without
-/// it, output of other threads during `f` is captured too: the caller writes back what is not
-/// its own ([`write_back`]). With `HARNESS_VERBOSE=1`, or if stdout cannot be redirected,
+/// what was written there.
+///
+/// With `exclusive`, stderr (2) is captured too (after stdout in the text), and the calling
+/// thread holds Rust's stdout and stderr locks throughout, so no other thread's `print!` or
+/// `eprint!` lands in the capture (they wait): only for an `f` that prints from this thread
+/// and waits for no other thread that might print (insta). Without it, output of other threads
+/// to stdout during `f` is captured too, and the caller writes back what is not its own
+/// ([`write_back`]). With `HARNESS_VERBOSE=1`, or when a descriptor cannot be redirected,
 /// nothing is captured.
 pub fn stdout_of<R>(exclusive: bool, f: impl FnOnce() -> R) -> (R, String) {
     if verbose() {
         return (f(), String::new());
     }
     let _one = REDIRECT.lock().unwrap_or_else(|p| p.into_inner());
-    let stdout = std::io::stdout();
-    let _lock = exclusive.then(|| stdout.lock());
+    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+    let _locks = exclusive.then(|| (stdout.lock(), stderr.lock()));
+    let fds: &[i32] = if exclusive { &[1, 2] } else { &[1] };
     // What is buffered belongs before the capture.
     let _ = std::io::stdout().flush();
-    let Some((mut file, saved)) = redirect() else {
-        return (f(), String::new());
-    };
+    let mut redirected = Vec::new();
+    for &fd in fds {
+        match Redirect::new(fd) {
+            Some(r) => redirected.push(r),
+            None => {
+                drop(redirected);
+                return (f(), String::new());
+            }
+        }
+    }
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     let _ = std::io::stdout().flush();
-    let _ = nix::unistd::dup2(saved, 1);
-    let _ = nix::unistd::close(saved);
-    let mut text = String::new();
-    let _ = file
-        .rewind()
-        .and_then(|()| file.read_to_string(&mut text).map(drop));
+    let text: String = redirected.into_iter().map(Redirect::end).collect();
     match result {
         Ok(r) => (r, text),
         Err(panic) => {
@@ -160,16 +166,49 @@ pub fn stdout_of<R>(exclusive: bool, f: impl FnOnce() -> R) -> (R, String) {
     }
 }
 
-/// A temporary file now on file descriptor 1, and a duplicate of the previous stdout.
-fn redirect() -> Option<(std::fs::File, std::os::fd::RawFd)> {
-    use std::os::fd::AsRawFd as _;
-    let file = tempfile::tempfile().ok()?;
-    let saved = nix::unistd::dup(1).ok()?;
-    if nix::unistd::dup2(file.as_raw_fd(), 1).is_err() {
-        let _ = nix::unistd::close(saved);
-        return None;
+/// A file descriptor sent to a temporary file; dropping it (or [`Redirect::end`]) restores it.
+struct Redirect {
+    fd: std::os::fd::RawFd,
+    saved: std::os::fd::RawFd,
+    file: std::fs::File,
+}
+
+impl Redirect {
+    fn new(fd: std::os::fd::RawFd) -> Option<Redirect> {
+        use std::os::fd::AsRawFd as _;
+        let file = tempfile::tempfile().ok()?;
+        let saved = nix::unistd::dup(fd).ok()?;
+        if nix::unistd::dup2(file.as_raw_fd(), fd).is_err() {
+            let _ = nix::unistd::close(saved);
+            return None;
+        }
+        Some(Redirect { fd, saved, file })
     }
-    Some((file, saved))
+
+    /// Restores the descriptor and returns what was written to it.
+    fn end(mut self) -> String {
+        self.restore();
+        let mut text = String::new();
+        let _ = self
+            .file
+            .rewind()
+            .and_then(|()| self.file.read_to_string(&mut text).map(drop));
+        text
+    }
+
+    fn restore(&mut self) {
+        if self.saved >= 0 {
+            let _ = nix::unistd::dup2(self.saved, self.fd);
+            let _ = nix::unistd::close(self.saved);
+            self.saved = -1;
+        }
+    }
+}
+
+impl Drop for Redirect {
+    fn drop(&mut self) {
+        self.restore();
+    }
 }
 
 /// Prints what a capture holds besides `own` (the text the caller knows it printed itself,
@@ -177,7 +216,9 @@ fn redirect() -> Option<(std::fs::File, std::os::fd::RawFd)> {
 /// found in one piece (other output interleaved with it), everything is printed.
 pub fn write_back(captured: &str, own: &str) {
     let rest = match captured.find(own) {
-        Some(at) if !own.is_empty() => format!("{}{}", &captured[..at], &captured[at + own.len()..]),
+        Some(at) if !own.is_empty() => {
+            format!("{}{}", &captured[..at], &captured[at + own.len()..])
+        }
         _ => captured.to_string(),
     };
     if !rest.is_empty() {

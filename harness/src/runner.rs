@@ -621,6 +621,38 @@ mod tests {
     }
 
     #[test]
+    fn a_trials_output_goes_with_its_failure_only() {
+        let records: Records = Arc::default();
+        let passed = attempts("s::quiet", 0, &records, || {
+            crate::capture::note("said by a passing trial");
+            Ok(())
+        });
+        assert!(passed.is_ok());
+        let _ = attempts("s::loud", 0, &records, || {
+            crate::capture::note("said before failing");
+            Err("it failed".into())
+        });
+        let _ = attempts("s::panics", 0, &records, || panic!("boom {}", 7));
+        let records = records.lock().unwrap().clone();
+        assert_eq!(records[0].outcome, Outcome::Passed);
+        let Outcome::Failed(loud) = &records[1].outcome else {
+            panic!("{:?}", records[1].outcome)
+        };
+        assert!(
+            loud.starts_with("it failed\n--- output of the trial"),
+            "{loud}"
+        );
+        assert!(loud.contains("said before failing"), "{loud}");
+        assert!(!loud.contains("said by a passing trial"), "{loud}");
+        let Outcome::Failed(panicked) = &records[2].outcome else {
+            panic!("{:?}", records[2].outcome)
+        };
+        // The message, and where it panicked.
+        assert!(panicked.starts_with("panicked: boom 7"), "{panicked}");
+        assert!(panicked.contains("src/runner.rs:"), "{panicked}");
+    }
+
+    #[test]
     fn a_pass_after_a_failure_is_flaky_not_green() {
         let records: Records = Arc::default();
         let mut calls = 0;

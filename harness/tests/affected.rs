@@ -49,11 +49,20 @@ depends-on = ["orders"]
 /// The suites' trials, and the services each names (as consumer, provider or journey): the
 /// test's own account, written independently of the mapping under test.
 const TRIALS: &[(&str, &[&str])] = &[
-    ("journeys::happy_path", &["orders", "payments", "notifications"]),
-    ("journeys::declined_payment", &["orders", "payments", "notifications"]),
+    (
+        "journeys::happy_path",
+        &["orders", "payments", "notifications"],
+    ),
+    (
+        "journeys::declined_payment",
+        &["orders", "payments", "notifications"],
+    ),
     ("web::checkout", &["web"]),
     ("notifications::listing", &["notifications"]),
-    ("contracts::orders->payments::create a payment", &["orders", "payments"]),
+    (
+        "contracts::orders->payments::create a payment",
+        &["orders", "payments"],
+    ),
     (
         "contracts::orders->payments::create a payment, declined",
         &["orders", "payments"],
@@ -119,10 +128,8 @@ struct Repo {
 
 impl Repo {
     fn new(name: &str) -> Repo {
-        let root = std::env::temp_dir().join(format!(
-            "harness-affected-{}-{name}",
-            std::process::id()
-        ));
+        let root =
+            std::env::temp_dir().join(format!("harness-affected-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let dir = root.join("repo");
         std::fs::create_dir_all(&dir).unwrap();
@@ -139,7 +146,11 @@ impl Repo {
                 "fn main() {}\n",
             );
         }
-        write(&dir, "contracts/orders-payments.json", &pact("orders", "payments"));
+        write(
+            &dir,
+            "contracts/orders-payments.json",
+            &pact("orders", "payments"),
+        );
         write(
             &dir,
             "contracts/notifications-orders.json",
@@ -149,7 +160,11 @@ impl Repo {
         write(&dir, "README.md", "# shop\n");
         git(&dir, &["add", "-A"]);
         git(&dir, &["commit", "-qm", "base"]);
-        Repo { root, dir, trials_file }
+        Repo {
+            root,
+            dir,
+            trials_file,
+        }
     }
 
     fn run(&self, args: &[&str]) -> std::process::Output {
@@ -252,7 +267,11 @@ fn every_trial_a_change_can_break_is_selected() {
             BTreeSet::from([service.to_string()])
         );
         assert_eq!(strings(&a["affected_services"]), hit, "change to {service}");
-        assert_eq!(strings(&a["trials"]), expected, "change to {service}: {a:#}");
+        assert_eq!(
+            strings(&a["trials"]),
+            expected,
+            "change to {service}: {a:#}"
+        );
         let filter = a["filter"].as_str().unwrap();
         let kept = kept_by_filter(filter);
         let missed: Vec<&String> = expected.difference(&kept).collect();
@@ -282,12 +301,21 @@ fn every_trial_a_change_can_break_is_selected() {
     repo.commit("README.md", "# the shop\n");
     let a = repo.affected("HEAD~1");
     assert_eq!(strings(&a["trials"]), strings(&a["unmapped"]));
-    assert_eq!(kept_by_filter(a["filter"].as_str().unwrap()), strings(&a["unmapped"]));
+    assert_eq!(
+        kept_by_filter(a["filter"].as_str().unwrap()),
+        strings(&a["unmapped"])
+    );
 
     // Shared code, the pact files and the manifest select every trial: no filter at all.
     for (path, why) in [
-        ("stack/lib/shared.rs", "shared code changed (stack/lib/shared.rs)"),
-        ("contracts/orders-payments.json", "shared code changed (contracts/"),
+        (
+            "stack/lib/shared.rs",
+            "shared code changed (stack/lib/shared.rs)",
+        ),
+        (
+            "contracts/orders-payments.json",
+            "shared code changed (contracts/",
+        ),
         ("stack/stack.toml", "the manifest changed"),
     ] {
         let text = if path.ends_with(".json") {
@@ -325,8 +353,9 @@ fn output_explains_and_warns() {
         .unwrap()
         + 1;
     assert!(
-        stderr.contains("warning: [suites] key \"contracts::orders->notifications\" matches no trial")
-            && stderr.contains(&format!("stack/stack.toml:{line}")),
+        stderr.contains(
+            "warning: [suites] key \"contracts::orders->notifications\" matches no trial"
+        ) && stderr.contains(&format!("stack/stack.toml:{line}")),
         "{stderr}"
     );
     for line in [

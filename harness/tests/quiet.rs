@@ -23,10 +23,8 @@ fn noisy() -> anyhow::Result<()> {
         dir.join("quiet__value.snap"),
         "---\nsource: harness/tests/quiet.rs\n---\n{\n  \"status\": \"PAID\"\n}\n",
     )?;
-    let mismatch = Snapshots::new(&dir).check_json(
-        "quiet__value",
-        &serde_json::json!({"status": "DECLINED"}),
-    );
+    let mismatch =
+        Snapshots::new(&dir).check_json("quiet__value", &serde_json::json!({"status": "DECLINED"}));
     let _ = std::fs::remove_dir_all(&dir);
     let message = match mismatch {
         Ok(()) => anyhow::bail!("a changed value matched its snapshot"),
@@ -61,7 +59,8 @@ fn child(kind: &str, verbose: bool) -> (bool, String) {
     let mut cmd = std::process::Command::new(exe);
     cmd.env("QUIET_SUITE", kind)
         .env("HARNESS_JUNIT", &junit)
-        .env("INSTA_UPDATE", "no")
+        // insta then also writes `.snap.new` (in a scratch directory) and says so on stderr.
+        .env("INSTA_UPDATE", "new")
         .env("RUST_BACKTRACE", "1")
         .env_remove("HARNESS_ONLY")
         .env_remove("HARNESS_SHARD")
@@ -90,6 +89,7 @@ fn check() -> Result<(), String> {
         "stack backtrace",
         "snapshot assertion",
         "DECLINED",
+        "stored new snapshot",
     ];
     let (ok, green) = child("green", false);
     if !ok {
@@ -100,7 +100,9 @@ fn check() -> Result<(), String> {
     }
     let (ok, verbose) = child("green", true);
     if !ok {
-        return Err(format!("the green suite failed with HARNESS_VERBOSE=1:\n{verbose}"));
+        return Err(format!(
+            "the green suite failed with HARNESS_VERBOSE=1:\n{verbose}"
+        ));
     }
     if let Some(n) = [PANIC_MARKER, NOTE_MARKER, "DECLINED"]
         .iter()
@@ -126,11 +128,15 @@ fn check() -> Result<(), String> {
         NOTE_MARKER,
     ] {
         if !report.contains(expected) {
-            return Err(format!("the red trial's failure lacks `{expected}`:\n{red}"));
+            return Err(format!(
+                "the red trial's failure lacks `{expected}`:\n{red}"
+            ));
         }
     }
     if red.matches(NOTE_MARKER).count() != 1 {
-        return Err(format!("the note shows more than once (the green trial's too?):\n{red}"));
+        return Err(format!(
+            "the note shows more than once (the green trial's too?):\n{red}"
+        ));
     }
     Ok(())
 }
@@ -139,9 +145,9 @@ fn main() -> ExitCode {
     if let Ok(kind) = std::env::var("QUIET_SUITE") {
         return suite(&kind);
     }
-    let trial = libtest_mimic::Trial::test(
-        "a green run shows no output of its passing trials",
-        || check().map_err(Into::into),
-    );
+    let trial =
+        libtest_mimic::Trial::test("a green run shows no output of its passing trials", || {
+            check().map_err(Into::into)
+        });
     libtest_mimic::run(&libtest_mimic::Arguments::from_args(), vec![trial]).exit_code()
 }
