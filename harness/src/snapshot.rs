@@ -147,7 +147,8 @@ impl Snapshots {
         });
     }
 
-    /// Like [`Snapshots::assert_json`], but returns the mismatch as an error instead of panicking.
+    /// Like [`Snapshots::assert_json`], but returns the mismatch as an error instead of panicking,
+    /// and prints nothing: insta's diff is in the error.
     pub fn check_json(&self, name: &str, value: &Value) -> anyhow::Result<()> {
         let this = self.clone();
         let (owned_name, owned_value) = (name.to_string(), value.clone());
