@@ -8,8 +8,9 @@
 //!   that thread (message, location and, as `RUST_BACKTRACE` says, the backtrace) and
 //!   [`note`]s go into the buffer instead of the terminal. The runner wraps every trial in it
 //!   and shows the buffer with the failure message, and only then.
-//! - [`stdout_of`] captures what a library prints to stdout itself (insta's diff, the
-//!   verifier's report), at the file descriptor, so the caller can keep it for a failure.
+//! - [`stdout_of`] captures what a library prints itself (the verifier's report on stdout;
+//!   insta's diff on stdout and its notices on stderr), at the file descriptor, so the caller
+//!   can keep it for a failure.
 //!
 //! `HARNESS_VERBOSE=1` turns all of it off: everything is printed as it happens.
 
@@ -137,7 +138,9 @@ pub fn stdout_of<R>(exclusive: bool, f: impl FnOnce() -> R) -> (R, String) {
     if verbose() {
         return (f(), String::new());
     }
-    let _one = REDIRECT.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(_one) = redirect_turn() else {
+        return (f(), String::new());
+    };
     let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
     let _locks = exclusive.then(|| (stdout.lock(), stderr.lock()));
     let fds: &[i32] = if exclusive { &[1, 2] } else { &[1] };
@@ -162,6 +165,22 @@ pub fn stdout_of<R>(exclusive: bool, f: impl FnOnce() -> R) -> (R, String) {
             // Shown, since the panic will be.
             print!("{text}");
             std::panic::resume_unwind(panic)
+        }
+    }
+}
+
+/// Waits for the other capture to end, but not forever: code inside a verifier capture (a
+/// provider state) that captures too would otherwise wait for itself. Then it prints instead.
+fn redirect_turn() -> Option<std::sync::MutexGuard<'static, ()>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match REDIRECT.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
         }
     }
 }
