@@ -1150,28 +1150,43 @@ impl Verification<'_> {
         // The verifier's future is not `Send` (it holds its results across awaits): drive it on
         // a blocking thread of this runtime, whose reactor and workers it still uses.
         let handle = tokio::runtime::Handle::current();
-        let result = tokio::task::spawn_blocking(move || {
-            handle.block_on(async move {
-                pact_verifier::verify_provider_async(
-                    provider_info,
-                    sources,
-                    filter,
-                    consumers,
-                    &options,
-                    publish.as_ref(),
-                    &state_executor,
-                    None,
-                )
-                .await
-                .context("running the verifier")
-                .map(Outcome::from_result)
+        let joined = tokio::task::spawn_blocking(move || {
+            // The verifier prints its whole report to stdout, `(FAILED)` lines of trials that
+            // expect a failure included: capture it, and keep it for a failure message.
+            crate::capture::stdout_of(false, || {
+                handle.block_on(async move {
+                    pact_verifier::verify_provider_async(
+                        provider_info,
+                        sources,
+                        filter,
+                        consumers,
+                        &options,
+                        publish.as_ref(),
+                        &state_executor,
+                        None,
+                    )
+                    .await
+                    .context("running the verifier")
+                    .map(Outcome::from_result)
+                })
             })
         })
-        .await
-        .map_err(|e| anyhow!("the verifier panicked: {e}"))
-        .and_then(|r| r);
+        .await;
         if let Some(server) = server {
             server.stop().await;
+        }
+        let (result, printed) = joined.map_err(|e| anyhow!("the verifier panicked: {e}"))?;
+        let report: String = match &result {
+            Ok(outcome) => outcome.output.iter().map(|l| format!("{l}\n")).collect(),
+            Err(_) => String::new(),
+        };
+        // What else reached stdout meanwhile (other threads) is printed after all.
+        crate::capture::write_back(&printed, &report);
+        if !report.trim().is_empty() && !crate::capture::verbose() {
+            crate::capture::note(&format!(
+                "--- the verifier's report ---\n{}",
+                report.trim_end()
+            ));
         }
         let mut outcome = result?;
         outcome.state_errors =

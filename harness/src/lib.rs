@@ -30,6 +30,7 @@
 //! - [`stack`]: the handle tests use.
 //! - [`cleanup`]: teardown on signals and of runs that died.
 //! - [`contract`]: consumer-driven contracts verified against a running stack.
+//! - [`capture`]: a trial's output, shown only when it fails.
 //! - [`bench`]: startup measurements.
 
 #![forbid(unsafe_code)]
@@ -42,6 +43,7 @@ pub mod attach;
 pub mod backend;
 pub mod bench;
 pub mod build;
+pub mod capture;
 pub mod cleanup;
 pub mod contract;
 pub mod endpoint;

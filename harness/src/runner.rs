@@ -309,7 +309,7 @@ fn attempts(
     let mut outcome = Err(String::new());
     let mut passed_on = 1;
     for attempt in 1..=retries + 1 {
-        outcome = run();
+        outcome = run_captured(&mut run);
         passed_on = attempt;
         match &outcome {
             Ok(()) => break,
@@ -346,6 +346,30 @@ fn attempts(
     outcome.map_err(Failed::from)
 }
 
+/// One attempt, with its panics and notes captured ([`crate::capture`]): they are shown with
+/// the failure message, and not at all when the attempt passes. A panic fails the attempt
+/// (with its message, location and backtrace) instead of unwinding through the runner.
+fn run_captured(run: &mut impl FnMut() -> Result<(), String>) -> Result<(), String> {
+    let (outcome, output) = crate::capture::output_of(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *run)).unwrap_or_else(|p| {
+            Err(format!(
+                "panicked: {}",
+                crate::capture::payload_text(p.as_ref())
+            ))
+        })
+    });
+    outcome.map_err(|e| {
+        if output.trim().is_empty() {
+            e
+        } else {
+            format!(
+                "{e}\n--- output of the trial (HARNESS_VERBOSE=1 shows it as it happens) ---\n{}",
+                output.trim_end()
+            )
+        }
+    })
+}
+
 /// Trial selection from the environment: a CI shard, an "only these" filter (from
 /// `harness affected`), and retries.
 #[derive(Debug, Clone, Default)]
@@ -368,12 +392,7 @@ impl Selection {
                 crate::Error::Usage(format!("HARNESS_SHARD is `{v}`; write `<index>/<count>` with 1 <= index <= count, e.g. `2/4`"))
             })?),
         };
-        let only = var("HARNESS_ONLY").map(|v| {
-            v.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        });
+        let only = var("HARNESS_ONLY").and_then(|v| Selection::parse_only(&v));
         let retries = match var("HARNESS_RETRIES") {
             None => 0,
             Some(v) => v.parse().map_err(|_| {
@@ -387,6 +406,17 @@ impl Selection {
             only,
             retries,
         })
+    }
+
+    /// A `HARNESS_ONLY` value: trial-name prefixes separated by commas. Empty (or only
+    /// commas and spaces) means no filter: every trial is kept.
+    pub fn parse_only(value: &str) -> Option<Vec<String>> {
+        let prefixes: Vec<String> = value
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        (!prefixes.is_empty()).then_some(prefixes)
     }
 
     /// Whether a trial is kept.
@@ -605,6 +635,38 @@ mod tests {
         assert!(s.keeps("journeys::happy_path"));
         assert!(s.keeps("contracts::orders->payments::declined"));
         assert!(!s.keeps("faults::redis_down"));
+    }
+
+    #[test]
+    fn a_trials_output_goes_with_its_failure_only() {
+        let records: Records = Arc::default();
+        let passed = attempts("s::quiet", 0, &records, || {
+            crate::capture::note("said by a passing trial");
+            Ok(())
+        });
+        assert!(passed.is_ok());
+        let _ = attempts("s::loud", 0, &records, || {
+            crate::capture::note("said before failing");
+            Err("it failed".into())
+        });
+        let _ = attempts("s::panics", 0, &records, || panic!("boom {}", 7));
+        let records = records.lock().unwrap().clone();
+        assert_eq!(records[0].outcome, Outcome::Passed);
+        let Outcome::Failed(loud) = &records[1].outcome else {
+            panic!("{:?}", records[1].outcome)
+        };
+        assert!(
+            loud.starts_with("it failed\n--- output of the trial"),
+            "{loud}"
+        );
+        assert!(loud.contains("said before failing"), "{loud}");
+        assert!(!loud.contains("said by a passing trial"), "{loud}");
+        let Outcome::Failed(panicked) = &records[2].outcome else {
+            panic!("{:?}", records[2].outcome)
+        };
+        // The message, and where it panicked.
+        assert!(panicked.starts_with("panicked: boom 7"), "{panicked}");
+        assert!(panicked.contains("src/runner.rs:"), "{panicked}");
     }
 
     #[test]

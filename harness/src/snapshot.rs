@@ -147,28 +147,34 @@ impl Snapshots {
         });
     }
 
-    /// Like [`Snapshots::assert_json`], but returns the mismatch as an error instead of panicking.
+    /// Like [`Snapshots::assert_json`], but returns the mismatch as an error instead of panicking,
+    /// and prints nothing: insta's diff is in the error.
     pub fn check_json(&self, name: &str, value: &Value) -> anyhow::Result<()> {
         let this = self.clone();
         let (owned_name, owned_value) = (name.to_string(), value.clone());
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-            this.assert_json(&owned_name, &owned_value)
-        }));
+        // insta prints its diff to stdout and panics: keep both for the error, so a trial that
+        // expects a mismatch prints nothing. The panic report is dropped: its message is the
+        // payload, and its backtrace only shows insta.
+        let ((outcome, printed), _panic_report) = crate::capture::output_of(|| {
+            crate::capture::stdout_of(true, || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                    this.assert_json(&owned_name, &owned_value)
+                }))
+            })
+        });
         outcome.map_err(|panic| {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "snapshot assertion failed".into());
+            let mut message = crate::capture::payload_text(panic.as_ref());
             let differences = self
                 .stored(name)
                 .map(|stored| diff(&stored, &redact(value), "$"))
                 .unwrap_or_default();
-            if differences.is_empty() {
-                anyhow::anyhow!("{message}")
-            } else {
-                anyhow::anyhow!("{message}; differences:\n  {}", differences.join("\n  "))
+            if !differences.is_empty() {
+                message.push_str(&format!("; differences:\n  {}", differences.join("\n  ")));
             }
+            if !printed.trim().is_empty() {
+                message.push_str(&format!("\n{}", printed.trim_end()));
+            }
+            anyhow::anyhow!("{message}")
         })
     }
 

@@ -25,7 +25,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate the manifest; start nothing.
-    Check,
+    Check {
+        /// Also list the trials of the suites (built if needed) and warn about `[suites]` keys
+        /// that match none.
+        #[arg(long)]
+        suites: bool,
+        /// The cargo package holding the suites.
+        #[arg(long, default_value = "suites", value_name = "PACKAGE")]
+        suite_package: String,
+    },
     /// Print the start order and dependency layers, or Graphviz DOT.
     Graph {
         /// Print Graphviz DOT instead.
@@ -54,7 +62,8 @@ enum Command {
         #[arg(long, conflicts_with = "detach")]
         watch: bool,
     },
-    /// Which suites a change affects, from git: changed paths -> services -> dependents -> suites.
+    /// Which trials a change affects, from git: changed paths -> services -> dependents ->
+    /// trials. Trials nothing maps always run; shared changes run every trial.
     Affected {
         /// The revision to compare the working tree with (e.g. `origin/main`, `HEAD~1`).
         #[arg(long, value_name = "REV")]
@@ -62,9 +71,23 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long, conflicts_with = "filter")]
         json: bool,
-        /// Print only the runner filter (the value for HARNESS_ONLY).
+        /// Print only the runner filter (the value for HARNESS_ONLY; empty: every trial).
         #[arg(long)]
         filter: bool,
+        /// Also list each `[suites]` key and pact with the trials it maps, and the unmapped ones.
+        #[arg(long, conflicts_with_all = ["json", "filter"])]
+        explain: bool,
+        /// Read the trial names from this file (one per line, or `--list --format terse`
+        /// output) instead of building the suites and listing their trials.
+        #[arg(long, value_name = "FILE")]
+        trials: Option<PathBuf>,
+        /// The pact files (default: `contracts/` beside the manifest, else at the repository
+        /// root).
+        #[arg(long, value_name = "DIR")]
+        contracts: Option<PathBuf>,
+        /// The cargo package holding the suites.
+        #[arg(long, default_value = "suites", value_name = "PACKAGE")]
+        suite_package: String,
     },
     /// Stop a stack started by `harness up`.
     Down {
@@ -213,7 +236,10 @@ fn state_file(manifest: &Manifest) -> PathBuf {
 
 async fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
-        Command::Check => {
+        Command::Check {
+            suites,
+            suite_package,
+        } => {
             let m = load(&cli.manifest)?;
             let graph = Graph::new(&m).map_err(|c| Error::Usage(c.path.join(" -> ")))?;
             println!(
@@ -222,6 +248,19 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 m.services.len(),
                 graph.order().join(", ")
             );
+            if suites {
+                let trials = harness::affected::list_trials(m.dir(), &suite_package)?;
+                let warnings = harness::affected::unused_key_warnings(&m, &trials);
+                for w in &warnings {
+                    eprintln!("{w}");
+                }
+                if warnings.is_empty() {
+                    println!(
+                        "suites: {} trials; every [suites] key matches some",
+                        trials.len()
+                    );
+                }
+            }
             Ok(exit_code::OK)
         }
         Command::Graph { dot, dependents } => {
@@ -309,11 +348,33 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             since,
             json,
             filter,
+            explain,
+            trials,
+            contracts,
+            suite_package,
         } => {
             let m = load(&cli.manifest)?;
             let repo = harness::affected::repo_root(m.dir())?;
             let changed = harness::affected::changed_since(&repo, &since)?;
-            let affected = harness::affected::analyze(&m, &repo, changed);
+            let names = match trials {
+                Some(file) => harness::affected::parse_trial_list(
+                    &std::fs::read_to_string(&file)
+                        .map_err(|e| Error::io(format!("reading {}", file.display()), e))?,
+                ),
+                None => harness::affected::list_trials(m.dir(), &suite_package)?,
+            };
+            let pacts = match contracts {
+                Some(dir) => harness::affected::read_pacts(&dir)?,
+                None => harness::affected::find_pacts(&m, &repo)?,
+            };
+            for w in harness::affected::unused_key_warnings(&m, &names) {
+                eprintln!("{w}");
+            }
+            let mapped = harness::affected::map_trials(&m, &pacts, &names);
+            let affected = harness::affected::analyze(&m, &repo, changed, &mapped);
+            if explain {
+                println!("{}", harness::affected::explain(&m, &pacts, &mapped));
+            }
             if json {
                 println!(
                     "{}",

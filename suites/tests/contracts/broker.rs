@@ -52,7 +52,8 @@ async fn verify_from_broker(ctx: Arc<TrialContext>, contracts: Contracts) -> any
     let report = contracts
         .verify_provider(ctx.stack.clone(), &request)
         .await?;
-    println!("{}", report.table());
+    // Shown with the failure if a check below fails.
+    harness::capture::note(&report.table());
     let seen = broker
         .seen
         .lock()
