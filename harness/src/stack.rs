@@ -109,6 +109,22 @@ fn credentials(service: &Service) -> Creds {
     }
 }
 
+fn start_request<'a>(
+    service: &'a Service,
+    (user, password, database): Creds,
+    deps: &'a BTreeMap<String, Endpoint>,
+    ports: Option<&'a BTreeMap<String, u16>>,
+) -> StartRequest<'a> {
+    StartRequest {
+        service,
+        user,
+        password,
+        database,
+        deps,
+        ports,
+    }
+}
+
 struct StackLauncher<'a> {
     manifest: &'a Manifest,
     backend: &'a dyn Backend,
@@ -138,15 +154,7 @@ impl Launcher for StackLauncher<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), creds.clone());
-        let (user, password, database) = creds;
-        let request = StartRequest {
-            service,
-            user,
-            password,
-            database,
-            deps,
-            ports: None,
-        };
+        let request = start_request(service, creds, deps, None);
         let instance = self
             .backend
             .start(request)
@@ -529,15 +537,7 @@ impl Stack {
                 .get(&name)
                 .cloned()
                 .unwrap_or_else(|| credentials(service));
-            let (user, password, database) = creds;
-            let request = StartRequest {
-                service,
-                user,
-                password,
-                database,
-                deps: &deps,
-                ports: Some(&old_host.ports),
-            };
+            let request = start_request(service, creds, &deps, Some(&old_host.ports));
             let refresh_failed = |message: String| {
                 Error::service(
                     &name,
