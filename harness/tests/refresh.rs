@@ -450,3 +450,143 @@ env = {{ PORT = "8080", BIND_HOST = "0.0.0.0" }}
     only(&refreshed, "bin", "binary changed");
     assert_eq!(post(&stack, "bin").await.0, 201);
 }
+
+/// The shop's `payments` as built by cargo, in a project of its own with the servers it needs.
+fn shop_payments(name: &str) -> Project {
+    let built = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/payments");
+    assert!(
+        std::path::Path::new(built).is_file(),
+        "{built} is missing: `cargo build --workspace --bins` first (./run does)"
+    );
+    let p = Project::new(
+        name,
+        r#"
+[stack]
+name = "refresh-shop"
+
+[services.postgres]
+kind = "postgres"
+databases = ["payments"]
+
+[services.redis]
+kind = "redis"
+
+[services.payments]
+kind = "service"
+binary = "payments"
+image = "harness-local/payments:latest"
+ports = { http = 8080 }
+depends-on = ["postgres", "redis"]
+probe = { type = "http", path = "/health" }
+
+[services.payments.env]
+BIND_ADDR = "{{ self.bind.http }}"
+DATABASE_URL = "{{ postgres.url.payments }}"
+REDIS_URL = "{{ redis.url }}"
+"#,
+    );
+    std::fs::copy(built, p.dir.join("target/debug/payments")).unwrap();
+    p
+}
+
+/// "Rebuilds" a binary as cargo does: a new file with other content (one byte more, after the
+/// ELF image, so it runs the same).
+fn rebuild(p: &Project, binary: &str) {
+    let path = p.dir.join("target/debug").join(binary);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.push(0);
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, bytes).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+}
+
+/// Creates a payment; returns its id.
+async fn pay(stack: &Stack) -> String {
+    let url = format!("{}/payments", stack.url("payments").unwrap());
+    let response = reqwest::Client::new()
+        .post(&url)
+        .header("idempotency-key", uuid_like())
+        .json(&serde_json::json!({
+            "order_id": "6f9619ff-8b86-d011-b42d-00c04fc964ff",
+            "amount": 1234, "currency": "EUR", "card_token": "tok_visa"
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201, "POST {url}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().to_string()
+}
+
+fn uuid_like() -> String {
+    format!("refresh-{}-{}", std::process::id(), rand_suffix())
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// A rebuilt shop service is restarted in place against the same servers: what it stored
+/// before is still there, the servers were not restarted, and nothing else was.
+async fn shop_service_refresh(backend: &str) {
+    let mut p = shop_payments(&format!("refresh-shop-{backend}"));
+    p.up(backend);
+    let (stack, refreshed) = p.attach().await;
+    assert!(refreshed.is_empty(), "{refreshed:?}");
+    let servers = (
+        stack.endpoint("postgres").unwrap(),
+        stack.endpoint("redis").unwrap(),
+    );
+    let id = pay(&stack).await;
+
+    rebuild(&p, "payments");
+    let (stack, refreshed) = p.attach().await;
+    only(&refreshed, "payments", "binary changed");
+    assert_eq!(
+        (
+            stack.endpoint("postgres").unwrap(),
+            stack.endpoint("redis").unwrap()
+        ),
+        servers,
+        "the servers are not restarted"
+    );
+    let url = format!("{}/payments/{id}", stack.url("payments").unwrap());
+    let status = reqwest::get(&url).await.unwrap().status().as_u16();
+    assert_eq!(
+        status, 200,
+        "GET {url}: the refreshed payments reads what the old one wrote"
+    );
+    pay(&stack).await;
+
+    let (_stack, refreshed) = p.attach().await;
+    assert!(refreshed.is_empty(), "nothing changed: {refreshed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuilt_shop_service_is_refreshed_natively() {
+    shop_service_refresh("native").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuilt_shop_service_is_refreshed_in_containers() {
+    if !docker_ready("harness-local/payments:latest") || !docker_ready("harness-local/postgres:15")
+    {
+        eprintln!("skipped: no Docker engine with the local images");
+        return;
+    }
+    // The servers' images as ./run points at them (fixtures/images/local.env).
+    if std::env::var_os("HARNESS_IMAGE_POSTGRES").is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests with fixtures/images/local.env sourced"
+        );
+        eprintln!("skipped: source fixtures/images/local.env for the local server images");
+        return;
+    }
+    shop_service_refresh("container").await;
+}
