@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::BackendKind;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
-use crate::fingerprint::{Fingerprinter, Fingerprints};
+use crate::fingerprint::{Fingerprinter, Fingerprints, KnownFile};
 use crate::manifest::Manifest;
 use crate::scheduler::Timing;
 use crate::stack::Refreshed;
@@ -63,6 +63,9 @@ pub struct State {
     /// The owner's control socket, where attached suites ask for a refresh.
     #[serde(default)]
     pub control: Option<PathBuf>,
+    /// Files already hashed for the fingerprints, with what identified their content.
+    #[serde(default)]
+    pub files: Vec<KnownFile>,
 }
 
 /// The target directory of the workspace around a manifest.
@@ -114,6 +117,7 @@ pub fn write(stack: &crate::Stack) -> Result<PathBuf, Error> {
         logs: stack.log_sources(),
         fingerprints: stack.fingerprints().clone(),
         control: stack.run_dir().map(control_socket),
+        files: stack.known_files(),
         timings: stack
             .timings()
             .iter()
@@ -200,7 +204,9 @@ pub async fn refreshed(
                 .join(", ")
         ));
     }
-    let now = Fingerprinter::new().all(manifest, state.backend).await;
+    let now = Fingerprinter::from_known(&state.files)
+        .all(manifest, state.backend)
+        .await;
     let changed = crate::fingerprint::changes(&state.fingerprints, &now);
     if changed.is_empty() {
         return Ok((state, Vec::new()));

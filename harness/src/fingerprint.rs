@@ -72,10 +72,12 @@ pub struct Fingerprinter {
     files: BTreeMap<PathBuf, (Stamp, u64)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What identifies a file's content without reading it: size, modification time (ns since the
+/// epoch) and inode. Cargo and editors write a new file, so a change moves at least one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Stamp {
     len: u64,
-    modified: Option<std::time::SystemTime>,
+    modified_ns: i128,
     inode: u64,
 }
 
@@ -83,15 +85,47 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
     use std::os::unix::fs::MetadataExt as _;
     Stamp {
         len: meta.len(),
-        modified: meta.modified().ok(),
+        modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         inode: meta.ino(),
     }
+}
+
+/// A file hashed before, with the stamp it had (recorded in the state file, so an attaching
+/// suite re-reads only what changed: hashing debug binaries of a hundred megabytes each costs
+/// seconds in a debug build).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KnownFile {
+    path: PathBuf,
+    stamp: Stamp,
+    hash: u64,
 }
 
 impl Fingerprinter {
     /// A fingerprinter with nothing remembered.
     pub fn new() -> Fingerprinter {
         Fingerprinter::default()
+    }
+
+    /// A fingerprinter that remembers `known` files (from [`Fingerprinter::known`]).
+    pub fn from_known(known: &[KnownFile]) -> Fingerprinter {
+        Fingerprinter {
+            files: known
+                .iter()
+                .map(|k| (k.path.clone(), (k.stamp, k.hash)))
+                .collect(),
+        }
+    }
+
+    /// The files hashed so far, for [`Fingerprinter::from_known`].
+    pub fn known(&self) -> Vec<KnownFile> {
+        self.files
+            .iter()
+            .map(|(path, (stamp, hash))| KnownFile {
+                path: path.clone(),
+                stamp: *stamp,
+                hash: *hash,
+            })
+            .collect()
     }
 
     /// Fingerprints of every service of `manifest` as `backend` runs them.
@@ -332,6 +366,27 @@ mod tests {
         assert_eq!(f.paths(d, &paths), first, "reverting restores it");
         std::fs::write(d.join("app/extra.py"), "").unwrap();
         assert_ne!(f.paths(d, &paths), first, "a new file changes the hash");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_known_file_is_not_read_again_until_it_changes() {
+        let dir = std::env::temp_dir().join(format!("harness-fp-known-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bin");
+        std::fs::write(&file, "one").unwrap();
+        let mut first = Fingerprinter::new();
+        let hash = first.file(&file);
+        assert_eq!(hash, content_hash(b"one"));
+        // A remembered hash is trusted while the stamp is the same: prove it by faking it.
+        let mut known = first.known();
+        known[0].hash = 42;
+        assert_eq!(Fingerprinter::from_known(&known).file(&file), 42);
+        // A new file (as cargo writes one) is read.
+        let tmp = dir.join("bin.new");
+        std::fs::write(&tmp, "two").unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        assert_eq!(Fingerprinter::from_known(&known).file(&file), content_hash(b"two"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

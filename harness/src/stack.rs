@@ -443,14 +443,19 @@ impl Stack {
             run: None,
             attached: Some(state.pid),
             credentials: BTreeMap::new(),
+            fingerprinter: Fingerprinter::from_known(&state.files),
             fingerprints: state.fingerprints,
-            fingerprinter: Fingerprinter::new(),
         })
     }
 
     /// What each service was started from, as recorded when it (last) started.
     pub fn fingerprints(&self) -> &Fingerprints {
         &self.fingerprints
+    }
+
+    /// The files hashed for the fingerprints, with what identified their content.
+    pub fn known_files(&self) -> Vec<crate::fingerprint::KnownFile> {
+        self.fingerprinter.known()
     }
 
     /// The run directory of a stack this process owns.
