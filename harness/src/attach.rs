@@ -63,6 +63,18 @@ pub struct State {
     /// The owner's control socket, where attached suites ask for a refresh.
     #[serde(default)]
     pub control: Option<PathBuf>,
+    /// The backend of each service (empty: every one on `backend`).
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendKind>,
+}
+
+impl State {
+    /// The backend of each service of the stack.
+    pub fn plan(&self, manifest: &Manifest) -> crate::backend::mixed::Plan {
+        let mut plan = crate::backend::mixed::Plan::uniform(manifest, self.backend);
+        plan.services.extend(self.backends.clone());
+        plan
+    }
 }
 
 /// The target directory of the workspace around a manifest.
@@ -114,6 +126,7 @@ pub fn write(stack: &crate::Stack) -> Result<PathBuf, Error> {
         logs: stack.log_sources(),
         fingerprints: stack.fingerprints().clone(),
         control: stack.run_dir().map(control_socket),
+        backends: stack.plan().services.clone(),
         timings: stack
             .timings()
             .iter()
@@ -200,7 +213,9 @@ pub async fn refreshed(
                 .join(", ")
         ));
     }
-    let now = Fingerprinter::new().all(manifest, state.backend).await;
+    let now = Fingerprinter::new()
+        .planned(manifest, &state.plan(manifest))
+        .await;
     let changed = crate::fingerprint::changes(&state.fingerprints, &now);
     if changed.is_empty() {
         return Ok((state, Vec::new()));

@@ -344,6 +344,9 @@ async fn trace_id_everywhere(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
         "the trace id is in the log lines of all three services",
         async {
             for service in ["orders", "payments", "notifications"] {
+                // A service whose output cannot be read (the external backend) says so at once,
+                // rather than reading as one that logged nothing.
+                ctx.stack.logs(service, 1).await?;
                 eventually(Duration::from_secs(5), || async {
                     let lines = ctx
                         .stack
