@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use harness::backend::BackendKind;
+use harness::isolation::DatabaseTemplate;
 use harness::{Error, Manifest, Stack, StackOptions};
 use sqlx::Connection;
 
@@ -138,6 +139,16 @@ async fn external_servers_are_used_and_left_as_they_were() {
     );
     let dbs = databases(&admin).await;
     assert!(dbs.contains(&"created_by_run".to_string()), "{dbs:?}");
+
+    // Per-trial isolation works on the external server: a template, a clone of it, dropped.
+    let migrations = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/orders/migrations");
+    let template = DatabaseTemplate::from_migrations(&stack, "external", &migrations)
+        .await
+        .unwrap();
+    let fresh = template.fresh_database().await.unwrap();
+    assert!(databases(&admin).await.contains(&fresh.name));
+    template.drop_database(&fresh).await.unwrap();
+    assert!(!databases(&admin).await.contains(&fresh.name));
 
     // Logs that are not there are said to be not there.
     match stack.logs("postgres", 10).await {

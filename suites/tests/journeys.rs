@@ -35,6 +35,11 @@ fn main() -> ExitCode {
         .trial("declined_payment", declined_payment)
         .trial("idempotency", idempotency)
         .trial("trace_id_everywhere", trace_id_everywhere)
+        // Reads their logs: on the external backend there are none, and it is ignored, saying so.
+        .needs_logs(
+            "trace_id_everywhere",
+            &["orders", "payments", "notifications"],
+        )
         .trial(
             "malformed_order_paid_is_dead_lettered",
             malformed_order_paid_is_dead_lettered,
