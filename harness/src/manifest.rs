@@ -1001,6 +1001,28 @@ fn build_service(
         }
     }
 
+    let backend = raw.backend.as_ref().and_then(|b| {
+        let kind = BackendKind::parse(b.get_ref());
+        if kind.is_none() {
+            let help = match closest(b.get_ref(), ["native", "container", "external"]) {
+                Some(s) => format!(
+                    "did you mean `{s}`? use {}, or remove the key to follow the stack's backend",
+                    BackendKind::CHOICES
+                ),
+                None => format!(
+                    "use {}, or remove the key to follow the stack's backend",
+                    BackendKind::CHOICES
+                ),
+            };
+            problems.push(Problem::at(
+                b.span(),
+                format!("`{}` is not a backend (service `{name}`)", b.get_ref()),
+                help,
+            ));
+        }
+        kind
+    });
+
     let launch = match (raw.kind, &raw.binary, &raw.command) {
         (_, Some(b), Some(_)) => {
             problems.push(Problem::at(
@@ -1046,7 +1068,8 @@ fn build_service(
             )
         }
         (Kind::Service, None, None) => {
-            if raw.image.is_none() {
+            // An external service runs elsewhere: the harness needs only its endpoint.
+            if raw.image.is_none() && backend != Some(BackendKind::External) {
                 problems.push(Problem::at(
                     body.span().start..body.span().start + 1,
                     format!("service `{name}` has nothing to run"),
@@ -1240,28 +1263,6 @@ fn build_service(
             ));
         }
     }
-
-    let backend = raw.backend.as_ref().and_then(|b| {
-        let kind = BackendKind::parse(b.get_ref());
-        if kind.is_none() {
-            let help = match closest(b.get_ref(), ["native", "container", "external"]) {
-                Some(s) => format!(
-                    "did you mean `{s}`? use {}, or remove the key to follow the stack's backend",
-                    BackendKind::CHOICES
-                ),
-                None => format!(
-                    "use {}, or remove the key to follow the stack's backend",
-                    BackendKind::CHOICES
-                ),
-            };
-            problems.push(Problem::at(
-                b.span(),
-                format!("`{}` is not a backend (service `{name}`)", b.get_ref()),
-                help,
-            ));
-        }
-        kind
-    });
 
     Service {
         name: name.to_string(),

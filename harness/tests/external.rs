@@ -3,7 +3,11 @@
 //! the harness created there are dropped afterwards, and teardown touches nothing else of the
 //! external servers. The "CI service containers" are a native stack of their own here.
 //!
-//! One test in this file: it sets `HARNESS_<SERVICE>_*` in the process environment.
+//! A container reaches an external server on the host through the engine's host gateway
+//! (needs a Docker engine and `harness-local/base:bookworm` of `fixtures/images/build.sh`).
+//!
+//! The tests set `HARNESS_<SERVICE>_*` in the process environment, each for services of its
+//! own names.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -179,7 +183,7 @@ async fn external_servers_are_used_and_left_as_they_were() {
     assert!(!dbs.contains(&"created_by_run".to_string()), "{dbs:?}");
     let mut before = sqlx::PgConnection::connect(&pg.url(Some("there_before")).unwrap())
         .await
-        .unwrap();
+        .expect("`there_before` was there before the run: teardown must leave it");
     let v: i32 = sqlx::query_scalar("SELECT v FROM kept")
         .fetch_one(&mut before)
         .await
@@ -198,4 +202,84 @@ async fn external_servers_are_used_and_left_as_they_were() {
     assert_eq!(kept, "v");
     assert!(servers.logs("postgres", 5).await.is_ok());
     servers.down().await;
+}
+
+const GATEWAY: &str = r#"
+[stack]
+name = "gateway"
+pull = "never"
+
+# A server outside the engine, on the host (what a CI job's service container is to the job).
+[services.ext]
+kind = "service"
+backend = "external"
+ports = { http = 8080 }
+probe = { type = "tcp" }
+
+# Says whether it reaches `ext` at the address its template gave it.
+[services.client]
+kind = "service"
+image = "harness-local/base:bookworm"
+ports = { http = 8080 }
+depends-on = ["ext"]
+probe = { type = "http", path = "/env" }
+env = { EXT = "{{ ext.address }}" }
+args = ["perl", "-MIO::Socket::INET", "-e", '''
+my ($host, $port) = split /:/, $ARGV[0];
+my $server = IO::Socket::INET->new(LocalAddr => $host, LocalPort => $port, Listen => 16, ReuseAddr => 1)
+    or die "cannot listen on $ARGV[0]: $!\n";
+while (my $client = $server->accept) {
+    while (my $line = <$client>) { last if $line =~ /^\r?$/ }
+    my $peer = IO::Socket::INET->new(PeerAddr => $ENV{EXT}, Timeout => 2);
+    my $body = $ENV{EXT} . ($peer ? " reachable" : " unreachable: $!") . "\n";
+    print $client "HTTP/1.0 200 OK\r\nContent-Length: " . length($body) . "\r\n\r\n$body";
+    close $client;
+}
+''', "{{ self.bind.http }}"]
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_reaches_an_external_server_on_the_host_through_the_gateway() {
+    if let Err(e) = harness::backend::container::connect().await {
+        panic!("this test needs a Docker engine: {e}");
+    }
+    // On every address: the container comes from the engine's bridge, not from loopback.
+    let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Connections are kept open: one closed at once reads as "nothing listens behind it".
+    let server = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            open.push(conn);
+        }
+    });
+    std::env::set_var("HARNESS_EXT_PORT", port.to_string());
+    let stack = Stack::start(
+        manifest(GATEWAY),
+        StackOptions {
+            backend: Some(BackendKind::Container),
+            ..StackOptions::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n  (images: run `fixtures/images/build.sh`; it builds harness-local/base:bookworm)"
+        )
+    });
+    assert_eq!(stack.plan().of("ext"), BackendKind::External);
+    let body = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/env", stack.url("client").unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    stack.down().await;
+    server.abort();
+    assert_eq!(body, format!("host.docker.internal:{port} reachable\n"));
 }

@@ -1,13 +1,14 @@
 //! A backend per service: one stack whose servers come from a CI job (`external`) while the
 //! harness starts the team's own services (`native` or `container`).
 //!
-//! Which backend runs a service, first match wins (flags > environment > manifest):
+//! Which backend runs a service, first match wins: a setting for the service beats one for the
+//! stack, and within each flags beat environment beat manifest.
 //!
 //! 1. `--backend postgres=external` ([`StackOptions::service_backends`](crate::StackOptions));
-//! 2. `--backend native` ([`StackOptions::backend`](crate::StackOptions));
-//! 3. `HARNESS_BACKEND_<SERVICE>` (`<SERVICE>` upper-cased, `-` as `_`);
-//! 4. `HARNESS_BACKEND`;
-//! 5. `backend = "…"` of the service in the manifest;
+//! 2. `HARNESS_BACKEND_<SERVICE>` (`<SERVICE>` upper-cased, `-` as `_`);
+//! 3. `backend = "…"` of the service in the manifest (a service that only runs elsewhere);
+//! 4. `--backend native` ([`StackOptions::backend`](crate::StackOptions));
+//! 5. `HARNESS_BACKEND`;
 //! 6. [`detect`](super::detect)ed for the services still without one.
 //!
 //! Templates resolve across backends ([`reach`]): a native service is given the host address
@@ -183,10 +184,10 @@ pub fn assign(
         let kind = services
             .get(&s.name)
             .copied()
-            .or(default)
             .or(from_env)
-            .or(stack_env)
-            .or(s.backend);
+            .or(s.backend)
+            .or(default)
+            .or(stack_env);
         out.insert(s.name.clone(), kind);
     }
     Ok(out)
@@ -493,7 +494,7 @@ env = { DATABASE_URL = "{{ postgres.url.orders }}", REDIS_URL = "{{ redis.url }}
     }
 
     #[test]
-    fn flags_beat_environment_beats_manifest() {
+    fn the_services_own_setting_beats_the_stacks_and_flags_beat_the_environment() {
         let m = shop();
         let vars = |pairs: &'static [(&'static str, &'static str)]| {
             move |k: &str| {
@@ -508,20 +509,28 @@ env = { DATABASE_URL = "{{ postgres.url.orders }}", REDIS_URL = "{{ redis.url }}
         let a = assign(&m, None, &none, &vars(&[])).unwrap();
         assert_eq!(a["redis"], Some(BackendKind::External));
         assert_eq!(a["postgres"], None);
-        // HARNESS_BACKEND_<SERVICE> beats HARNESS_BACKEND, which beats the manifest.
+        // HARNESS_BACKEND_<SERVICE> beats the manifest's, which beats HARNESS_BACKEND.
         let env = vars(&[
             ("HARNESS_BACKEND", "native"),
             ("HARNESS_BACKEND_POSTGRES", "external"),
         ]);
         let a = assign(&m, None, &none, &env).unwrap();
         assert_eq!(a["postgres"], Some(BackendKind::External));
-        assert_eq!(a["redis"], Some(BackendKind::Native));
+        assert_eq!(a["redis"], Some(BackendKind::External));
         assert_eq!(a["orders"], Some(BackendKind::Native));
-        // `--backend container,postgres=native` beats every variable.
+        let env = vars(&[("HARNESS_BACKEND_REDIS", "container")]);
+        let a = assign(&m, Some(BackendKind::Native), &none, &env).unwrap();
+        assert_eq!(a["redis"], Some(BackendKind::Container));
+        // `--backend container` beats HARNESS_BACKEND; `--backend postgres=native` beats all.
+        let env = vars(&[
+            ("HARNESS_BACKEND", "native"),
+            ("HARNESS_BACKEND_POSTGRES", "external"),
+        ]);
         let flags = BTreeMap::from([("postgres".to_string(), BackendKind::Native)]);
         let a = assign(&m, Some(BackendKind::Container), &flags, &env).unwrap();
         assert_eq!(a["postgres"], Some(BackendKind::Native));
         assert_eq!(a["orders"], Some(BackendKind::Container));
+        assert_eq!(a["redis"], Some(BackendKind::External));
         // Mistakes are named.
         let bad = vars(&[("HARNESS_BACKEND_REDIS", "docker")]);
         let err = assign(&m, None, &none, &bad).unwrap_err().to_string();
