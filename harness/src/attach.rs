@@ -66,6 +66,18 @@ pub struct State {
     /// Files already hashed for the fingerprints, with what identified their content.
     #[serde(default)]
     pub files: Vec<KnownFile>,
+    /// The backend of each service (empty: every one on `backend`).
+    #[serde(default)]
+    pub backends: BTreeMap<String, BackendKind>,
+}
+
+impl State {
+    /// The backend of each service of the stack.
+    pub fn plan(&self, manifest: &Manifest) -> crate::backend::mixed::Plan {
+        let mut plan = crate::backend::mixed::Plan::uniform(manifest, self.backend);
+        plan.services.extend(self.backends.clone());
+        plan
+    }
 }
 
 /// The target directory of the workspace around a manifest.
@@ -118,6 +130,7 @@ pub fn write(stack: &crate::Stack) -> Result<PathBuf, Error> {
         fingerprints: stack.fingerprints().clone(),
         control: stack.run_dir().map(control_socket),
         files: stack.known_files(),
+        backends: stack.plan().services.clone(),
         timings: stack
             .timings()
             .iter()
@@ -205,7 +218,7 @@ pub async fn refreshed(
         ));
     }
     let now = Fingerprinter::from_known(&state.files)
-        .all(manifest, state.backend)
+        .planned(manifest, &state.plan(manifest))
         .await;
     let changed = crate::fingerprint::changes(&state.fingerprints, &now);
     if changed.is_empty() {

@@ -52,6 +52,14 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+    /// A service's output cannot be read: the harness did not start it (external backend).
+    #[error("error: the logs of service `{service}` are {reason}: the harness did not start it and cannot read its output\n  = help: read them where the server runs (the CI job's service container log), or run `{service}` on the native or container backend")]
+    LogsUnavailable {
+        /// The service.
+        service: String,
+        /// Why: `unavailable on the external backend`.
+        reason: String,
+    },
     /// An I/O fault inside the harness.
     #[error("error: {context}: {source}")]
     Io {
@@ -69,7 +77,7 @@ impl Error {
             Error::Manifest(_) | Error::Usage(_) => exit_code::INVALID_INPUT,
             Error::Prerequisite { .. } => exit_code::PREREQUISITE_MISSING,
             Error::Startup(_) => exit_code::STARTUP_FAILED,
-            Error::Service { .. } => exit_code::SERVICE_FAILED,
+            Error::Service { .. } | Error::LogsUnavailable { .. } => exit_code::SERVICE_FAILED,
             Error::Io { .. } => exit_code::INTERNAL,
         }
     }

@@ -128,6 +128,20 @@ impl Fingerprinter {
             .collect()
     }
 
+    /// Fingerprints of every service of `manifest`, each as its backend in `plan` runs it.
+    pub async fn planned(
+        &mut self,
+        manifest: &Manifest,
+        plan: &crate::backend::mixed::Plan,
+    ) -> Fingerprints {
+        let mut out = Fingerprints::new();
+        for kind in plan.kinds() {
+            let all = self.all(manifest, kind).await;
+            out.extend(all.into_iter().filter(|(s, _)| plan.of(s) == kind));
+        }
+        out
+    }
+
     /// Fingerprints of every service of `manifest` as `backend` runs them.
     pub async fn all(&mut self, manifest: &Manifest, backend: BackendKind) -> Fingerprints {
         let (images, mounts) = match backend {
@@ -386,7 +400,10 @@ mod tests {
         let tmp = dir.join("bin.new");
         std::fs::write(&tmp, "two").unwrap();
         std::fs::rename(&tmp, &file).unwrap();
-        assert_eq!(Fingerprinter::from_known(&known).file(&file), content_hash(b"two"));
+        assert_eq!(
+            Fingerprinter::from_known(&known).file(&file),
+            content_hash(b"two")
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

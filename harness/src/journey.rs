@@ -205,11 +205,14 @@ impl Journey {
                     .collect();
                 let reads = self.reads.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 for service in touched {
-                    let lines = self
-                        .stack
-                        .logs(&service, TAIL_SEARCH)
-                        .await
-                        .unwrap_or_default();
+                    let lines = match self.stack.logs(&service, TAIL_SEARCH).await {
+                        Ok(lines) => lines,
+                        Err(crate::Error::LogsUnavailable { reason, .. }) => {
+                            report.push_str(&format!("\n  --- logs of `{service}`: {reason} ---"));
+                            continue;
+                        }
+                        Err(_) => Vec::new(),
+                    };
                     let (title, shown) = match journey_lines(&lines, &self.trace.trace_id, &reads) {
                         Some(shown) => (
                             format!("last lines of `{service}` with the journey's trace id"),

@@ -100,6 +100,54 @@ impl fmt::Display for Kind {
     }
 }
 
+/// Which backend runs a stack, or one service of it (`backend = "…"`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Local processes from installed binaries.
+    Native,
+    /// Nothing is started; endpoints come from `HARNESS_<SERVICE>_*` environment variables.
+    External,
+    /// Containers on a private network of a Docker engine (`DOCKER_HOST`).
+    Container,
+}
+
+impl BackendKind {
+    /// The accepted spellings, for messages.
+    pub const CHOICES: &'static str = "`native`, `container` or `external`";
+
+    /// Parses `native`, `container` or `external`.
+    pub fn parse(text: &str) -> Option<BackendKind> {
+        match text.trim() {
+            "native" => Some(BackendKind::Native),
+            "container" => Some(BackendKind::Container),
+            "external" => Some(BackendKind::External),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Native => "native",
+            BackendKind::External => "external",
+            BackendKind::Container => "container",
+        })
+    }
+}
+
 /// When a dependent may start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -210,6 +258,9 @@ pub struct Service {
     pub databases: Vec<String>,
     /// Paths (relative to the manifest's directory) whose changes affect this service.
     pub paths: Vec<String>,
+    /// `backend = "…"`: the backend that runs this service whatever runs the rest (CI service
+    /// containers: `external`); `None` follows the stack's.
+    pub backend: Option<BackendKind>,
 }
 
 impl Service {
@@ -336,6 +387,18 @@ impl Manifest {
         self.services.iter().find(|s| s.name == name)
     }
 
+    /// The manifest reduced to the services `keep` accepts; dependencies on services left out
+    /// are dropped (a backend given a part of a stack sees only its part).
+    pub fn only(&self, keep: impl Fn(&Service) -> bool) -> Manifest {
+        let mut part = self.clone();
+        part.services.retain(|s| keep(s));
+        let names: BTreeSet<String> = part.services.iter().map(|s| s.name.clone()).collect();
+        for s in &mut part.services {
+            s.depends_on.retain(|d| names.contains(&d.service));
+        }
+        part
+    }
+
     /// The directory the manifest lives in; relative paths in it are relative to this.
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
@@ -387,6 +450,7 @@ struct RawService {
     databases: Vec<Spanned<String>>,
     #[serde(default)]
     paths: Vec<Spanned<String>>,
+    backend: Option<Spanned<String>>,
 }
 
 /// `depends-on`: a list of names (each `ready`) or a table of `name = condition`.
@@ -547,6 +611,7 @@ const SERVICE_KEYS: &[&str] = &[
     "database",
     "databases",
     "paths",
+    "backend",
 ];
 
 const STACK_KEYS: &[&str] = &[
@@ -936,6 +1001,28 @@ fn build_service(
         }
     }
 
+    let backend = raw.backend.as_ref().and_then(|b| {
+        let kind = BackendKind::parse(b.get_ref());
+        if kind.is_none() {
+            let help = match closest(b.get_ref(), ["native", "container", "external"]) {
+                Some(s) => format!(
+                    "did you mean `{s}`? use {}, or remove the key to follow the stack's backend",
+                    BackendKind::CHOICES
+                ),
+                None => format!(
+                    "use {}, or remove the key to follow the stack's backend",
+                    BackendKind::CHOICES
+                ),
+            };
+            problems.push(Problem::at(
+                b.span(),
+                format!("`{}` is not a backend (service `{name}`)", b.get_ref()),
+                help,
+            ));
+        }
+        kind
+    });
+
     let launch = match (raw.kind, &raw.binary, &raw.command) {
         (_, Some(b), Some(_)) => {
             problems.push(Problem::at(
@@ -981,7 +1068,8 @@ fn build_service(
             )
         }
         (Kind::Service, None, None) => {
-            if raw.image.is_none() {
+            // An external service runs elsewhere: the harness needs only its endpoint.
+            if raw.image.is_none() && backend != Some(BackendKind::External) {
                 problems.push(Problem::at(
                     body.span().start..body.span().start + 1,
                     format!("service `{name}` has nothing to run"),
@@ -1206,6 +1294,7 @@ fn build_service(
         },
         databases,
         paths: raw.paths.iter().map(|p| p.get_ref().clone()).collect(),
+        backend,
     }
 }
 

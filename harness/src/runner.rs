@@ -54,6 +54,9 @@ pub struct Suite {
     sequential: bool,
     local: Vec<(String, LocalFn, bool)>,
     manifest_hooks: Vec<ManifestHook>,
+    /// Trials that read services' logs, by full name: ignored, with the reason, where the
+    /// logs cannot be read.
+    needs_logs: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl std::fmt::Debug for Suite {
@@ -82,7 +85,19 @@ impl Suite {
             sequential: false,
             local: Vec::new(),
             manifest_hooks: Vec::new(),
+            needs_logs: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Declares that trial `name` reads the logs of `services`: where one of them has none to
+    /// read (the external backend), the trial is reported as ignored with the reason instead
+    /// of failing.
+    pub fn needs_logs(mut self, name: &str, services: &[&str]) -> Suite {
+        self.needs_logs.insert(
+            format!("{}::{name}", self.name),
+            services.iter().map(|s| s.to_string()).collect(),
+        );
+        self
     }
 
     /// Uses this manifest instead of the default one.
@@ -253,6 +268,7 @@ impl Suite {
         if stack.attached_to().is_none() {
             write_timeline(&stack, &self.name);
         }
+        let mut needs_logs = std::mem::take(&mut self.needs_logs);
         let trials = self
             .trials
             .into_iter()
@@ -262,7 +278,11 @@ impl Suite {
                     name: name.clone(),
                 });
                 let (handle, records) = (handle.clone(), records.clone());
-                Trial::test(name.clone(), move || {
+                let reads = needs_logs.remove(&name).unwrap_or_default();
+                Trial::ignorable_test(name.clone(), move || {
+                    if let Some(reason) = handle.block_on(logs_missing(&ctx.stack, &reads)) {
+                        return Ok(libtest_mimic::Completion::ignored_with(reason));
+                    }
                     attempts(&name, retries, &records, || {
                         let (ctx, f) = (ctx.clone(), f.clone());
                         handle.block_on(async move {
@@ -273,6 +293,7 @@ impl Suite {
                             }
                         })
                     })
+                    .map(|()| libtest_mimic::Completion::Completed)
                 })
                 .with_ignored_flag(ignored)
             })
@@ -562,6 +583,16 @@ async fn start_stack(
         },
     )
     .await
+}
+
+/// Why a trial reading the logs of `services` cannot run: the first whose logs are unavailable.
+async fn logs_missing(stack: &Stack, services: &[String]) -> Option<String> {
+    for service in services {
+        if let Err(crate::Error::LogsUnavailable { reason, .. }) = stack.logs(service, 0).await {
+            return Some(format!("needs the logs of `{service}`, {reason}"));
+        }
+    }
+    None
 }
 
 /// The error with its cause chain, and the log tails of the stack's own services.

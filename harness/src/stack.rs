@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use crate::backend::mixed::Plan;
 use crate::backend::{self, Backend, BackendKind, Instance, StartRequest};
 use crate::cleanup::{self, RunDir};
 use crate::endpoint::Endpoint;
@@ -27,6 +28,9 @@ pub struct StackOptions {
     /// The backend; `None` picks one from `HARNESS_BACKEND`, else detects one (see
     /// [`backend::detect`]).
     pub backend: Option<BackendKind>,
+    /// Backends of single services (`--backend postgres=external`), beating every other
+    /// setting (see [`backend::mixed`]).
+    pub service_backends: BTreeMap<String, BackendKind>,
     /// Launch at most this many services at once (`Some(1)`: sequential).
     pub max_parallel: Option<usize>,
     /// Print a line per service and phase to stderr.
@@ -39,6 +43,11 @@ pub struct Stack {
     manifest: Manifest,
     graph: Graph,
     kind: BackendKind,
+    /// The backend of each service.
+    plan: Plan,
+    /// Databases the harness created on external postgres services, by service: dropped by
+    /// [`Stack::down`] (the server and what was there before stay).
+    created: BTreeMap<String, Vec<String>>,
     /// Kept alive while the stack runs; `None` for an attached stack.
     backend: Option<Box<dyn Backend>>,
     instances: BTreeMap<String, tokio::sync::Mutex<Box<dyn Instance>>>,
@@ -128,8 +137,10 @@ fn start_request<'a>(
 struct StackLauncher<'a> {
     manifest: &'a Manifest,
     backend: &'a dyn Backend,
+    plan: &'a Plan,
     launched: Mutex<BTreeMap<String, Instant>>,
     credentials: Mutex<BTreeMap<String, Creds>>,
+    created: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 #[async_trait]
@@ -176,10 +187,26 @@ impl Launcher for StackLauncher<'_> {
             .get(name)
             .copied()
             .unwrap_or_else(Instant::now);
-        make_ready(service, instance.as_mut(), launched).await
+        let created = make_ready(service, instance.as_mut(), launched).await?;
+        // Only on a server the harness did not start do its databases outlive the run.
+        if self.plan.of(name) == BackendKind::External && !created.is_empty() {
+            self.created
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name.to_string(), created);
+        }
+        Ok(())
     }
 
-    async fn stop(&self, _name: &str, mut instance: Box<dyn Instance>) {
+    async fn stop(&self, name: &str, mut instance: Box<dyn Instance>) {
+        let created = self
+            .created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(dbs) = created {
+            drop_databases(name, &instance.endpoint(), &dbs).await;
+        }
         instance.remove().await;
     }
 }
@@ -234,12 +261,13 @@ impl Instance for Vacant {
     async fn remove(&mut self) {}
 }
 
-/// Waits until a launched service passes its probe, then runs its one-time setup.
+/// Waits until a launched service passes its probe, then runs its one-time setup; returns the
+/// databases that setup created.
 async fn make_ready(
     service: &Service,
     instance: &mut dyn Instance,
     launched: Instant,
-) -> Result<(), Failure> {
+) -> Result<Vec<String>, Failure> {
     let endpoint = instance.endpoint();
     let deadline = launched + service.startup_timeout;
     probe::wait_ready(&service.probe, &endpoint, deadline, || instance.exited())
@@ -250,7 +278,7 @@ async fn make_ready(
             probe: Some(f.probe),
             waited: Some(launched.elapsed()),
         })?;
-    after_ready(service, &endpoint)
+    let created = after_ready(service, &endpoint)
         .await
         .map_err(|message| Failure {
             message,
@@ -259,13 +287,14 @@ async fn make_ready(
             waited: None,
         })?;
     instance.on_ready().await;
-    Ok(())
+    Ok(created)
 }
 
-/// One-time setup once a service is ready: the databases a postgres service should hold.
-async fn after_ready(service: &Service, endpoint: &Endpoint) -> Result<(), String> {
+/// One-time setup once a service is ready: the databases a postgres service should hold, each
+/// created when missing. Returns those it created.
+async fn after_ready(service: &Service, endpoint: &Endpoint) -> Result<Vec<String>, String> {
     if service.kind != Kind::Postgres {
-        return Ok(());
+        return Ok(Vec::new());
     }
     use sqlx::Connection as _;
     let wanted: Vec<&str> = endpoint
@@ -276,12 +305,13 @@ async fn after_ready(service: &Service, endpoint: &Endpoint) -> Result<(), Strin
         .filter(|d| *d != "postgres")
         .collect();
     if wanted.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let url = endpoint.url(Some("postgres"))?;
     let mut conn = sqlx::PgConnection::connect(&url)
         .await
         .map_err(|e| format!("creating databases: {e}"))?;
+    let mut created = Vec::new();
     for db in wanted {
         let exists: Option<i32> =
             sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
@@ -294,10 +324,39 @@ async fn after_ready(service: &Service, endpoint: &Endpoint) -> Result<(), Strin
                 .execute(&mut conn)
                 .await
                 .map_err(|e| format!("creating database `{db}`: {e}"))?;
+            created.push(db.to_string());
         }
     }
     let _ = conn.close().await;
-    Ok(())
+    Ok(created)
+}
+
+/// Drops the databases the harness created on an external postgres service. `FORCE`: a
+/// connection a trial left open must not keep them.
+async fn drop_databases(service: &str, endpoint: &Endpoint, dbs: &[String]) {
+    use sqlx::Connection as _;
+    let result = async {
+        let url = endpoint.url(Some("postgres"))?;
+        let mut conn = sqlx::PgConnection::connect(&url)
+            .await
+            .map_err(|e| e.to_string())?;
+        for db in dbs {
+            sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| format!("dropping `{db}`: {e}"))?;
+        }
+        let _ = conn.close().await;
+        Ok::<(), String>(())
+    }
+    .await;
+    if let Err(e) = result {
+        // Teardown goes on; the leftover is named so it can be removed by hand.
+        eprintln!(
+            "harness: the databases it created on the external `{service}` ({}) were not all dropped: {e}",
+            dbs.join(", ")
+        );
+    }
 }
 
 fn print_phase(
@@ -335,19 +394,23 @@ impl Stack {
         }
         let graph = Graph::new(&manifest)
             .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
-        let kind = backend::resolve(options.backend, &manifest).await?;
+        let plan =
+            backend::mixed::plan(&manifest, options.backend, &options.service_backends).await?;
+        let kind = plan.main(&manifest);
         let run = RunDir::create().map_err(|e| Error::io("creating the run directory", e))?;
-        let backend = backend::create(kind, &run, &manifest);
+        let backend = backend::create_plan(&plan, &run, &manifest);
         backend.preflight(&manifest).await?;
         // Taken before anything launches: a change made while the stack starts is seen by the
         // next attach, never missed.
         let mut fingerprinter = Fingerprinter::new();
-        let fingerprints = fingerprinter.all(&manifest, kind).await;
+        let fingerprints = fingerprinter.planned(&manifest, &plan).await;
         let launcher = StackLauncher {
             manifest: &manifest,
             backend: backend.as_ref(),
+            plan: &plan,
             launched: Mutex::new(BTreeMap::new()),
             credentials: Mutex::new(BTreeMap::new()),
+            created: Mutex::new(BTreeMap::new()),
         };
         let width = manifest
             .services
@@ -358,9 +421,10 @@ impl Stack {
         let mut phase_start = BTreeMap::new();
         if options.progress {
             eprintln!(
-                "starting stack `{}` ({} services, {kind} backend)",
+                "starting stack `{}` ({} services, {})",
                 manifest.name,
-                manifest.services.len()
+                manifest.services.len(),
+                plan.describe(&manifest)
             );
         }
         let result = scheduler::run(&graph, &launcher, options.max_parallel, |s, p, at| {
@@ -392,10 +456,16 @@ impl Stack {
             .credentials
             .into_inner()
             .unwrap_or_else(|p| p.into_inner());
+        let created = launcher
+            .created
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
         Ok(Stack {
             manifest,
             graph,
             kind,
+            plan,
+            created,
             backend: Some(backend),
             instances,
             endpoints: RwLock::new(endpoints),
@@ -436,6 +506,8 @@ impl Stack {
             timings: state.timings(),
             graph,
             kind: state.backend,
+            plan: state.plan(&manifest),
+            created: BTreeMap::new(),
             backend: None,
             instances,
             endpoints: RwLock::new(state.endpoints),
@@ -496,7 +568,7 @@ impl Stack {
         }
         let graph = Graph::new(&manifest)
             .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
-        let now = self.fingerprinter.all(&manifest, self.kind).await;
+        let now = self.fingerprinter.planned(&manifest, &self.plan).await;
         let mut why: BTreeMap<String, String> =
             crate::fingerprint::changes(&self.fingerprints, &now)
                 .into_iter()
@@ -603,9 +675,15 @@ impl Stack {
         &self.graph
     }
 
-    /// The backend that runs it.
+    /// The backend that runs it (that of its own services, when servers come from another;
+    /// see [`Stack::plan`]).
     pub fn backend(&self) -> BackendKind {
         self.kind
+    }
+
+    /// The backend of each service.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// The run's id (also `HARNESS_RUN_ID` of every process it started).
@@ -658,9 +736,17 @@ impl Stack {
         self.instances.get(name).ok_or_else(|| self.unknown(name))
     }
 
-    /// The last `n` lines of a service's output.
+    /// The last `n` lines of a service's output; [`Error::LogsUnavailable`] for a service
+    /// whose output the harness cannot read (the external backend).
     pub async fn logs(&self, name: &str, n: usize) -> Result<Vec<String>, Error> {
-        Ok(self.instance(name)?.lock().await.log_tail(n))
+        let instance = self.instance(name)?.lock().await;
+        if let Some(reason) = instance.logs_unavailable() {
+            return Err(Error::LogsUnavailable {
+                service: name.to_string(),
+                reason,
+            });
+        }
+        Ok(instance.log_tail(n))
     }
 
     /// Stops a service gracefully; its data is kept.
@@ -719,7 +805,11 @@ impl Stack {
         let order = self.graph.order();
         for name in order.iter().rev() {
             if let Some(instance) = self.instances.get(name) {
-                instance.lock().await.remove().await;
+                let mut instance = instance.lock().await;
+                if let Some(dbs) = self.created.remove(name) {
+                    drop_databases(name, &instance.endpoint(), &dbs).await;
+                }
+                instance.remove().await;
             }
         }
         self.instances.clear();

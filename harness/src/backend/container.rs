@@ -966,6 +966,9 @@ impl Container {
             exposed_ports: Some(bindings.keys().cloned().collect()),
             host_config: Some(HostConfig {
                 network_mode: Some(self.network.clone()),
+                // Servers outside the engine (CI service containers, the external backend)
+                // are on the host: reached by this name (see `mixed::reach`).
+                extra_hosts: Some(vec![format!("{}:host-gateway", super::mixed::HOST_GATEWAY)]),
                 binds,
                 port_bindings: Some(bindings),
                 publish_all_ports: Some(false),

@@ -26,16 +26,49 @@ fn var_name(service: &str, field: &str) -> String {
     )
 }
 
+/// The field of a port: `PORT` for the primary one, `PORT_<NAME>` for the others.
+fn port_field(name: &str, primary: Option<&str>) -> String {
+    if Some(name) == primary {
+        "PORT".to_string()
+    } else {
+        format!("PORT_{}", name.to_uppercase().replace('-', "_"))
+    }
+}
+
+/// The variables that give `endpoint` to the external backend as service `service` (what a
+/// CI job exports for its service containers; `harness env` prints them for a running stack).
+pub fn variables(service: &str, endpoint: &Endpoint) -> Vec<(String, String)> {
+    let mut vars = vec![(var_name(service, "HOST"), endpoint.host.clone())];
+    for (name, port) in &endpoint.ports {
+        let field = port_field(name, endpoint.primary.as_deref());
+        vars.push((var_name(service, &field), port.to_string()));
+    }
+    for (field, value) in [
+        ("USER", &endpoint.user),
+        ("PASSWORD", &endpoint.password),
+        ("DATABASE", &endpoint.database),
+    ] {
+        if let Some(v) = value {
+            vars.push((var_name(service, field), v.clone()));
+        }
+    }
+    vars
+}
+
 fn endpoint(service: &Service, missing: &mut Vec<String>) -> Endpoint {
-    let get = |field: &str| std::env::var(var_name(&service.name, field)).ok();
+    endpoint_from(service, &|v| std::env::var(v).ok(), missing)
+}
+
+fn endpoint_from(
+    service: &Service,
+    env: &dyn Fn(&str) -> Option<String>,
+    missing: &mut Vec<String>,
+) -> Endpoint {
+    let get = |field: &str| env(&var_name(&service.name, field));
     let mut ports = BTreeMap::new();
     let primary = service.primary_port().map(str::to_string);
     for name in service.ports.keys() {
-        let field = if Some(name) == primary.as_ref() {
-            "PORT".to_string()
-        } else {
-            format!("PORT_{}", name.to_uppercase().replace('-', "_"))
-        };
+        let field = port_field(name, primary.as_deref());
         match get(&field).map(|p| p.parse::<u16>()) {
             Some(Ok(p)) => {
                 ports.insert(name.clone(), p);
@@ -151,6 +184,11 @@ impl Instance for RemoteInstance {
     fn exited(&mut self) -> Option<String> {
         None
     }
+    fn logs_unavailable(&self) -> Option<String> {
+        self.log
+            .is_none()
+            .then(|| "unavailable on the external backend".to_string())
+    }
     fn log_tail(&self, n: usize) -> Vec<String> {
         self.log
             .as_ref()
@@ -172,5 +210,47 @@ impl Instance for RemoteInstance {
     async fn unpause(&mut self) -> Result<(), Error> {
         self.refuse("unpause")
     }
+    // The harness did not start it, so it never stops it.
     async fn remove(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variables_of_an_endpoint_give_it_back() {
+        let m = Manifest::parse(
+            std::path::Path::new("m.toml"),
+            "[services.rabbit-mq]\nkind = \"rabbitmq\"\nports = { management = 15672 }\n",
+        )
+        .unwrap();
+        let service = &m.services[0];
+        let endpoint = Endpoint {
+            kind: service.kind,
+            host: "10.0.0.7".into(),
+            ports: BTreeMap::from([("amqp".into(), 5673), ("management".into(), 15673)]),
+            primary: Some("amqp".into()),
+            bind_host: "0.0.0.0".into(),
+            user: Some("ci".into()),
+            password: Some("pw".into()),
+            database: None,
+        };
+        let vars = variables(&service.name, &endpoint);
+        let names: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "HARNESS_RABBIT_MQ_HOST",
+                "HARNESS_RABBIT_MQ_PORT",
+                "HARNESS_RABBIT_MQ_PORT_MANAGEMENT",
+                "HARNESS_RABBIT_MQ_USER",
+                "HARNESS_RABBIT_MQ_PASSWORD"
+            ]
+        );
+        let env = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let mut missing = Vec::new();
+        assert_eq!(endpoint_from(service, &env, &mut missing), endpoint);
+        assert!(missing.is_empty(), "{missing:?}");
+    }
 }

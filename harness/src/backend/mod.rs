@@ -4,10 +4,12 @@
 //! same for all of them.
 //!
 //! Which one runs a stack: `--backend` / [`StackOptions::backend`](crate::StackOptions), else
-//! `HARNESS_BACKEND`, else [`detect`]ed.
+//! `HARNESS_BACKEND`, else [`detect`]ed. Each service can have a backend of its own
+//! ([`mixed`]): CI service containers as `external`, the team's services native.
 
 pub mod container;
 pub mod external;
+pub mod mixed;
 pub mod native;
 
 use std::collections::BTreeMap;
@@ -17,21 +19,8 @@ use async_trait::async_trait;
 
 use crate::endpoint::Endpoint;
 use crate::error::Error;
+pub use crate::manifest::BackendKind;
 use crate::manifest::{Manifest, Service};
-
-/// Which backend runs a stack.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// Local processes from installed binaries.
-    Native,
-    /// Nothing is started; endpoints come from `HARNESS_<SERVICE>_*` environment variables.
-    External,
-    /// Containers on a private network of a Docker engine (`DOCKER_HOST`).
-    Container,
-}
 
 impl BackendKind {
     /// The backend `HARNESS_BACKEND` asks for: `None` when it is unset, empty or `auto`.
@@ -120,16 +109,6 @@ pub fn choose(
     })
 }
 
-impl fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BackendKind::Native => "native",
-            BackendKind::External => "external",
-            BackendKind::Container => "container",
-        })
-    }
-}
-
 /// Everything a backend needs to start one service.
 #[derive(Debug)]
 pub struct StartRequest<'a> {
@@ -173,6 +152,11 @@ pub trait Instance: Send + Sync + fmt::Debug {
     fn exited(&mut self) -> Option<String>;
     /// The last `n` lines of its output.
     fn log_tail(&self, n: usize) -> Vec<String>;
+    /// Why its output cannot be read (`Some("unavailable on the external backend")`), or
+    /// `None` when [`Instance::log_tail`] reads it.
+    fn logs_unavailable(&self) -> Option<String> {
+        None
+    }
     /// Where its output can be read by another process (for attached stacks).
     fn log_source(&self) -> Option<crate::attach::LogSource> {
         None
@@ -201,6 +185,19 @@ pub fn create(
         BackendKind::Native => Box::new(native::Native::new(run, manifest.dir())),
         BackendKind::External => Box::new(external::External),
         BackendKind::Container => Box::new(container::Container::new(run, manifest)),
+    }
+}
+
+/// Creates what runs a plan: its one backend, or a [`mixed::Mixed`] one over several.
+pub fn create_plan(
+    plan: &mixed::Plan,
+    run: &crate::cleanup::RunDir,
+    manifest: &Manifest,
+) -> Box<dyn Backend> {
+    let kinds = plan.kinds();
+    match kinds.iter().next() {
+        Some(kind) if kinds.len() == 1 => create(*kind, run, manifest),
+        _ => Box::new(mixed::Mixed::new(plan.clone(), run, manifest)),
     }
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use harness::backend::mixed::BackendChoice;
 use harness::backend::BackendKind;
 use harness::{exit_code, Error, Graph, Manifest, Stack, StackOptions};
 
@@ -45,10 +46,13 @@ enum Command {
     },
     /// Start the stack, print its endpoints, and keep it up until Ctrl-C or `harness down`.
     Up {
-        /// Which backend runs the services (default: $HARNESS_BACKEND, else detected: containers
-        /// when a Docker engine answers and every image is present, else native, else external).
-        #[arg(long, value_enum)]
-        backend: Option<BackendKind>,
+        /// Which backend runs the services: `native`, `container` or `external` for all, and
+        /// `<service>=<backend>` for one (`--backend native,postgres=external`). Default:
+        /// $HARNESS_BACKEND_<SERVICE>, $HARNESS_BACKEND, the manifest's `backend`, else
+        /// detected: containers when a Docker engine answers and every image is present, else
+        /// native, else external.
+        #[arg(long, value_name = "BACKENDS", value_parser = BackendChoice::parse)]
+        backend: Option<BackendChoice>,
         /// Do not build the workspace binaries the manifest names.
         #[arg(long)]
         no_build: bool,
@@ -88,6 +92,13 @@ enum Command {
         /// The cargo package holding the suites.
         #[arg(long, default_value = "suites", value_name = "PACKAGE")]
         suite_package: String,
+    },
+    /// Print the endpoints of the stack `harness up` runs as the external backend's variables
+    /// (`HARNESS_<SERVICE>_HOST=…`), for `export`: another job or repository then uses it as
+    /// its external servers.
+    Env {
+        /// Only these services (default: all).
+        services: Vec<String>,
     },
     /// Stop a stack started by `harness up`.
     Down {
@@ -298,10 +309,12 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             if detach {
                 return up_detached(&m, backend).await;
             }
+            let backend = backend.unwrap_or_default();
             let mut stack = Stack::start(
                 m,
                 StackOptions {
-                    backend,
+                    backend: backend.default,
+                    service_backends: backend.services,
                     progress: true,
                     ..StackOptions::default()
                 },
@@ -335,6 +348,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 }
             }
         }
+        Command::Env { services } => env(&load(&cli.manifest)?, &services),
         Command::Down { all } => {
             let m = load(&cli.manifest)?;
             let code = down(&state_file(&m)).await?;
@@ -564,7 +578,7 @@ fn write_timeline(stack: &Stack) {
 /// `harness up --detach`: runs `harness up` as a background process of its own (its own
 /// process group, so the terminal's Ctrl-C does not reach it) and waits until its state file
 /// says the stack is ready.
-async fn up_detached(m: &Manifest, backend: Option<BackendKind>) -> Result<u8, Error> {
+async fn up_detached(m: &Manifest, backend: Option<BackendChoice>) -> Result<u8, Error> {
     let state = harness::attach::state_file(m);
     if let Some(running) = harness::attach::find(m) {
         println!(
@@ -708,6 +722,37 @@ async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
     } else {
         exit_code::TESTS_FAILED
     })
+}
+
+/// `harness env`: the running stack's endpoints as `KEY=VALUE` lines.
+fn env(m: &Manifest, only: &[String]) -> Result<u8, Error> {
+    let Some(state) = harness::attach::find(m) else {
+        return Err(Error::Usage(format!(
+            "no stack of {} is up; start one with `harness up --detach`",
+            m.path.display()
+        )));
+    };
+    for name in only {
+        if !state.endpoints.contains_key(name) {
+            return Err(Error::Usage(format!(
+                "the running stack has no service `{name}`; it has: {}",
+                state
+                    .endpoints
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    for (name, endpoint) in &state.endpoints {
+        if only.is_empty() || only.contains(name) {
+            for (k, v) in harness::backend::external::variables(name, endpoint) {
+                println!("{k}={v}");
+            }
+        }
+    }
+    Ok(exit_code::OK)
 }
 
 fn print_endpoints(stack: &Stack) {
