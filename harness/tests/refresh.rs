@@ -145,7 +145,7 @@ name = "refresh-native"
 
 [services.cmd]
 kind = "service"
-command = ["perl", "DIR/app/server.pl"]
+command = ["./app/server.pl"]
 ports = { http = 8080 }
 paths = ["app"]
 probe = { type = "http", path = "/" }
@@ -173,7 +173,7 @@ fn executable(status: &str) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn native_services_that_changed_are_refreshed_and_nothing_else() {
     let mut p = Project::new("refresh-native", NATIVE);
-    p.write("app/server.pl", &program("201"));
+    p.write("app/server.pl", &executable("201"));
     p.write("target/debug/bin-server", &executable("201"));
     p.up("native");
 
@@ -185,18 +185,18 @@ async fn native_services_that_changed_are_refreshed_and_nothing_else() {
     assert_eq!(status, 201);
 
     // An edited file of the `command` service: that service, and only it, restarts.
-    p.write("app/server.pl", &program("200"));
+    p.write("app/server.pl", &executable("200"));
     let (stack, refreshed) = p.attach().await;
-    only(&refreshed, "cmd", "files changed");
+    only(&refreshed, "cmd", "files and program changed");
     let (status, start) = post(&stack, "cmd").await;
     assert_eq!(status, 200, "the refreshed stack runs the changed code");
     assert_ne!(start, cmd_start);
     assert_eq!(post(&stack, "bin").await, (201, bin_start.clone()));
 
     // Reverted: back to the old behaviour.
-    p.write("app/server.pl", &program("201"));
+    p.write("app/server.pl", &executable("201"));
     let (stack, refreshed) = p.attach().await;
-    only(&refreshed, "cmd", "files changed");
+    only(&refreshed, "cmd", "files and program changed");
     let (status, cmd_start) = post(&stack, "cmd").await;
     assert_eq!(status, 201);
 
@@ -327,7 +327,7 @@ async fn a_retagged_image_changes_the_fingerprint() {
 fn up_watch_refreshes_a_rebuilt_binary_by_itself() {
     use std::io::{BufRead as _, BufReader};
     let p = Project::new("refresh-watch", NATIVE);
-    p.write("app/server.pl", &program("201"));
+    p.write("app/server.pl", &executable("201"));
     p.write("target/debug/bin-server", &executable("201"));
     let mut up = Command::new(env!("CARGO_BIN_EXE_harness"))
         .arg("--manifest")

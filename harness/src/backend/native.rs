@@ -39,6 +39,8 @@ pub struct Native {
     run_id: String,
     run_dir: PathBuf,
     bin_dir: PathBuf,
+    /// The manifest's directory: a command's program given as a relative path is found there.
+    project_dir: PathBuf,
 }
 
 impl Native {
@@ -48,6 +50,7 @@ impl Native {
             run_id: run.id.clone(),
             run_dir: run.path.clone(),
             bin_dir: bin_dir(manifest_dir),
+            project_dir: manifest_dir.to_path_buf(),
         }
     }
 }
@@ -227,11 +230,14 @@ impl Backend for Native {
                 instance.procs.push(epmd);
                 instance.procs.push(rabbit);
             }
-            Kind::Service => {
-                instance
-                    .procs
-                    .push(generic(&base, service, &endpoint, req.deps, &self.bin_dir)?)
-            }
+            Kind::Service => instance.procs.push(generic(
+                &base,
+                service,
+                &endpoint,
+                req.deps,
+                &self.bin_dir,
+                &self.project_dir,
+            )?),
         }
         for proc in &mut instance.procs {
             if proc.child.is_none() {
@@ -513,6 +519,7 @@ fn generic(
     ep: &Endpoint,
     deps: &BTreeMap<String, Endpoint>,
     bin_dir: &Path,
+    project_dir: &Path,
 ) -> Result<Proc, Error> {
     let render = |t: &crate::template::Template| {
         t.render(|name| {
@@ -532,10 +539,18 @@ fn generic(
                 .map(render)
                 .collect::<Result<Vec<_>, _>>()?
                 .into_iter();
-            let program = parts
-                .next()
-                .ok_or_else(|| Error::service(&service.name, "empty command"))?;
-            (PathBuf::from(program), parts.collect())
+            let program = PathBuf::from(
+                parts
+                    .next()
+                    .ok_or_else(|| Error::service(&service.name, "empty command"))?,
+            );
+            // `./bin/orders` is the project's, not the run directory's (where it runs).
+            let program = if program.is_relative() && program.components().count() > 1 {
+                project_dir.join(program)
+            } else {
+                program
+            };
+            (program, parts.collect())
         }
         Launch::Builtin | Launch::ImageOnly => {
             return Err(Error::service(
