@@ -788,6 +788,8 @@ struct Shared {
 #[derive(Debug)]
 pub struct Container {
     run_id: String,
+    /// Where the data directories of servers go when [`data_on_host`] allows it.
+    run_dir: PathBuf,
     short: String,
     network: String,
     labels: HashMap<String, String>,
@@ -828,6 +830,7 @@ impl Container {
             network: format!("harness-{}", run.id),
             labels: run_labels(&run.id, Some(&run.path), unix_now()),
             run_id: run.id.clone(),
+            run_dir: run.path.clone(),
             short,
             docker: tokio::sync::OnceCell::new(),
             images: Mutex::new(BTreeMap::new()),
@@ -949,13 +952,21 @@ impl Container {
             .unwrap_or_else(|p| p.into_inner())
             .get(&service.name)
             .cloned();
-        let (entrypoint, binds) = match (&mounted, &service.launch) {
+        let (entrypoint, mut binds) = match (&mounted, &service.launch) {
             (Some(host), crate::manifest::Launch::Binary(b)) => (
                 Some(vec![format!("{MOUNTED_BIN_DIR}/{b}")]),
                 Some(vec![format!("{}:{MOUNTED_BIN_DIR}/{b}:ro", host.display())]),
             ),
             _ => (None, None),
         };
+        if let (Some(inside), true) = (data_dir(service.kind), data_on_host(&process_env)) {
+            let host = self.run_dir.join(format!("{}-data", service.name));
+            cleanup::guarded(|| std::fs::create_dir(&host))
+                .map_err(|e| fail(format!("creating {}: {e}", host.display())))?;
+            binds
+                .get_or_insert_with(Vec::new)
+                .push(format!("{}:{inside}", host.display()));
+        }
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             entrypoint,
@@ -1010,6 +1021,29 @@ impl Container {
         instance.start().await?;
         Ok(instance)
     }
+}
+
+/// Where a built-in server keeps its data inside its container (the official images' and ours).
+fn data_dir(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Postgres => Some("/var/lib/postgresql/data"),
+        Kind::Rabbitmq => Some("/var/lib/rabbitmq"),
+        Kind::Redis | Kind::Service => None,
+    }
+}
+
+/// Whether the data directories of servers are bind-mounted from the run directory (in memory
+/// under `/dev/shm`, see [`cleanup::runs_root`]) instead of written to the container's own
+/// filesystem: initialising a cluster on fuse-overlayfs took seconds. Not a tmpfs mount of the
+/// engine's: that is emptied when the container stops, and a stopped server keeps its data.
+/// Only where the engine sees this machine's files (a local socket) and as root, who can remove
+/// what the servers' users wrote; `HARNESS_DATA_ON_HOST=0` turns it off.
+fn data_on_host(env: &dyn Fn(&str) -> Option<String>) -> bool {
+    if env("HARNESS_DATA_ON_HOST").is_some_and(|v| v.trim() == "0") {
+        return false;
+    }
+    let local = env("DOCKER_HOST").is_none_or(|h| h.is_empty() || h.starts_with("unix://"));
+    local && nix::unistd::geteuid().is_root()
 }
 
 /// Server settings of the postgres container when the manifest gives no `args`: durability is
