@@ -329,7 +329,7 @@ pub fn runs_root() -> PathBuf {
         }
         let shm = Path::new("/dev/shm");
         let roomy = nix::sys::statvfs::statvfs(shm)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64 >= SHM_MIN_FREE)
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()) >= SHM_MIN_FREE)
             .unwrap_or(false);
         if roomy && nix::unistd::access(shm, nix::unistd::AccessFlags::W_OK).is_ok() {
             return shm.join("harness-runs");

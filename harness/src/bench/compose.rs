@@ -254,12 +254,15 @@ fn healthcheck(service: &Service, ep: &Endpoint, interval: &str) -> Option<Value
 }
 
 /// The compose file (JSON, which docker-compose reads as YAML) equivalent to the manifest on
-/// the container backend, with healthchecks every `interval` (`1s`, `250ms`).
+/// the container backend, with healthchecks every `interval` (`1s`, `250ms`). The `bare`
+/// services' images are tags of the local base image: they get the entrypoint the container
+/// backend gives them.
 pub fn compose_file(
     manifest: &Manifest,
     plan: &ImagePlan,
     labels: &BTreeMap<String, String>,
     interval: &str,
+    bare: &std::collections::BTreeSet<String>,
 ) -> Result<String, Error> {
     let endpoints = compose_endpoints(manifest);
     let mut services = Map::new();
@@ -302,6 +305,18 @@ pub fn compose_file(
         });
         if !cmd.is_empty() {
             service["command"] = json!(cmd.iter().map(|c| escape(c)).collect::<Vec<_>>());
+        }
+        if let (true, Some((script, signal))) =
+            (bare.contains(&s.name), container::base_entrypoint(s.kind))
+        {
+            service["entrypoint"] = json!(container::BASE_RUNNER
+                .iter()
+                .map(|a| escape(a))
+                .collect::<Vec<_>>());
+            service["environment"][container::ENTRYPOINT_ENV] = json!(escape(script));
+            if let Some(signal) = signal {
+                service["stop_signal"] = json!(signal);
+            }
         }
         if let Some(h) = healthcheck(s, ep, interval) {
             service["healthcheck"] = h;
@@ -528,6 +543,10 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
             let _ = container::remove_run_blocking(&id);
         }
     });
+    let bare = match container::connect().await {
+        Ok(docker) => container::bare_base_services(&docker, manifest, &plan).await,
+        Err(_) => Default::default(),
+    };
     let files = [
         ("1s", "docker-compose.yml"),
         ("250ms", "docker-compose-250ms.yml"),
@@ -535,7 +554,7 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
     for (interval, name) in files {
         std::fs::write(
             dir.join(name),
-            compose_file(manifest, &plan, &labels, interval)?,
+            compose_file(manifest, &plan, &labels, interval, &bare)?,
         )
         .map_err(|e| Error::io("writing the compose file", e))?;
     }
@@ -655,8 +674,10 @@ env = { DATABASE_URL = "{{ postgres.url }}" }
             |name: &str| (name == "HARNESS_IMAGE_POSTGRES").then(|| "local/pg:15".to_string());
         let plan = container::plan(&manifest, &env).unwrap();
         let labels = BTreeMap::from([("org.harness.managed".to_string(), "true".to_string())]);
-        let file: Value =
-            serde_json::from_str(&compose_file(&manifest, &plan, &labels, "1s").unwrap()).unwrap();
+        let file: Value = serde_json::from_str(
+            &compose_file(&manifest, &plan, &labels, "1s", &Default::default()).unwrap(),
+        )
+        .unwrap();
         let s = &file["services"];
         assert_eq!(s["postgres"]["image"], "local/pg:15");
         assert_eq!(s["postgres"]["environment"]["POSTGRES_USER"], USER);
