@@ -715,4 +715,36 @@ env = { DATABASE_URL = "{{ postgres.url }}" }
         );
         assert_eq!(s["web"]["labels"]["org.harness.managed"], "true");
     }
+
+    #[test]
+    fn a_server_on_a_bare_base_image_gets_its_entrypoint_and_fast_healthchecks_their_interval() {
+        let source =
+            "[services.postgres]\nkind = \"postgres\"\n\n[services.redis]\nkind = \"redis\"\n";
+        let manifest = Manifest::parse(Path::new("m.toml"), source).unwrap();
+        let plan = container::plan(&manifest, &|_: &str| None).unwrap();
+        let bare = std::collections::BTreeSet::from(["postgres".to_string()]);
+        let text = compose_file(&manifest, &plan, &BTreeMap::new(), "250ms", &bare).unwrap();
+        let file: Value = serde_json::from_str(&text).unwrap();
+        let pg = &file["services"]["postgres"];
+        assert_eq!(pg["entrypoint"][0], "/bin/bash");
+        assert!(
+            pg["entrypoint"][2]
+                .as_str()
+                .unwrap()
+                .contains("$$HARNESS_ENTRYPOINT"),
+            "compose would interpolate the variable: {}",
+            pg["entrypoint"][2]
+        );
+        assert!(pg["environment"][container::ENTRYPOINT_ENV]
+            .as_str()
+            .unwrap()
+            .contains("initdb"));
+        assert_eq!(pg["stop_signal"], "SIGINT");
+        assert_eq!(pg["healthcheck"]["interval"], "250ms");
+        let redis = &file["services"]["redis"];
+        assert!(
+            redis.get("entrypoint").is_none(),
+            "redis is not bare: {redis}"
+        );
+    }
 }
