@@ -597,6 +597,90 @@ fn redis(base: &ProcSpec, ep: &Endpoint) -> Result<Proc, Error> {
     }))
 }
 
+/// The applications `rabbit` needs, as named in each one's `ebin/<app>.app`
+/// (`applications` and `included_applications`), found in `plugins`; OTP's own are not there.
+fn rabbit_closure(plugins: &Path) -> Vec<PathBuf> {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(plugins)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("ebin").is_dir())
+        .collect();
+    // `rabbit-3.10.8` -> `rabbit`; the highest version wins.
+    let app_of = |p: &Path| {
+        let name = p.file_name()?.to_str()?;
+        let (app, version) = name.rsplit_once('-')?;
+        version
+            .starts_with(|c: char| c.is_ascii_digit())
+            .then(|| app.to_string())
+    };
+    let mut by_app: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for d in dirs {
+        if let Some(app) = app_of(&d) {
+            let newer = by_app.get(&app).is_none_or(|old| *old < d);
+            if newer {
+                by_app.insert(app, d);
+            }
+        }
+    }
+    let mut queue = vec!["rabbit".to_string()];
+    let mut seen = BTreeSet::new();
+    let mut found = Vec::new();
+    while let Some(app) = queue.pop() {
+        if !seen.insert(app.clone()) {
+            continue;
+        }
+        let Some(dir) = by_app.get(&app) else {
+            continue;
+        };
+        found.push(dir.clone());
+        let spec = std::fs::read_to_string(dir.join("ebin").join(format!("{app}.app")))
+            .unwrap_or_default();
+        let spec: String = spec.chars().filter(|c| !c.is_whitespace()).collect();
+        for key in ["{applications,[", "{included_applications,["] {
+            for (at, _) in spec.match_indices(key) {
+                let rest = &spec[at + key.len()..];
+                let list = rest.split(']').next().unwrap_or_default();
+                queue.extend(
+                    list.split(',')
+                        .filter(|a| !a.is_empty())
+                        .map(|a| a.trim_matches('\'').to_string()),
+                );
+            }
+        }
+    }
+    found
+}
+
+/// A private RabbitMQ home whose plugins directory links only the applications `rabbit` needs:
+/// RabbitMQ scans every module of every application on its code path at boot, and with all
+/// ~70 bundled plugins there that cost seconds (the container images do the same). `None`
+/// when the layout is not the expected one; the server then runs as installed.
+fn slim_rabbitmq_home(server: &Path, home: &Path) -> Option<PathBuf> {
+    let dist = std::fs::canonicalize(server)
+        .ok()?
+        .parent()?
+        .parent()?
+        .to_path_buf();
+    let apps = rabbit_closure(&dist.join("plugins"));
+    if !apps.iter().any(|a| {
+        a.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("rabbit-"))
+    }) {
+        return None;
+    }
+    std::fs::create_dir_all(home.join("plugins")).ok()?;
+    for sub in ["sbin", "escript"] {
+        std::os::unix::fs::symlink(dist.join(sub), home.join(sub)).ok()?;
+    }
+    for app in apps {
+        std::os::unix::fs::symlink(&app, home.join("plugins").join(app.file_name()?)).ok()?;
+    }
+    Some(home.join("sbin"))
+}
+
 async fn rabbitmq(
     base: &ProcSpec,
     ep: &Endpoint,
@@ -656,7 +740,12 @@ async fn rabbitmq(
     }
     let d = |s: &str| dir.join(s).display().to_string();
     let short = run_id.rsplit('-').next().unwrap_or(run_id);
-    let env = vec![
+    let scripts = slim_rabbitmq_home(&server, &dir.join("home"));
+    let program = match &scripts {
+        Some(s) => s.join("rabbitmq-server"),
+        None => server,
+    };
+    let mut env = vec![
         ("HOME".into(), d("")),
         ("ERL_EPMD_PORT".into(), epmd_port.to_string()),
         // The VM would otherwise run `epmd -daemon`, which leaves its group and outlives the
@@ -685,8 +774,12 @@ async fn rabbitmq(
         ("RABBITMQ_ADVANCED_CONFIG_FILE".into(), d("advanced.config")),
         ("RABBITMQ_CONF_ENV_FILE".into(), d("rabbitmq-env.conf")),
     ];
+    if let Some(s) = &scripts {
+        // RABBITMQ_HOME is the parent of the scripts directory, its `plugins` the code path.
+        env.push(("RABBITMQ_SCRIPTS_DIR".into(), s.display().to_string()));
+    }
     let rabbit = Proc::new(ProcSpec {
-        program: server,
+        program,
         env,
         user,
         ..base.clone()
@@ -1023,6 +1116,39 @@ mod tests {
         assert_ne!(
             key,
             cluster_key(SERVER, "postgres", &INITDB_ARGS, &settings)
+        );
+    }
+
+    #[test]
+    fn only_the_applications_rabbit_needs_are_on_the_slim_code_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = |name: &str, version: &str, deps: &str| {
+            let ebin = dir.path().join(format!("{name}-{version}")).join("ebin");
+            std::fs::create_dir_all(&ebin).unwrap();
+            let spec = format!(
+                "{{application, '{name}',\n [{{applications, [kernel, {deps}]}},\n  {{included_applications, []}}]}}.\n"
+            );
+            std::fs::write(ebin.join(format!("{name}.app")), spec).unwrap();
+        };
+        app("rabbit", "3.10.8", "rabbit_common,ra");
+        app("rabbit_common", "3.10.8", "'recon'");
+        app("ra", "2.0.0", "");
+        app("ra", "2.1.0", "");
+        app("recon", "2.5.2", "");
+        app("rabbitmq_management", "3.10.8", "rabbit");
+        let mut names: Vec<String> = rabbit_closure(dir.path())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "ra-2.1.0",
+                "rabbit-3.10.8",
+                "rabbit_common-3.10.8",
+                "recon-2.5.2"
+            ]
         );
     }
 
