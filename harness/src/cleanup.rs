@@ -313,9 +313,30 @@ fn all_pids() -> impl Iterator<Item = i32> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
 }
 
-/// Where runs keep their directories.
+/// Least free space a memory filesystem needs to hold run directories (a container's default
+/// `/dev/shm` of 64 MB would not hold one PostgreSQL cluster).
+const SHM_MIN_FREE: u64 = 1 << 30;
+
+/// Where runs keep their directories: `HARNESS_RUNS_DIR`, else `/dev/shm/harness-runs` when
+/// that memory filesystem has room, else `$TMPDIR/harness-runs`. Servers write their data
+/// there; on a disk busy with other writes, copying a PostgreSQL cluster alone took 0.3-1.5 s
+/// (0.07-0.15 s in memory).
 pub fn runs_root() -> PathBuf {
-    std::env::temp_dir().join("harness-runs")
+    static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
+        if let Some(d) = std::env::var_os("HARNESS_RUNS_DIR") {
+            return PathBuf::from(d);
+        }
+        let shm = Path::new("/dev/shm");
+        let roomy = nix::sys::statvfs::statvfs(shm)
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()) >= SHM_MIN_FREE)
+            .unwrap_or(false);
+        if roomy && nix::unistd::access(shm, nix::unistd::AccessFlags::W_OK).is_ok() {
+            return shm.join("harness-runs");
+        }
+        std::env::temp_dir().join("harness-runs")
+    })
+    .clone()
 }
 
 /// The start time of a process (clock ticks since boot), to tell a live owner from a reused pid.

@@ -287,7 +287,8 @@ env = {{ PORT = "8080", BIND_HOST = "0.0.0.0", STATUS = "201" }}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retagged_image_changes_the_fingerprint() {
-    if !docker_ready(BASE_IMAGE) || !docker_ready("harness-local/redis:7") {
+    // Two images with different ids (server images are tags of the base; a service image is not).
+    if !docker_ready(BASE_IMAGE) || !docker_ready("harness-local/payments:latest") {
         eprintln!("skipped: no Docker engine with the local images");
         return;
     }
@@ -314,7 +315,7 @@ async fn a_retagged_image_changes_the_fingerprint() {
     };
     retag(BASE_IMAGE);
     let before = fingerprint(&manifest).await;
-    retag("harness-local/redis:7");
+    retag("harness-local/payments:latest");
     let after = fingerprint(&manifest).await;
     let _ = Command::new("docker").args(["rmi", &tag]).output();
     assert_eq!(

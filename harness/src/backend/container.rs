@@ -788,12 +788,16 @@ struct Shared {
 #[derive(Debug)]
 pub struct Container {
     run_id: String,
+    /// Where the data directories of servers go when [`data_on_host`] allows it.
+    run_dir: PathBuf,
     short: String,
     network: String,
     labels: HashMap<String, String>,
     docker: tokio::sync::OnceCell<Docker>,
     images: Mutex<BTreeMap<String, String>>,
     mounts: Mutex<BTreeMap<String, PathBuf>>,
+    /// Services whose image is a bare tag of the local base image (see [`base_entrypoint`]).
+    bare: Mutex<BTreeSet<String>>,
     critical: BTreeSet<String>,
     shared: Arc<Shared>,
     hook: u64,
@@ -828,10 +832,12 @@ impl Container {
             network: format!("harness-{}", run.id),
             labels: run_labels(&run.id, Some(&run.path), unix_now()),
             run_id: run.id.clone(),
+            run_dir: run.path.clone(),
             short,
             docker: tokio::sync::OnceCell::new(),
             images: Mutex::new(BTreeMap::new()),
             mounts: Mutex::new(BTreeMap::new()),
+            bare: Mutex::new(BTreeSet::new()),
             critical: estimated_critical_path(manifest),
             shared,
             hook,
@@ -949,19 +955,39 @@ impl Container {
             .unwrap_or_else(|p| p.into_inner())
             .get(&service.name)
             .cloned();
-        let (entrypoint, binds) = match (&mounted, &service.launch) {
+        let (mut entrypoint, mut binds) = match (&mounted, &service.launch) {
             (Some(host), crate::manifest::Launch::Binary(b)) => (
                 Some(vec![format!("{MOUNTED_BIN_DIR}/{b}")]),
                 Some(vec![format!("{}:{MOUNTED_BIN_DIR}/{b}:ro", host.display())]),
             ),
             _ => (None, None),
         };
+        let bare = self
+            .bare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&service.name);
+        let mut stop_signal = None;
+        if let (true, Some((script, signal))) = (bare, base_entrypoint(service.kind)) {
+            entrypoint = Some(BASE_RUNNER.iter().map(|s| s.to_string()).collect());
+            env.push((ENTRYPOINT_ENV.to_string(), script.to_string()));
+            stop_signal = signal.map(str::to_string);
+        }
+        if let (Some(inside), true) = (data_dir(service.kind), data_on_host(&process_env)) {
+            let host = self.run_dir.join(format!("{}-data", service.name));
+            cleanup::guarded(|| std::fs::create_dir(&host))
+                .map_err(|e| fail(format!("creating {}: {e}", host.display())))?;
+            binds
+                .get_or_insert_with(Vec::new)
+                .push(format!("{}:{inside}", host.display()));
+        }
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             entrypoint,
             hostname: Some(service.name.clone()),
             env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             cmd: (!cmd.is_empty()).then_some(cmd),
+            stop_signal,
             labels: Some(labels),
             exposed_ports: Some(bindings.keys().cloned().collect()),
             host_config: Some(HostConfig {
@@ -1013,6 +1039,91 @@ impl Container {
         instance.start().await?;
         Ok(instance)
     }
+}
+
+/// The variable that carries a bare base image's entrypoint script into its container.
+pub(crate) const ENTRYPOINT_ENV: &str = "HARNESS_ENTRYPOINT";
+
+/// The entrypoint of a built-in server on a bare base image: the script from
+/// [`ENTRYPOINT_ENV`] written to a file (the postgres script runs itself again as its user),
+/// then run with the command as its arguments.
+pub(crate) const BASE_RUNNER: [&str; 4] = [
+    "/bin/bash",
+    "-c",
+    "printf '%s' \"$HARNESS_ENTRYPOINT\" >/usr/local/bin/docker-entrypoint.sh && exec /bin/bash /usr/local/bin/docker-entrypoint.sh \"$@\"",
+    "docker-entrypoint",
+];
+
+/// What an image built per server used to carry, given at run time instead to a built-in
+/// server whose image is a bare tag of the local base image (`fixtures/images/build.sh` tags
+/// the base rather than spend half a minute or more on a `docker build` of a few kB): its
+/// entrypoint script and its stop signal (SIGINT is postgres' fast shutdown; SIGTERM would
+/// wait for every client to disconnect).
+pub(crate) fn base_entrypoint(kind: Kind) -> Option<(&'static str, Option<&'static str>)> {
+    match kind {
+        Kind::Postgres => Some((include_str!("entrypoints/postgres.sh"), Some("SIGINT"))),
+        Kind::Redis => Some((include_str!("entrypoints/redis.sh"), None)),
+        Kind::Rabbitmq => Some((include_str!("entrypoints/rabbitmq.sh"), None)),
+        Kind::Service => None,
+    }
+}
+
+/// The built-in servers of `manifest` whose image is a bare tag of the local base image: it
+/// carries the base's `org.harness.base-suite` label and no entrypoint of its own (an official
+/// image, or one built per server, has one and runs as it is).
+pub async fn bare_base_services(
+    docker: &Docker,
+    manifest: &Manifest,
+    plan: &ImagePlan,
+) -> BTreeSet<String> {
+    let mut bare = BTreeSet::new();
+    for (image, services) in plan.by_image() {
+        let Ok(inspect) = docker.inspect_image(image).await else {
+            continue;
+        };
+        let config = inspect.config.unwrap_or_default();
+        let base = config
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key("org.harness.base-suite"));
+        let own_entrypoint = config.entrypoint.as_ref().is_some_and(|e| !e.is_empty());
+        if base && !own_entrypoint {
+            bare.extend(
+                services
+                    .iter()
+                    .filter(|s| {
+                        manifest
+                            .service(s)
+                            .is_some_and(|m| base_entrypoint(m.kind).is_some())
+                    })
+                    .map(|s| s.to_string()),
+            );
+        }
+    }
+    bare
+}
+
+/// Where a built-in server keeps its data inside its container (the official images' and ours).
+fn data_dir(kind: Kind) -> Option<&'static str> {
+    match kind {
+        Kind::Postgres => Some("/var/lib/postgresql/data"),
+        Kind::Rabbitmq => Some("/var/lib/rabbitmq"),
+        Kind::Redis | Kind::Service => None,
+    }
+}
+
+/// Whether the data directories of servers are bind-mounted from the run directory (in memory
+/// under `/dev/shm`, see [`cleanup::runs_root`]) instead of written to the container's own
+/// filesystem: initialising a cluster on fuse-overlayfs took seconds. Not a tmpfs mount of the
+/// engine's: that is emptied when the container stops, and a stopped server keeps its data.
+/// Only where the engine sees this machine's files (a local socket) and as root, who can remove
+/// what the servers' users wrote; `HARNESS_DATA_ON_HOST=0` turns it off.
+fn data_on_host(env: &dyn Fn(&str) -> Option<String>) -> bool {
+    if env("HARNESS_DATA_ON_HOST").is_some_and(|v| v.trim() == "0") {
+        return false;
+    }
+    let local = env("DOCKER_HOST").is_none_or(|h| h.is_empty() || h.starts_with("unix://"));
+    local && nix::unistd::geteuid().is_root()
 }
 
 /// Server settings of the postgres container when the manifest gives no `args`: durability is
@@ -1076,6 +1187,8 @@ impl Backend for Container {
         network?;
         *self.mounts.lock().unwrap_or_else(|p| p.into_inner()) =
             mounted_binaries(manifest, &plan, &process_env);
+        *self.bare.lock().unwrap_or_else(|p| p.into_inner()) =
+            bare_base_services(docker, manifest, &plan).await;
         *self.images.lock().unwrap_or_else(|p| p.into_inner()) =
             plan.images.into_iter().map(|(s, c)| (s, c.image)).collect();
         Ok(())

@@ -296,6 +296,209 @@ fn write(path: &Path, text: &str) -> Result<(), Error> {
     std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
+/// How every native cluster is initialised; part of the cached cluster's key.
+const INITDB_ARGS: [&str; 6] = [
+    "--auth-local=trust",
+    "--auth-host=scram-sha-256",
+    "--no-sync",
+    "--encoding=UTF8",
+    "--locale=C",
+    // 1 MB WAL segments instead of 16: a cluster of 24 MB instead of 40 to copy per run.
+    "--wal-segsize=1",
+];
+
+/// Server settings every native Postgres runs with; part of the cached cluster's key, so a
+/// change of them never meets a cluster made for others.
+const POSTGRES_SETTINGS: [&str; 6] = [
+    "listen_addresses=127.0.0.1",
+    "fsync=off",
+    "synchronous_commit=off",
+    "full_page_writes=off",
+    "max_connections=200",
+    "shared_buffers=64MB",
+];
+
+/// Bumped whenever the way a cached cluster is made changes, so old entries are not reused.
+const CLUSTER_FORMAT: u32 = 1;
+
+/// Where the harness keeps state it can rebuild: `HARNESS_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/harness`, else `~/.cache/harness`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("HARNESS_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("harness");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".cache").join("harness"),
+        None => std::env::temp_dir().join("harness-cache"),
+    }
+}
+
+/// The key of a cached initialised cluster: the server's identity (its `--version`, path,
+/// size and modification time), the superuser's name, the initdb arguments and the settings.
+fn cluster_key(
+    server_identity: &str,
+    user: &str,
+    initdb_args: &[&str],
+    settings: &[&str],
+) -> String {
+    let text = format!(
+        "format {CLUSTER_FORMAT}\nserver {server_identity}\nuser {user}\ninitdb {}\nsettings {}\n",
+        initdb_args.join(" "),
+        settings.join(" ")
+    );
+    format!("{:016x}", crate::fingerprint::content_hash(text.as_bytes()))
+}
+
+/// What identifies an installed server: a package upgrade changes at least one of these.
+async fn server_identity(server: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(server).map_err(|e| format!("{}: {e}", server.display()))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let out = Command::new(server)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {} --version: {e}", server.display()))?;
+    Ok(format!(
+        "{} {} {} {modified}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        server.display(),
+        meta.len()
+    ))
+}
+
+/// Runs a short helper program to its end in its own registered process group (a signal
+/// meanwhile stops it before the run directory it works in is removed); its output on failure.
+async fn run_to_end(
+    base: &ProcSpec,
+    mut cmd: Command,
+    user: Option<&User>,
+    stdin: Option<String>,
+) -> Result<std::process::Output, String> {
+    cmd.env(RUN_ID_ENV, &base.run_id)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(u) = user {
+        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    }
+    let program = format!("{:?}", cmd.as_std().get_program());
+    let mut child = cleanup::spawn_recorded(
+        Some(&base.run_dir),
+        Signal::SIGTERM,
+        || cmd.spawn(),
+        Child::id,
+    )
+    .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let pgid = child.id().map(|p| p as i32);
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use tokio::io::AsyncWriteExt as _;
+        // A server that refuses its input exits, and its output tells why.
+        let _ = pipe.write_all(text.as_bytes()).await;
+    }
+    let out = child.wait_with_output().await;
+    if let Some(g) = pgid {
+        cleanup::unregister_group(g);
+    }
+    let out = out.map_err(|e| format!("cannot run {program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out)
+}
+
+/// `cp -a` (a reflink where the filesystem has them) of a directory tree.
+fn copy_tree(from: &Path, to: &Path) -> Command {
+    let mut cp = Command::new("cp");
+    cp.args(["-a", "--reflink=auto"]).arg(from).arg(to);
+    cp
+}
+
+/// Saves a freshly initialised cluster under `cached` for later runs. Two runs filling the same
+/// entry at once each copy into a directory of their own; the first rename wins.
+async fn publish_cluster(base: &ProcSpec, data: &Path, cached: &Path) -> Result<(), String> {
+    let parent = cached.parent().unwrap_or(cached);
+    std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    let tmp = parent.join(format!(".new-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    let copied = run_to_end(base, copy_tree(data, &tmp.join("data")), None, None).await;
+    let renamed = copied.and_then(|_| {
+        std::fs::rename(&tmp, cached).or_else(|e| {
+            if cached.join("data").is_dir() {
+                Ok(())
+            } else {
+                Err(format!("saving {}: {e}", cached.display()))
+            }
+        })
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    renamed
+}
+
+/// The superuser every cached cluster is initialised with; a run's own user is made at start.
+const BOOTSTRAP_ROLE: &str = "postgres";
+
+/// The SQL that gives a cluster made for another run this run's superuser and password.
+fn credentials_sql(role: &str, password: &str) -> String {
+    let ident = role.replace('"', "\"\"");
+    let literal = password.replace('\'', "''");
+    if role == BOOTSTRAP_ROLE {
+        format!("ALTER ROLE \"{ident}\" PASSWORD '{literal}';\n\n")
+    } else {
+        // The session user of single-user mode (the bootstrap superuser) cannot be renamed.
+        format!("CREATE ROLE \"{ident}\" SUPERUSER LOGIN PASSWORD '{literal}';\n\n")
+    }
+}
+
+/// This run's superuser and password set in single-user mode, before the server listens.
+async fn set_credentials(
+    base: &ProcSpec,
+    server: &Path,
+    data: &Path,
+    user: Option<&User>,
+    role: &str,
+    password: &str,
+) -> Result<(), String> {
+    let mut cmd = Command::new(server);
+    // -j: a statement ends at a semicolon and an empty line, so a password may hold newlines.
+    cmd.args(["--single", "-j", "-D"])
+        .arg(data)
+        .args(["-c", "fsync=off", "postgres"])
+        .current_dir(&base.cwd);
+    let out = run_to_end(base, cmd, user, Some(credentials_sql(role, password))).await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The single-user backend reports a failed statement and still exits 0.
+    if text.contains("ERROR:") || text.contains("FATAL:") {
+        return Err(format!(
+            "setting the credentials of `{role}` failed:\n{text}"
+        ));
+    }
+    Ok(())
+}
+
 async fn postgres(base: &ProcSpec, ep: &Endpoint, dir: &Path) -> Result<Proc, Error> {
     let fail = |m: String| Error::service("postgres", m);
     let initdb =
@@ -303,61 +506,52 @@ async fn postgres(base: &ProcSpec, ep: &Endpoint, dir: &Path) -> Result<Proc, Er
     let server = find_program("postgres", &postgres_dirs())
         .ok_or_else(|| fail("postgres not found".into()))?;
     let user = system_user("postgres");
+    let role = ep.user.as_deref().unwrap_or("postgres");
+    let password = ep.password.as_deref().unwrap_or("postgres");
     let data = dir.join("data");
-    let pwfile = dir.join("pwfile");
-    write(&pwfile, ep.password.as_deref().unwrap_or("postgres"))?;
+    let key = cluster_key(
+        &server_identity(&server).await.map_err(fail)?,
+        BOOTSTRAP_ROLE,
+        &INITDB_ARGS,
+        &POSTGRES_SETTINGS,
+    );
+    let cached = cache_dir().join("postgres").join(key);
     if let Some(u) = &user {
         chown_tree(dir, u)?;
     }
-    let mut cmd = Command::new(&initdb);
-    cmd.arg("-D")
-        .arg(&data)
-        .arg(format!(
-            "--username={}",
-            ep.user.as_deref().unwrap_or("postgres")
-        ))
-        .arg(format!("--pwfile={}", pwfile.display()))
-        .args([
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "--no-sync",
-            "--encoding=UTF8",
-            "--locale=C",
-        ])
-        .current_dir(dir)
-        .env(RUN_ID_ENV, &base.run_id)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    if let Some(u) = &user {
-        cmd.uid(u.uid.as_raw()).gid(u.gid.as_raw());
+    if cached.join("data").is_dir() {
+        // Root copies keep the postgres user as owner; anyone else owns what it copies.
+        run_to_end(base, copy_tree(&cached.join("data"), &data), None, None)
+            .await
+            .map_err(|e| {
+                fail(format!(
+                    "copying the cached cluster {}: {e}",
+                    cached.display()
+                ))
+            })?;
+    } else {
+        // This run's credentials are set below, as on a cached copy.
+        let pwfile = dir.join("pwfile");
+        write(&pwfile, &format!("{:016x}", rand::random::<u64>()))?;
+        if let Some(u) = &user {
+            chown_tree(dir, u)?;
+        }
+        let mut cmd = Command::new(&initdb);
+        cmd.arg("-D")
+            .arg(&data)
+            .arg(format!("--username={BOOTSTRAP_ROLE}"))
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args(INITDB_ARGS)
+            .current_dir(dir);
+        let made = run_to_end(base, cmd, user.as_ref(), None).await;
+        let _ = std::fs::remove_file(&pwfile);
+        made.map_err(|e| fail(format!("initdb: {e}")))?;
+        // Without a cache the run still works, only slower next time.
+        let _ = publish_cluster(base, &data, &cached).await;
     }
-    // Its own process group, registered, so a signal during initdb stops it before the run
-    // directory it writes into is removed.
-    cmd.process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cleanup::spawn_recorded(
-        Some(&base.run_dir),
-        Signal::SIGTERM,
-        || cmd.spawn(),
-        Child::id,
-    )
-    .map_err(|e| fail(format!("cannot run {}: {e}", initdb.display())))?;
-    let pgid = child.id().map(|p| p as i32);
-    let out = child.wait_with_output().await;
-    if let Some(g) = pgid {
-        cleanup::unregister_group(g);
-    }
-    let out = out.map_err(|e| fail(format!("cannot run {}: {e}", initdb.display())))?;
-    let _ = std::fs::remove_file(&pwfile);
-    if !out.status.success() {
-        return Err(fail(format!(
-            "initdb failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
+    set_credentials(base, &server, &data, user.as_ref(), role, password)
+        .await
+        .map_err(fail)?;
     let port = ep.port(None).map_err(fail)?;
     let mut args: Vec<String> = vec![
         "-D".into(),
@@ -366,14 +560,7 @@ async fn postgres(base: &ProcSpec, ep: &Endpoint, dir: &Path) -> Result<Proc, Er
         port.to_string(),
     ];
     args.extend(["-k".into(), dir.display().to_string()]);
-    for setting in [
-        "listen_addresses=127.0.0.1",
-        "fsync=off",
-        "synchronous_commit=off",
-        "full_page_writes=off",
-        "max_connections=200",
-        "shared_buffers=64MB",
-    ] {
+    for setting in POSTGRES_SETTINGS {
         args.extend(["-c".into(), setting.into()]);
     }
     Ok(Proc::new(ProcSpec {
@@ -414,6 +601,90 @@ fn redis(base: &ProcSpec, ep: &Endpoint) -> Result<Proc, Error> {
         args,
         ..base.clone()
     }))
+}
+
+/// The applications `rabbit` needs, as named in each one's `ebin/<app>.app`
+/// (`applications` and `included_applications`), found in `plugins`; OTP's own are not there.
+fn rabbit_closure(plugins: &Path) -> Vec<PathBuf> {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(plugins)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("ebin").is_dir())
+        .collect();
+    // `rabbit-3.10.8` -> `rabbit`; the highest version wins.
+    let app_of = |p: &Path| {
+        let name = p.file_name()?.to_str()?;
+        let (app, version) = name.rsplit_once('-')?;
+        version
+            .starts_with(|c: char| c.is_ascii_digit())
+            .then(|| app.to_string())
+    };
+    let mut by_app: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for d in dirs {
+        if let Some(app) = app_of(&d) {
+            let newer = by_app.get(&app).is_none_or(|old| *old < d);
+            if newer {
+                by_app.insert(app, d);
+            }
+        }
+    }
+    let mut queue = vec!["rabbit".to_string()];
+    let mut seen = BTreeSet::new();
+    let mut found = Vec::new();
+    while let Some(app) = queue.pop() {
+        if !seen.insert(app.clone()) {
+            continue;
+        }
+        let Some(dir) = by_app.get(&app) else {
+            continue;
+        };
+        found.push(dir.clone());
+        let spec = std::fs::read_to_string(dir.join("ebin").join(format!("{app}.app")))
+            .unwrap_or_default();
+        let spec: String = spec.chars().filter(|c| !c.is_whitespace()).collect();
+        for key in ["{applications,[", "{included_applications,["] {
+            for (at, _) in spec.match_indices(key) {
+                let rest = &spec[at + key.len()..];
+                let list = rest.split(']').next().unwrap_or_default();
+                queue.extend(
+                    list.split(',')
+                        .filter(|a| !a.is_empty())
+                        .map(|a| a.trim_matches('\'').to_string()),
+                );
+            }
+        }
+    }
+    found
+}
+
+/// A private RabbitMQ home whose plugins directory links only the applications `rabbit` needs:
+/// RabbitMQ scans every module of every application on its code path at boot, and with all
+/// ~70 bundled plugins there that cost seconds (the container images do the same). `None`
+/// when the layout is not the expected one; the server then runs as installed.
+fn slim_rabbitmq_home(server: &Path, home: &Path) -> Option<PathBuf> {
+    let dist = std::fs::canonicalize(server)
+        .ok()?
+        .parent()?
+        .parent()?
+        .to_path_buf();
+    let apps = rabbit_closure(&dist.join("plugins"));
+    if !apps.iter().any(|a| {
+        a.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("rabbit-"))
+    }) {
+        return None;
+    }
+    std::fs::create_dir_all(home.join("plugins")).ok()?;
+    for sub in ["sbin", "escript"] {
+        std::os::unix::fs::symlink(dist.join(sub), home.join(sub)).ok()?;
+    }
+    for app in apps {
+        std::os::unix::fs::symlink(&app, home.join("plugins").join(app.file_name()?)).ok()?;
+    }
+    Some(home.join("sbin"))
 }
 
 async fn rabbitmq(
@@ -475,7 +746,12 @@ async fn rabbitmq(
     }
     let d = |s: &str| dir.join(s).display().to_string();
     let short = run_id.rsplit('-').next().unwrap_or(run_id);
-    let env = vec![
+    let scripts = slim_rabbitmq_home(&server, &dir.join("home"));
+    let program = match &scripts {
+        Some(s) => s.join("rabbitmq-server"),
+        None => server,
+    };
+    let mut env = vec![
         ("HOME".into(), d("")),
         ("ERL_EPMD_PORT".into(), epmd_port.to_string()),
         // The VM would otherwise run `epmd -daemon`, which leaves its group and outlives the
@@ -504,8 +780,12 @@ async fn rabbitmq(
         ("RABBITMQ_ADVANCED_CONFIG_FILE".into(), d("advanced.config")),
         ("RABBITMQ_CONF_ENV_FILE".into(), d("rabbitmq-env.conf")),
     ];
+    if let Some(s) = &scripts {
+        // RABBITMQ_HOME is the parent of the scripts directory, its `plugins` the code path.
+        env.push(("RABBITMQ_SCRIPTS_DIR".into(), s.display().to_string()));
+    }
     let rabbit = Proc::new(ProcSpec {
-        program: server,
+        program,
         env,
         user,
         ..base.clone()
@@ -810,4 +1090,92 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVER: &str = "postgres (PostgreSQL) 15.18 /usr/lib/postgresql/15/bin/postgres 9000 1";
+
+    #[test]
+    fn a_cached_cluster_is_not_reused_when_the_server_or_its_settings_change() {
+        let key = cluster_key(SERVER, "postgres", &INITDB_ARGS, &POSTGRES_SETTINGS);
+        assert_eq!(
+            key,
+            cluster_key(SERVER, "postgres", &INITDB_ARGS, &POSTGRES_SETTINGS),
+            "the same server and settings must find the same cluster"
+        );
+        let upgraded = SERVER.replace("15.18", "15.19");
+        assert_ne!(
+            key,
+            cluster_key(&upgraded, "postgres", &INITDB_ARGS, &POSTGRES_SETTINGS)
+        );
+        let rebuilt = SERVER.replace(" 1", " 2");
+        assert_ne!(
+            key,
+            cluster_key(&rebuilt, "postgres", &INITDB_ARGS, &POSTGRES_SETTINGS)
+        );
+        assert_ne!(
+            key,
+            cluster_key(SERVER, "admin", &INITDB_ARGS, &POSTGRES_SETTINGS)
+        );
+        let mut initdb = INITDB_ARGS.to_vec();
+        initdb[4] = "--locale=C.UTF-8";
+        assert_ne!(
+            key,
+            cluster_key(SERVER, "postgres", &initdb, &POSTGRES_SETTINGS)
+        );
+        let mut settings = POSTGRES_SETTINGS.to_vec();
+        settings.push("max_locks_per_transaction=128");
+        assert_ne!(
+            key,
+            cluster_key(SERVER, "postgres", &INITDB_ARGS, &settings)
+        );
+    }
+
+    #[test]
+    fn only_the_applications_rabbit_needs_are_on_the_slim_code_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = |name: &str, version: &str, deps: &str| {
+            let ebin = dir.path().join(format!("{name}-{version}")).join("ebin");
+            std::fs::create_dir_all(&ebin).unwrap();
+            let spec = format!(
+                "{{application, '{name}',\n [{{applications, [kernel, {deps}]}},\n  {{included_applications, []}}]}}.\n"
+            );
+            std::fs::write(ebin.join(format!("{name}.app")), spec).unwrap();
+        };
+        app("rabbit", "3.10.8", "rabbit_common,ra");
+        app("rabbit_common", "3.10.8", "'recon'");
+        app("ra", "2.0.0", "");
+        app("ra", "2.1.0", "");
+        app("recon", "2.5.2", "");
+        app("rabbitmq_management", "3.10.8", "rabbit");
+        let mut names: Vec<String> = rabbit_closure(dir.path())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "ra-2.1.0",
+                "rabbit-3.10.8",
+                "rabbit_common-3.10.8",
+                "recon-2.5.2"
+            ]
+        );
+    }
+
+    #[test]
+    fn credentials_are_quoted_and_a_new_superuser_is_made_for_another_name() {
+        assert_eq!(
+            credentials_sql("u\"x", "p'w"),
+            "CREATE ROLE \"u\"\"x\" SUPERUSER LOGIN PASSWORD 'p''w';\n\n"
+        );
+        assert_eq!(
+            credentials_sql(BOOTSTRAP_ROLE, "pw"),
+            "ALTER ROLE \"postgres\" PASSWORD 'pw';\n\n"
+        );
+    }
 }

@@ -4,7 +4,8 @@
 //! The compose file is generated from the manifest into a temporary directory: the same images
 //! (as the container backend resolves them), environment, commands and published loopback
 //! ports, `depends_on` with `condition: service_healthy` (`service_started` for `started`
-//! dependencies), and a healthcheck per service probing what the harness probes, every second:
+//! dependencies), and a healthcheck per service probing what the harness probes, every second
+//! and, in a second file, every 250 ms (docker-compose's best practical setting here):
 //! `pg_isready` for PostgreSQL, `redis-cli ping` for Redis, a TCP connect to AMQP for
 //! RabbitMQ, a TCP connect or an HTTP GET (via bash's `/dev/tcp`) for services. docker-compose
 //! v1 has no `--wait`, so the clock runs from `docker-compose up -d` until every container
@@ -47,8 +48,10 @@ pub struct ComposeReport {
     pub harness: Vec<Duration>,
     /// Of those, the time before the scheduler started (engine, images, network, reaping).
     pub preflight: Vec<Duration>,
-    /// Cold `docker-compose up -d` until every service is healthy.
+    /// Cold `docker-compose up -d` until every service is healthy (healthchecks every second).
     pub compose: Vec<Duration>,
+    /// The same with healthchecks every 250 ms.
+    pub compose_fast: Vec<Duration>,
     /// Median time from `docker-compose up` until each service was first seen healthy.
     pub compose_ready: BTreeMap<String, Duration>,
     /// Median time from the start of the harness stack-up until each service was ready.
@@ -79,12 +82,18 @@ impl ComposeReport {
         median(&self.harness)
     }
 
-    /// Median compose stack-up.
+    /// Median compose stack-up, the better of the two healthcheck intervals.
     pub fn compose_median(&self) -> Duration {
-        median(&self.compose)
+        let fast = median(&self.compose_fast);
+        let slow = median(&self.compose);
+        if fast.is_zero() {
+            slow
+        } else {
+            fast.min(slow)
+        }
     }
 
-    /// Harness over compose (target: at most 0.8).
+    /// Harness over the better compose run (target: at most 0.6).
     pub fn vs_compose(&self) -> f64 {
         ratio(self.harness_median(), self.compose_median())
     }
@@ -148,17 +157,23 @@ impl ComposeReport {
         );
         let _ = writeln!(
             out,
-            "  docker-compose up        {:>8.0} ms  (median of {})",
-            ms(self.compose_median()),
+            "  docker-compose up, 1 s   {:>8.0} ms  (median of {})",
+            ms(median(&self.compose)),
             list(&self.compose)
+        );
+        let _ = writeln!(
+            out,
+            "  docker-compose up, 250 ms{:>8.0} ms  (median of {})",
+            ms(median(&self.compose_fast)),
+            list(&self.compose_fast)
         );
         let _ = writeln!(out);
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
         let (c, p) = (self.vs_compose(), self.vs_critical_path());
         let _ = writeln!(
             out,
-            "  harness / compose        = {c:.2}  (target <= 0.80: {})",
-            verdict(c <= 0.80)
+            "  harness / better compose = {c:.2}  (target <= 0.60: {})",
+            verdict(c <= 0.60)
         );
         let _ = writeln!(
             out,
@@ -212,7 +227,7 @@ fn escape(s: &str) -> String {
     s.replace('$', "$$")
 }
 
-fn healthcheck(service: &Service, ep: &Endpoint) -> Option<Value> {
+fn healthcheck(service: &Service, ep: &Endpoint, interval: &str) -> Option<Value> {
     let tcp = |port: u16| format!("bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'");
     let port = |name: Option<&str>| ep.port(name).unwrap_or_default();
     let test = match &service.probe {
@@ -232,18 +247,22 @@ fn healthcheck(service: &Service, ep: &Endpoint) -> Option<Value> {
     };
     Some(json!({
         "test": ["CMD-SHELL", escape(&test)],
-        "interval": "1s",
+        "interval": interval,
         "timeout": "2s",
         "retries": 120,
     }))
 }
 
 /// The compose file (JSON, which docker-compose reads as YAML) equivalent to the manifest on
-/// the container backend.
+/// the container backend, with healthchecks every `interval` (`1s`, `250ms`). The `bare`
+/// services' images are tags of the local base image: they get the entrypoint the container
+/// backend gives them.
 pub fn compose_file(
     manifest: &Manifest,
     plan: &ImagePlan,
     labels: &BTreeMap<String, String>,
+    interval: &str,
+    bare: &std::collections::BTreeSet<String>,
 ) -> Result<String, Error> {
     let endpoints = compose_endpoints(manifest);
     let mut services = Map::new();
@@ -287,7 +306,19 @@ pub fn compose_file(
         if !cmd.is_empty() {
             service["command"] = json!(cmd.iter().map(|c| escape(c)).collect::<Vec<_>>());
         }
-        if let Some(h) = healthcheck(s, ep) {
+        if let (true, Some((script, signal))) =
+            (bare.contains(&s.name), container::base_entrypoint(s.kind))
+        {
+            service["entrypoint"] = json!(container::BASE_RUNNER
+                .iter()
+                .map(|a| escape(a))
+                .collect::<Vec<_>>());
+            service["environment"][container::ENTRYPOINT_ENV] = json!(escape(script));
+            if let Some(signal) = signal {
+                service["stop_signal"] = json!(signal);
+            }
+        }
+        if let Some(h) = healthcheck(s, ep, interval) {
             service["healthcheck"] = h;
         }
         let mut depends = Map::new();
@@ -316,12 +347,12 @@ pub fn compose_file(
         .map_err(|e| Error::Usage(format!("cannot write the compose file: {e}")))
 }
 
-async fn compose_cmd(dir: &Path, project: &str, args: &[&str]) -> Result<(), String> {
+async fn compose_cmd(file: &Path, project: &str, args: &[&str]) -> Result<(), String> {
     let out = tokio::process::Command::new("docker-compose")
         .arg("-p")
         .arg(project)
         .arg("-f")
-        .arg(dir.join("docker-compose.yml"))
+        .arg(file)
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -398,7 +429,7 @@ async fn compose_ready(
 /// One cold `docker-compose up -d` until healthy, then `down -v`: the wall time, and when each
 /// service was first seen healthy.
 async fn compose_run(
-    dir: &Path,
+    file: &Path,
     project: &str,
     services: usize,
 ) -> Result<(Duration, BTreeMap<String, Duration>), Error> {
@@ -411,11 +442,16 @@ async fn compose_run(
     let t0 = Instant::now();
     // Watched while `up -d` runs: it returns only once it has started the last service.
     let (up, ready) = tokio::join!(
-        compose_cmd(dir, project, &["up", "-d", "--no-build"]),
+        compose_cmd(file, project, &["up", "-d", "--no-build"]),
         compose_ready(&docker, project, services)
     );
     let result = up.and(ready);
-    let down = compose_cmd(dir, project, &["down", "-v", "--remove-orphans", "-t", "1"]).await;
+    let down = compose_cmd(
+        file,
+        project,
+        &["down", "-v", "--remove-orphans", "-t", "1"],
+    )
+    .await;
     let ready = result.map_err(|e| Error::service("docker-compose", e))?;
     down.map_err(|e| Error::service("docker-compose", e))?;
     let wall = ready.values().max().map(|t| *t - t0).unwrap_or_default();
@@ -507,19 +543,36 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
             let _ = container::remove_run_blocking(&id);
         }
     });
-    let file = compose_file(manifest, &plan, &labels)?;
-    std::fs::write(dir.join("docker-compose.yml"), file)
+    let bare = match container::connect().await {
+        Ok(docker) => container::bare_base_services(&docker, manifest, &plan).await,
+        Err(_) => Default::default(),
+    };
+    let files = [
+        ("1s", "docker-compose.yml"),
+        ("250ms", "docker-compose-250ms.yml"),
+    ];
+    for (interval, name) in files {
+        std::fs::write(
+            dir.join(name),
+            compose_file(manifest, &plan, &labels, interval, &bare)?,
+        )
         .map_err(|e| Error::io("writing the compose file", e))?;
+    }
 
     let result = async {
         let mut solo: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
         let mut in_stack: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
-        let (mut harness, mut preflight, mut compose) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut harness, mut preflight) = (Vec::new(), Vec::new());
+        let (mut compose, mut compose_fast) = (Vec::new(), Vec::new());
         let mut harness_at: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
         let mut compose_at: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
         for run in 0..runs {
             // Alternate which side goes first so neither always meets the warmer page cache.
-            for side in if run % 2 == 0 { [0, 1, 2] } else { [1, 0, 2] } {
+            for side in if run % 2 == 0 {
+                [0, 1, 3, 2]
+            } else {
+                [3, 1, 0, 2]
+            } {
                 match side {
                     0 => {
                         let run = harness_run(manifest, false).await?;
@@ -532,13 +585,18 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
                             harness_at.entry(s).or_default().push(d);
                         }
                     }
-                    1 => {
+                    1 | 3 => {
                         let project = format!("hbench{:08x}", rand::random::<u32>());
+                        let file = dir.join(files[usize::from(side == 3)].1);
                         let (wall, at) =
-                            compose_run(&dir, &project, manifest.services.len()).await?;
-                        compose.push(wall);
-                        for (s, d) in at {
-                            compose_at.entry(s).or_default().push(d);
+                            compose_run(&file, &project, manifest.services.len()).await?;
+                        if side == 3 {
+                            compose_fast.push(wall);
+                        } else {
+                            compose.push(wall);
+                            for (s, d) in at {
+                                compose_at.entry(s).or_default().push(d);
+                            }
                         }
                     }
                     _ => {
@@ -551,7 +609,13 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
             }
         }
         Ok::<_, Error>((
-            solo, in_stack, harness, preflight, compose, harness_at, compose_at,
+            solo,
+            in_stack,
+            harness,
+            preflight,
+            (compose, compose_fast),
+            harness_at,
+            compose_at,
         ))
     }
     .await;
@@ -562,7 +626,8 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
     crate::cleanup::unregister_hook(hook);
     let _ = std::fs::remove_dir_all(&dir);
     crate::cleanup::unregister_dir(&dir);
-    let (solo, in_stack, harness, preflight, compose, harness_at, compose_at) = result?;
+    let (solo, in_stack, harness, preflight, (compose, compose_fast), harness_at, compose_at) =
+        result?;
     let medians =
         |m: BTreeMap<String, Vec<Duration>>| m.into_iter().map(|(k, v)| (k, median(&v))).collect();
     let solo: BTreeMap<String, Duration> = solo.into_iter().map(|(k, v)| (k, median(&v))).collect();
@@ -578,6 +643,7 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
         harness,
         preflight,
         compose,
+        compose_fast,
     })
 }
 
@@ -608,8 +674,10 @@ env = { DATABASE_URL = "{{ postgres.url }}" }
             |name: &str| (name == "HARNESS_IMAGE_POSTGRES").then(|| "local/pg:15".to_string());
         let plan = container::plan(&manifest, &env).unwrap();
         let labels = BTreeMap::from([("org.harness.managed".to_string(), "true".to_string())]);
-        let file: Value =
-            serde_json::from_str(&compose_file(&manifest, &plan, &labels).unwrap()).unwrap();
+        let file: Value = serde_json::from_str(
+            &compose_file(&manifest, &plan, &labels, "1s", &Default::default()).unwrap(),
+        )
+        .unwrap();
         let s = &file["services"];
         assert_eq!(s["postgres"]["image"], "local/pg:15");
         assert_eq!(s["postgres"]["environment"]["POSTGRES_USER"], USER);
@@ -646,5 +714,37 @@ env = { DATABASE_URL = "{{ postgres.url }}" }
             "true"
         );
         assert_eq!(s["web"]["labels"]["org.harness.managed"], "true");
+    }
+
+    #[test]
+    fn a_server_on_a_bare_base_image_gets_its_entrypoint_and_fast_healthchecks_their_interval() {
+        let source =
+            "[services.postgres]\nkind = \"postgres\"\n\n[services.redis]\nkind = \"redis\"\n";
+        let manifest = Manifest::parse(Path::new("m.toml"), source).unwrap();
+        let plan = container::plan(&manifest, &|_: &str| None).unwrap();
+        let bare = std::collections::BTreeSet::from(["postgres".to_string()]);
+        let text = compose_file(&manifest, &plan, &BTreeMap::new(), "250ms", &bare).unwrap();
+        let file: Value = serde_json::from_str(&text).unwrap();
+        let pg = &file["services"]["postgres"];
+        assert_eq!(pg["entrypoint"][0], "/bin/bash");
+        assert!(
+            pg["entrypoint"][2]
+                .as_str()
+                .unwrap()
+                .contains("$$HARNESS_ENTRYPOINT"),
+            "compose would interpolate the variable: {}",
+            pg["entrypoint"][2]
+        );
+        assert!(pg["environment"][container::ENTRYPOINT_ENV]
+            .as_str()
+            .unwrap()
+            .contains("initdb"));
+        assert_eq!(pg["stop_signal"], "SIGINT");
+        assert_eq!(pg["healthcheck"]["interval"], "250ms");
+        let redis = &file["services"]["redis"];
+        assert!(
+            redis.get("entrypoint").is_none(),
+            "redis is not bare: {redis}"
+        );
     }
 }
