@@ -58,18 +58,7 @@ async fn payments_down(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
                 .await?;
             ids.push(id);
         }
-        j.step(
-            "orders' /health reports the payments circuit open",
-            circuit_is_open(&j),
-        )
-        .await?;
-        let id = j
-            .step(
-                "with the breaker open orders answers at once and calls nobody",
-                order_while_open(&j, &who),
-            )
-            .await?;
-        ids.push(id);
+        ids.push(breaker_open(&j, &who).await?);
         j.step("start payments again", async {
             Ok(stack.start_service("payments").await.map(|_| ())?)
         })
@@ -122,18 +111,7 @@ async fn payments_slow(ctx: Arc<TrialContext>) -> anyhow::Result<()> {
                 Ok(ids)
             })
             .await?;
-        j.step(
-            "orders' /health reports the payments circuit open",
-            circuit_is_open(&j),
-        )
-        .await?;
-        let id = j
-            .step(
-                "with the breaker open orders answers at once and calls nobody",
-                order_while_open(&j, &who),
-            )
-            .await?;
-        ids.push(id);
+        ids.push(breaker_open(&j, &who).await?);
         j.step("unpause payments", async {
             Ok(stack.unpause("payments").await?)
         })
@@ -158,6 +136,21 @@ async fn payments_health(j: &Journey) -> anyhow::Result<(String, u64)> {
         .as_u64()
         .with_context(|| format!("orders' /health has no payments call count: {health}"))?;
     Ok((circuit.to_string(), calls))
+}
+
+/// With payments unreachable: the circuit reads open, and an order is answered at once without
+/// a call to payments; returns the order's id.
+async fn breaker_open(j: &Journey, who: &str) -> anyhow::Result<String> {
+    j.step(
+        "orders' /health reports the payments circuit open",
+        circuit_is_open(j),
+    )
+    .await?;
+    j.step(
+        "with the breaker open orders answers at once and calls nobody",
+        order_while_open(j, who),
+    )
+    .await
 }
 
 async fn circuit_is_open(j: &Journey) -> anyhow::Result<()> {
