@@ -432,21 +432,21 @@ pub fn reap_dead_runs() -> Vec<String> {
     reaped
 }
 
-/// Processes working inside the directory of a run that is gone (removed while they lived)
-/// and whose owner is dead: the owner's pid is the run id's first part.
+/// Processes of a run that is gone (its directory removed while they lived) and whose owner is
+/// dead (the owner's pid is the run id's first part). A process belongs to a run by its working
+/// directory, by a value of its environment inside the run directory (a daemon such as `epmd
+/// -daemon` moves to `/` but keeps the paths it was given), or by `HARNESS_RUN_ID`; under the
+/// runs root of today or of `$TMPDIR`, where runs used to live.
 fn orphans() -> Vec<i32> {
-    let root = runs_root();
+    let mut roots = vec![runs_root(), std::env::temp_dir().join("harness-runs")];
+    roots.dedup();
     all_pids()
         .filter(|pid| {
-            let Some(dir) = cwd(*pid) else { return false };
-            let Ok(rest) = dir.strip_prefix(&root) else {
+            let Some(id) = run_of(*pid, &roots) else {
                 return false;
             };
-            let Some(id) = rest.iter().next().and_then(|c| c.to_str()) else {
-                return false;
-            };
-            if root.join(id).exists() {
-                // Judged with its run above.
+            if roots.iter().any(|r| r.join(&id).exists()) {
+                // Judged with its run above (or its run is alive).
                 return false;
             }
             let owner: Option<u32> = id.split('-').next().and_then(|p| p.parse().ok());
@@ -454,9 +454,33 @@ fn orphans() -> Vec<i32> {
                 return false;
             };
             // An owner that started after this process is a reused pid.
-            start_time(owner).is_none_or(|t| t > me.start)
+            !me.zombie && start_time(owner).is_none_or(|t| t > me.start)
         })
         .collect()
+}
+
+/// The id of the run a process belongs to, judged without the run's record (see [`orphans`]).
+fn run_of(pid: i32, roots: &[PathBuf]) -> Option<String> {
+    let id_in = |p: &Path| {
+        roots.iter().find_map(|r| {
+            let id = p.strip_prefix(r).ok()?.iter().next()?.to_str()?;
+            // A run id is `<owner pid>-<suffix>`.
+            id.split_once('-')
+                .is_some_and(|(owner, _)| owner.parse::<u32>().is_ok())
+                .then(|| id.to_string())
+        })
+    };
+    if let Some(id) = cwd(pid).and_then(|c| id_in(&c)) {
+        return Some(id);
+    }
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0).find_map(|kv| {
+        let (k, v) = std::str::from_utf8(kv).ok()?.split_once('=')?;
+        if k == RUN_ID_ENV {
+            return Some(v.to_string());
+        }
+        id_in(Path::new(v))
+    })
 }
 
 /// One line of a run's record.
