@@ -198,23 +198,14 @@ pub async fn refreshed(
     manifest: &Manifest,
     state: State,
 ) -> Result<(State, Vec<Refreshed>), String> {
-    let running: Vec<&String> = state.endpoints.keys().collect();
-    let wanted: Vec<&String> = manifest.services.iter().map(|s| &s.name).collect();
-    let mut sorted = wanted.clone();
-    sorted.sort();
-    if sorted != running {
+    let running: Vec<&str> = state.endpoints.keys().map(String::as_str).collect();
+    let wanted: std::collections::BTreeSet<&str> =
+        manifest.services.iter().map(|s| s.name.as_str()).collect();
+    if !running.iter().copied().eq(wanted.iter().copied()) {
         return Err(format!(
             "the running stack has services [{}], the manifest [{}]",
-            running
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            sorted
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            running.join(", "),
+            wanted.into_iter().collect::<Vec<_>>().join(", ")
         ));
     }
     let now = Fingerprinter::from_known(&state.files)
