@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::Kind;
+use crate::model::kind::{self, Kind, Target};
 use crate::template::Field;
 
 /// Where a service can be reached from one vantage point (the host, or another service).
@@ -51,24 +51,17 @@ impl Endpoint {
 
     /// A connection URL for the service, optionally naming another database.
     pub fn url(&self, database: Option<&str>) -> Result<String, String> {
-        let address = self.address()?;
-        let auth = match (&self.user, &self.password) {
-            (Some(u), Some(p)) => format!("{}:{}@", encode(u), encode(p)),
-            (Some(u), None) => format!("{}@", encode(u)),
-            (None, Some(p)) => format!(":{}@", encode(p)),
-            (None, None) => String::new(),
-        };
-        Ok(match self.kind {
-            Kind::Postgres => {
-                let db = database.or(self.database.as_deref()).unwrap_or("postgres");
-                format!("postgres://{auth}{address}/{db}")
-            }
-            Kind::Redis => format!("redis://{auth}{address}/{}", database.unwrap_or("0")),
-            Kind::Rabbitmq => format!("amqp://{auth}{address}/{}", encode(database.unwrap_or("/"))),
-            Kind::Service => format!(
-                "http://{address}{}",
-                database.map(|p| format!("/{p}")).unwrap_or_default()
-            ),
+        Ok(kind::url(self.kind, &self.target()?, database))
+    }
+
+    /// The primary port's host, port and credentials, as a kind's probe and setup take them.
+    pub fn target(&self) -> Result<Target, String> {
+        Ok(Target {
+            host: self.host.clone(),
+            port: self.port(None)?,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            database: self.database.clone(),
         })
     }
 
@@ -90,19 +83,6 @@ impl Endpoint {
             Field::Url(db) => self.url(db.as_deref()),
         }
     }
-}
-
-/// Percent-encodes what may not appear raw in the user-info or path of a URL.
-fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -53,6 +53,7 @@ pub mod graph;
 pub mod isolation;
 pub mod journey;
 pub mod manifest;
+pub mod model;
 pub mod probe;
 pub mod report;
 pub mod runner;

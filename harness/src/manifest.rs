@@ -38,67 +38,12 @@ use toml::Spanned;
 use crate::template::{Field, Template};
 
 /// The database a postgres service creates when the manifest names none (`database`).
-pub const DEFAULT_POSTGRES_DATABASE: &str = "app";
+pub use crate::model::kind::postgres::DEFAULT_DATABASE as DEFAULT_POSTGRES_DATABASE;
 
 /// Default time a service gets to become ready.
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What a service is: one of the built-in servers, or a generic service of the user's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    /// PostgreSQL.
-    Postgres,
-    /// Redis.
-    Redis,
-    /// RabbitMQ (AMQP 0-9-1).
-    Rabbitmq,
-    /// A generic service: a process (native) or an image (container).
-    Service,
-}
-
-impl Kind {
-    /// The image used on the container backend when the manifest names none.
-    pub fn default_image(self) -> Option<&'static str> {
-        match self {
-            Kind::Postgres => Some("postgres:16"),
-            Kind::Redis => Some("redis:7"),
-            Kind::Rabbitmq => Some("rabbitmq:3"),
-            Kind::Service => None,
-        }
-    }
-
-    /// The port a built-in server listens on, under its conventional name.
-    pub fn default_port(self) -> Option<(&'static str, u16)> {
-        match self {
-            Kind::Postgres => Some(("postgres", 5432)),
-            Kind::Redis => Some(("redis", 6379)),
-            Kind::Rabbitmq => Some(("amqp", 5672)),
-            Kind::Service => None,
-        }
-    }
-
-    /// The URL scheme of the service's primary endpoint.
-    pub fn scheme(self) -> &'static str {
-        match self {
-            Kind::Postgres => "postgres",
-            Kind::Redis => "redis",
-            Kind::Rabbitmq => "amqp",
-            Kind::Service => "http",
-        }
-    }
-}
-
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Kind::Postgres => "postgres",
-            Kind::Redis => "redis",
-            Kind::Rabbitmq => "rabbitmq",
-            Kind::Service => "service",
-        })
-    }
-}
+pub use crate::model::kind::Kind;
 
 /// Which backend runs a stack, or one service of it (`backend = "…"`).
 #[derive(
@@ -219,15 +164,7 @@ pub struct Dependency {
 }
 
 /// Credentials a service is given; `None` fields are generated at random per run.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Credentials {
-    /// User name.
-    pub user: Option<String>,
-    /// Password.
-    pub password: Option<String>,
-    /// Default database.
-    pub database: Option<String>,
-}
+pub use crate::model::kind::Credentials;
 
 /// A validated service of the manifest.
 #[derive(Debug, Clone)]

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use sqlx::Connection as _;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 
@@ -55,42 +54,10 @@ async fn attempt(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> {
     match spec {
         ProbeSpec::None => Ok(()),
         ProbeSpec::Tcp { port } => tcp_accepted(endpoint, port).await,
-        ProbeSpec::Postgres => {
-            // The maintenance database always exists; the service's own may not yet.
-            let url = endpoint.url(Some("postgres"))?;
-            let mut conn = sqlx::PgConnection::connect(&url)
-                .await
-                .map_err(|e| e.to_string())?;
-            let one: i32 = sqlx::query_scalar("SELECT 1")
-                .fetch_one(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = conn.close().await;
-            (one == 1)
-                .then_some(())
-                .ok_or_else(|| format!("SELECT 1 returned {one}"))
-        }
-        ProbeSpec::Redis => {
-            let client = redis::Client::open(endpoint.url(None)?).map_err(|e| e.to_string())?;
-            let mut conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| e.to_string())?;
-            let pong: String = redis::cmd("PING")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            (pong == "PONG")
-                .then_some(())
-                .ok_or_else(|| format!("PING answered {pong:?}"))
-        }
-        ProbeSpec::Amqp => {
-            let conn = lapin::Connection::connect(&endpoint.url(None)?, crate::amqp::properties())
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = conn.close(200, "probe").await;
-            Ok(())
-        }
+        ProbeSpec::Postgres | ProbeSpec::Redis | ProbeSpec::Amqp => match endpoint.kind.server() {
+            Some(server) => server.probe(&endpoint.target()?).await,
+            None => Err(format!("a {spec} probe needs a {spec} server")),
+        },
         ProbeSpec::Http { path, port } => {
             let url = format!(
                 "http://{}:{}{}",

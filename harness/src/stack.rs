@@ -15,7 +15,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, StartupError};
 use crate::fingerprint::{Fingerprinter, Fingerprints};
 use crate::graph::Graph;
-use crate::manifest::{Kind, Manifest, Service};
+use crate::manifest::{Manifest, Service};
 use crate::probe;
 use crate::scheduler::{self, Failure, Launcher, Phase, Timing};
 
@@ -94,27 +94,15 @@ fn random_token(len: usize) -> String {
         .collect()
 }
 
-/// Credentials for one run: fixed in the manifest or random.
+/// Credentials for one run: fixed in the manifest, or completed by the kind (random ones).
 fn credentials(service: &Service) -> Creds {
     let c = &service.credentials;
-    match service.kind {
-        Kind::Postgres | Kind::Rabbitmq => (
-            Some(
-                c.user
-                    .clone()
-                    .unwrap_or_else(|| format!("u{}", random_token(8))),
-            ),
-            Some(c.password.clone().unwrap_or_else(|| random_token(24))),
-            match service.kind {
-                Kind::Postgres => Some(
-                    c.database
-                        .clone()
-                        .unwrap_or_else(|| crate::manifest::DEFAULT_POSTGRES_DATABASE.into()),
-                ),
-                _ => c.database.clone(),
-            },
-        ),
-        Kind::Redis | Kind::Service => (c.user.clone(), c.password.clone(), c.database.clone()),
+    match service.kind.server() {
+        Some(server) => {
+            let c = server.credentials(c, &random_token);
+            (c.user, c.password, c.database)
+        }
+        None => (c.user.clone(), c.password.clone(), c.database.clone()),
     }
 }
 
@@ -290,66 +278,33 @@ async fn make_ready(
     Ok(created)
 }
 
-/// One-time setup once a service is ready: the databases a postgres service should hold, each
-/// created when missing. Returns those it created.
+/// One-time setup once a service is ready: the databases it should hold (its default one and
+/// `databases`), each created when missing. Returns those it created.
 async fn after_ready(service: &Service, endpoint: &Endpoint) -> Result<Vec<String>, String> {
-    if service.kind != Kind::Postgres {
+    let Some(server) = service.kind.server().filter(|s| s.holds_databases()) else {
         return Ok(Vec::new());
-    }
-    use sqlx::Connection as _;
+    };
     let wanted: Vec<&str> = endpoint
         .database
         .as_deref()
         .into_iter()
         .chain(service.databases.iter().map(String::as_str))
-        .filter(|d| *d != "postgres")
         .collect();
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    let url = endpoint.url(Some("postgres"))?;
-    let mut conn = sqlx::PgConnection::connect(&url)
-        .await
-        .map_err(|e| format!("creating databases: {e}"))?;
-    let mut created = Vec::new();
-    for db in wanted {
-        let exists: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-                .bind(db)
-                .fetch_optional(&mut conn)
-                .await
-                .map_err(|e| format!("creating database `{db}`: {e}"))?;
-        if exists.is_none() {
-            sqlx::query(&format!("CREATE DATABASE \"{db}\""))
-                .execute(&mut conn)
-                .await
-                .map_err(|e| format!("creating database `{db}`: {e}"))?;
-            created.push(db.to_string());
-        }
-    }
-    let _ = conn.close().await;
-    Ok(created)
+    server.create_databases(&endpoint.target()?, &wanted).await
 }
 
-/// Drops the databases the harness created on an external postgres service. `FORCE`: a
-/// connection a trial left open must not keep them.
+/// Drops the databases the harness created on an external server.
 async fn drop_databases(service: &str, endpoint: &Endpoint, dbs: &[String]) {
-    use sqlx::Connection as _;
-    let result = async {
-        let url = endpoint.url(Some("postgres"))?;
-        let mut conn = sqlx::PgConnection::connect(&url)
-            .await
-            .map_err(|e| e.to_string())?;
-        for db in dbs {
-            sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-                .execute(&mut conn)
-                .await
-                .map_err(|e| format!("dropping `{db}`: {e}"))?;
-        }
-        let _ = conn.close().await;
-        Ok::<(), String>(())
-    }
-    .await;
+    let Some(server) = endpoint.kind.server() else {
+        return;
+    };
+    let result = match endpoint.target() {
+        Ok(target) => server.drop_databases(&target, dbs).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = result {
         // Teardown goes on; the leftover is named so it can be removed by hand.
         eprintln!(

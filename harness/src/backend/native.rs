@@ -28,7 +28,9 @@ use super::{Backend, BackendKind, Instance, StartRequest};
 use crate::cleanup::{self, RunDir, RUN_ID_ENV};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
-use crate::manifest::{Kind, Launch, Manifest, Service};
+use crate::manifest::{Launch, Manifest, Service};
+use crate::model::kind::server::find_program;
+use crate::model::kind::NativeHost;
 
 /// How long a graceful stop may take before the group is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -55,32 +57,6 @@ impl Native {
     }
 }
 
-/// Finds a program in `PATH` or in the given extra directories.
-fn find_program(name: &str, extra: &[PathBuf]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    extra
-        .iter()
-        .cloned()
-        .chain(std::env::split_paths(&path))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn postgres_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path().join("bin"))
-        .collect();
-    dirs.sort_by(|a, b| b.cmp(a));
-    dirs
-}
-
-fn rabbitmq_dirs() -> Vec<PathBuf> {
-    vec![PathBuf::from("/usr/lib/rabbitmq/bin")]
-}
-
 /// Where cargo puts this workspace's binaries: `HARNESS_BIN_DIR`, else `CARGO_TARGET_DIR/debug`,
 /// else `target/debug` of the workspace around the manifest.
 pub fn bin_dir(manifest_dir: &Path) -> PathBuf {
@@ -100,75 +76,47 @@ pub fn bin_dir(manifest_dir: &Path) -> PathBuf {
     root.unwrap_or(start).join("target").join("debug")
 }
 
-struct Programs {
-    missing: Vec<(String, String)>,
-}
-
-impl Programs {
-    fn need(
-        &mut self,
-        name: &str,
-        extra: &[PathBuf],
-        service: &str,
-        help: &str,
-    ) -> Option<PathBuf> {
-        let found = find_program(name, extra);
-        if found.is_none() {
-            self.missing.push((
-                format!("`{name}` (for service `{service}`)"),
-                help.to_string(),
-            ));
-        }
-        found
-    }
-}
-
 /// Whether the native backend can run every service of a manifest: the servers installed and
 /// the service binaries built (in `bins`, see [`bin_dir`]). Lists everything missing at once.
 pub fn check(manifest: &Manifest, bins: &Path) -> Result<(), Error> {
-    let mut p = Programs {
-        missing: Vec::new(),
-    };
+    let mut missing: Vec<(String, String)> = Vec::new();
     for s in &manifest.services {
         let name = s.name.as_str();
-        match (s.kind, &s.launch) {
-            (Kind::Postgres, _) => {
-                let help = "install PostgreSQL: `apt-get install -y postgresql`";
-                p.need("initdb", &postgres_dirs(), name, help);
-                p.need("postgres", &postgres_dirs(), name, help);
+        if let Some(server) = s.kind.server() {
+            for program in server.native_programs() {
+                if find_program(program.name, &program.dirs).is_none() {
+                    missing.push((
+                        format!("`{}` (for service `{name}`)", program.name),
+                        program.help.to_string(),
+                    ));
+                }
             }
-            (Kind::Redis, _) => {
-                p.need("redis-server", &[], name, "install Redis: `apt-get install -y redis-server`");
-            }
-            (Kind::Rabbitmq, _) => {
-                let help = "install RabbitMQ: `apt-get install -y rabbitmq-server`";
-                p.need("rabbitmq-server", &rabbitmq_dirs(), name, help);
-                p.need("epmd", &[], name, help);
-            }
-            (Kind::Service, Launch::Binary(b)) => {
+            continue;
+        }
+        match &s.launch {
+            Launch::Binary(b) => {
                 if !bins.join(b).is_file() {
-                    p.missing.push((
+                    missing.push((
                         format!("binary `{b}` (for service `{name}`) at {}", bins.join(b).display()),
                         format!("build it with `cargo build --bin {b}`, or point HARNESS_BIN_DIR at the directory holding it"),
                     ));
                 }
             }
-            (Kind::Service, Launch::ImageOnly) => p.missing.push((
+            Launch::ImageOnly => missing.push((
                 format!("a way to run service `{name}` natively"),
                 format!("give `{name}` a `binary` or `command` in the manifest, or use the container backend"),
             )),
-            (Kind::Service, _) => {}
+            Launch::Builtin | Launch::Command(_) => {}
         }
     }
-    if p.missing.is_empty() {
+    if missing.is_empty() {
         return Ok(());
     }
-    let what = p
-        .missing
+    let what = missing
         .iter()
         .map(|(w, _)| format!("\n  - {w}"))
         .collect::<String>();
-    let help: BTreeSet<&str> = p.missing.iter().map(|(_, h)| h.as_str()).collect();
+    let help: BTreeSet<&str> = missing.iter().map(|(_, h)| h.as_str()).collect();
     Err(Error::Prerequisite {
         what: format!("the native backend cannot start this stack; missing:{what}"),
         help: help.into_iter().collect::<Vec<_>>().join("\n  = help: "),
@@ -222,27 +170,45 @@ impl Backend for Native {
             cwd: dir.clone(),
             ..ProcSpec::default()
         };
-        match service.kind {
-            Kind::Postgres => instance.procs.push(postgres(&base, &endpoint, &dir).await?),
-            Kind::Redis => instance.procs.push(redis(&base, &endpoint)?),
-            Kind::Rabbitmq => {
-                let (epmd, rabbit) = rabbitmq(&base, &endpoint, &dir, &self.run_id).await?;
-                instance.procs.push(epmd);
-                instance.procs.push(rabbit);
+        if let Some(server) = service.kind.server() {
+            let host = Host {
+                base: &base,
+                run_id: &self.run_id,
+            };
+            let target = endpoint.target().map_err(|e| Error::service(&service.name, e))?;
+            let processes = server
+                .native(&host, &target)
+                .await
+                .map_err(|e| Error::service(&service.name, e))?;
+            for p in processes {
+                let mut proc = Proc::new(ProcSpec {
+                    log: p.log.map_or_else(|| base.log.clone(), |l| dir.join(l)),
+                    program: p.program,
+                    args: p.args,
+                    env: p.env,
+                    user: p.user,
+                    graceful: p.graceful,
+                    ..base.clone()
+                });
+                proc.spawn().map_err(|e| Error::service(&service.name, e))?;
+                let listening = match p.listens_on {
+                    Some(port) => wait_listening(port).await,
+                    None => Ok(()),
+                };
+                instance.procs.push(proc);
+                listening.map_err(|e| Error::service(&service.name, e))?;
             }
-            Kind::Service => instance.procs.push(generic(
+        } else {
+            let mut proc = generic(
                 &base,
                 service,
                 &endpoint,
                 req.deps,
                 &self.bin_dir,
                 &self.project_dir,
-            )?),
-        }
-        for proc in &mut instance.procs {
-            if proc.child.is_none() {
-                proc.spawn().map_err(|e| Error::service(&service.name, e))?;
-            }
+            )?;
+            proc.spawn().map_err(|e| Error::service(&service.name, e))?;
+            instance.procs.push(proc);
         }
         Ok(Box::new(instance))
     }
@@ -266,61 +232,6 @@ fn free_port() -> std::io::Result<u16> {
     ))
 }
 
-fn system_user(name: &str) -> Option<User> {
-    if !nix::unistd::geteuid().is_root() {
-        return None;
-    }
-    User::from_name(name).ok().flatten()
-}
-
-fn chown_tree(path: &Path, user: &User) -> Result<(), Error> {
-    let chown = |p: &Path| {
-        std::os::unix::fs::chown(p, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
-            .map_err(|e| Error::io(format!("giving {} to user `{}`", p.display(), user.name), e))
-    };
-    chown(path)?;
-    for entry in
-        std::fs::read_dir(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?
-    {
-        let entry = entry.map_err(|e| Error::io("reading a directory", e))?;
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            chown_tree(&entry.path(), user)?;
-        } else {
-            chown(&entry.path())?;
-        }
-    }
-    Ok(())
-}
-
-fn write(path: &Path, text: &str) -> Result<(), Error> {
-    std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
-}
-
-/// How every native cluster is initialised; part of the cached cluster's key.
-const INITDB_ARGS: [&str; 6] = [
-    "--auth-local=trust",
-    "--auth-host=scram-sha-256",
-    "--no-sync",
-    "--encoding=UTF8",
-    "--locale=C",
-    // 1 MB WAL segments instead of 16: a cluster of 24 MB instead of 40 to copy per run.
-    "--wal-segsize=1",
-];
-
-/// Server settings every native Postgres runs with; part of the cached cluster's key, so a
-/// change of them never meets a cluster made for others.
-const POSTGRES_SETTINGS: [&str; 6] = [
-    "listen_addresses=127.0.0.1",
-    "fsync=off",
-    "synchronous_commit=off",
-    "full_page_writes=off",
-    "max_connections=200",
-    "shared_buffers=64MB",
-];
-
-/// Bumped whenever the way a cached cluster is made changes, so old entries are not reused.
-const CLUSTER_FORMAT: u32 = 1;
-
 /// Where the harness keeps state it can rebuild: `HARNESS_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/harness`, else `~/.cache/harness`.
 pub fn cache_dir() -> PathBuf {
@@ -336,43 +247,60 @@ pub fn cache_dir() -> PathBuf {
     }
 }
 
-/// The key of a cached initialised cluster: the server's identity (its `--version`, path,
-/// size and modification time), the superuser's name, the initdb arguments and the settings.
-fn cluster_key(
-    server_identity: &str,
-    user: &str,
-    initdb_args: &[&str],
-    settings: &[&str],
-) -> String {
-    let text = format!(
-        "format {CLUSTER_FORMAT}\nserver {server_identity}\nuser {user}\ninitdb {}\nsettings {}\n",
-        initdb_args.join(" "),
-        settings.join(" ")
-    );
-    format!("{:016x}", crate::fingerprint::content_hash(text.as_bytes()))
+/// How long a helper process may take to listen before the server that needs it starts.
+const HELPER_LISTEN: Duration = Duration::from_secs(5);
+
+/// Waits until a helper process listens on a loopback port.
+async fn wait_listening(port: u16) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + HELPER_LISTEN;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!(
+                "a helper did not listen on port {port} within {} s",
+                HELPER_LISTEN.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }
 
-/// What identifies an installed server: a package upgrade changes at least one of these.
-async fn server_identity(server: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(server).map_err(|e| format!("{}: {e}", server.display()))?;
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let out = Command::new(server)
-        .arg("--version")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {} --version: {e}", server.display()))?;
-    Ok(format!(
-        "{} {} {} {modified}",
-        String::from_utf8_lossy(&out.stdout).trim(),
-        server.display(),
-        meta.len()
-    ))
+/// What the native backend gives a kind's launch: the service's directory, the cache, free
+/// ports, and helper programs run in registered process groups.
+struct Host<'a> {
+    base: &'a ProcSpec,
+    run_id: &'a str,
+}
+
+#[async_trait]
+impl NativeHost for Host<'_> {
+    fn dir(&self) -> &Path {
+        &self.base.cwd
+    }
+
+    fn run_id(&self) -> &str {
+        self.run_id
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        cache_dir()
+    }
+
+    fn free_port(&self) -> std::io::Result<u16> {
+        free_port()
+    }
+
+    async fn run(
+        &self,
+        cmd: Command,
+        user: Option<&User>,
+        stdin: Option<String>,
+    ) -> Result<std::process::Output, String> {
+        run_to_end(self.base, cmd, user, stdin).await
+    }
 }
 
 /// Runs a short helper program to its end in its own registered process group (a signal
@@ -424,373 +352,6 @@ async fn run_to_end(
         ));
     }
     Ok(out)
-}
-
-/// `cp -a` (a reflink where the filesystem has them) of a directory tree.
-fn copy_tree(from: &Path, to: &Path) -> Command {
-    let mut cp = Command::new("cp");
-    cp.args(["-a", "--reflink=auto"]).arg(from).arg(to);
-    cp
-}
-
-/// Saves a freshly initialised cluster under `cached` for later runs. Two runs filling the same
-/// entry at once each copy into a directory of their own; the first rename wins.
-async fn publish_cluster(base: &ProcSpec, data: &Path, cached: &Path) -> Result<(), String> {
-    let parent = cached.parent().unwrap_or(cached);
-    std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
-    let tmp = parent.join(format!(".new-{:016x}", rand::random::<u64>()));
-    std::fs::create_dir(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
-    let copied = run_to_end(base, copy_tree(data, &tmp.join("data")), None, None).await;
-    let renamed = copied.and_then(|_| {
-        std::fs::rename(&tmp, cached).or_else(|e| {
-            if cached.join("data").is_dir() {
-                Ok(())
-            } else {
-                Err(format!("saving {}: {e}", cached.display()))
-            }
-        })
-    });
-    let _ = std::fs::remove_dir_all(&tmp);
-    renamed
-}
-
-/// The superuser every cached cluster is initialised with; a run's own user is made at start.
-const BOOTSTRAP_ROLE: &str = "postgres";
-
-/// The SQL that gives a cluster made for another run this run's superuser and password.
-fn credentials_sql(role: &str, password: &str) -> String {
-    let ident = role.replace('"', "\"\"");
-    let literal = password.replace('\'', "''");
-    if role == BOOTSTRAP_ROLE {
-        format!("ALTER ROLE \"{ident}\" PASSWORD '{literal}';\n\n")
-    } else {
-        // The session user of single-user mode (the bootstrap superuser) cannot be renamed.
-        format!("CREATE ROLE \"{ident}\" SUPERUSER LOGIN PASSWORD '{literal}';\n\n")
-    }
-}
-
-/// This run's superuser and password set in single-user mode, before the server listens.
-async fn set_credentials(
-    base: &ProcSpec,
-    server: &Path,
-    data: &Path,
-    user: Option<&User>,
-    role: &str,
-    password: &str,
-) -> Result<(), String> {
-    let mut cmd = Command::new(server);
-    // -j: a statement ends at a semicolon and an empty line, so a password may hold newlines.
-    cmd.args(["--single", "-j", "-D"])
-        .arg(data)
-        .args(["-c", "fsync=off", "postgres"])
-        .current_dir(&base.cwd);
-    let out = run_to_end(base, cmd, user, Some(credentials_sql(role, password))).await?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // The single-user backend reports a failed statement and still exits 0.
-    if text.contains("ERROR:") || text.contains("FATAL:") {
-        return Err(format!(
-            "setting the credentials of `{role}` failed:\n{text}"
-        ));
-    }
-    Ok(())
-}
-
-async fn postgres(base: &ProcSpec, ep: &Endpoint, dir: &Path) -> Result<Proc, Error> {
-    let fail = |m: String| Error::service("postgres", m);
-    let initdb =
-        find_program("initdb", &postgres_dirs()).ok_or_else(|| fail("initdb not found".into()))?;
-    let server = find_program("postgres", &postgres_dirs())
-        .ok_or_else(|| fail("postgres not found".into()))?;
-    let user = system_user("postgres");
-    let role = ep.user.as_deref().unwrap_or("postgres");
-    let password = ep.password.as_deref().unwrap_or("postgres");
-    let data = dir.join("data");
-    let key = cluster_key(
-        &server_identity(&server).await.map_err(fail)?,
-        BOOTSTRAP_ROLE,
-        &INITDB_ARGS,
-        &POSTGRES_SETTINGS,
-    );
-    let cached = cache_dir().join("postgres").join(key);
-    if let Some(u) = &user {
-        chown_tree(dir, u)?;
-    }
-    if cached.join("data").is_dir() {
-        // Root copies keep the postgres user as owner; anyone else owns what it copies.
-        run_to_end(base, copy_tree(&cached.join("data"), &data), None, None)
-            .await
-            .map_err(|e| {
-                fail(format!(
-                    "copying the cached cluster {}: {e}",
-                    cached.display()
-                ))
-            })?;
-    } else {
-        // This run's credentials are set below, as on a cached copy.
-        let pwfile = dir.join("pwfile");
-        write(&pwfile, &format!("{:016x}", rand::random::<u64>()))?;
-        if let Some(u) = &user {
-            chown_tree(dir, u)?;
-        }
-        let mut cmd = Command::new(&initdb);
-        cmd.arg("-D")
-            .arg(&data)
-            .arg(format!("--username={BOOTSTRAP_ROLE}"))
-            .arg(format!("--pwfile={}", pwfile.display()))
-            .args(INITDB_ARGS)
-            .current_dir(dir);
-        let made = run_to_end(base, cmd, user.as_ref(), None).await;
-        let _ = std::fs::remove_file(&pwfile);
-        made.map_err(|e| fail(format!("initdb: {e}")))?;
-        // Without a cache the run still works, only slower next time.
-        let _ = publish_cluster(base, &data, &cached).await;
-    }
-    set_credentials(base, &server, &data, user.as_ref(), role, password)
-        .await
-        .map_err(fail)?;
-    let port = ep.port(None).map_err(fail)?;
-    let mut args: Vec<String> = vec![
-        "-D".into(),
-        data.display().to_string(),
-        "-p".into(),
-        port.to_string(),
-    ];
-    args.extend(["-k".into(), dir.display().to_string()]);
-    for setting in POSTGRES_SETTINGS {
-        args.extend(["-c".into(), setting.into()]);
-    }
-    Ok(Proc::new(ProcSpec {
-        program: server,
-        args,
-        user,
-        // SIGINT is postgres' "fast shutdown": it does not wait for clients to disconnect.
-        graceful: Some(Signal::SIGINT),
-        ..base.clone()
-    }))
-}
-
-fn redis(base: &ProcSpec, ep: &Endpoint) -> Result<Proc, Error> {
-    let program = find_program("redis-server", &[])
-        .ok_or_else(|| Error::service("redis", "redis-server not found"))?;
-    let port = ep.port(None).map_err(|e| Error::service("redis", e))?;
-    let mut args: Vec<String> = [
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend([
-        "--dir".into(),
-        base.cwd.display().to_string(),
-        "--daemonize".into(),
-        "no".into(),
-    ]);
-    Ok(Proc::new(ProcSpec {
-        program,
-        args,
-        ..base.clone()
-    }))
-}
-
-/// The applications `rabbit` needs, as named in each one's `ebin/<app>.app`
-/// (`applications` and `included_applications`), found in `plugins`; OTP's own are not there.
-fn rabbit_closure(plugins: &Path) -> Vec<PathBuf> {
-    let dirs: Vec<PathBuf> = std::fs::read_dir(plugins)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.join("ebin").is_dir())
-        .collect();
-    // `rabbit-3.10.8` -> `rabbit`; the highest version wins.
-    let app_of = |p: &Path| {
-        let name = p.file_name()?.to_str()?;
-        let (app, version) = name.rsplit_once('-')?;
-        version
-            .starts_with(|c: char| c.is_ascii_digit())
-            .then(|| app.to_string())
-    };
-    let mut by_app: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for d in dirs {
-        if let Some(app) = app_of(&d) {
-            let newer = by_app.get(&app).is_none_or(|old| *old < d);
-            if newer {
-                by_app.insert(app, d);
-            }
-        }
-    }
-    let mut queue = vec!["rabbit".to_string()];
-    let mut seen = BTreeSet::new();
-    let mut found = Vec::new();
-    while let Some(app) = queue.pop() {
-        if !seen.insert(app.clone()) {
-            continue;
-        }
-        let Some(dir) = by_app.get(&app) else {
-            continue;
-        };
-        found.push(dir.clone());
-        let spec = std::fs::read_to_string(dir.join("ebin").join(format!("{app}.app")))
-            .unwrap_or_default();
-        let spec: String = spec.chars().filter(|c| !c.is_whitespace()).collect();
-        for key in ["{applications,[", "{included_applications,["] {
-            for (at, _) in spec.match_indices(key) {
-                let rest = &spec[at + key.len()..];
-                let list = rest.split(']').next().unwrap_or_default();
-                queue.extend(
-                    list.split(',')
-                        .filter(|a| !a.is_empty())
-                        .map(|a| a.trim_matches('\'').to_string()),
-                );
-            }
-        }
-    }
-    found
-}
-
-/// A private RabbitMQ home whose plugins directory links only the applications `rabbit` needs:
-/// RabbitMQ scans every module of every application on its code path at boot, and with all
-/// ~70 bundled plugins there that cost seconds (the container images do the same). `None`
-/// when the layout is not the expected one; the server then runs as installed.
-fn slim_rabbitmq_home(server: &Path, home: &Path) -> Option<PathBuf> {
-    let dist = std::fs::canonicalize(server)
-        .ok()?
-        .parent()?
-        .parent()?
-        .to_path_buf();
-    let apps = rabbit_closure(&dist.join("plugins"));
-    if !apps.iter().any(|a| {
-        a.file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("rabbit-"))
-    }) {
-        return None;
-    }
-    std::fs::create_dir_all(home.join("plugins")).ok()?;
-    for sub in ["sbin", "escript"] {
-        std::os::unix::fs::symlink(dist.join(sub), home.join(sub)).ok()?;
-    }
-    for app in apps {
-        std::os::unix::fs::symlink(&app, home.join("plugins").join(app.file_name()?)).ok()?;
-    }
-    Some(home.join("sbin"))
-}
-
-async fn rabbitmq(
-    base: &ProcSpec,
-    ep: &Endpoint,
-    dir: &Path,
-    run_id: &str,
-) -> Result<(Proc, Proc), Error> {
-    let fail = |m: String| Error::service("rabbitmq", m);
-    let server = find_program("rabbitmq-server", &rabbitmq_dirs())
-        .ok_or_else(|| fail("rabbitmq-server not found".into()))?;
-    let epmd_bin = find_program("epmd", &[]).ok_or_else(|| fail("epmd not found".into()))?;
-    let user = system_user("rabbitmq");
-    let epmd_port = free_port().map_err(|e| Error::io("finding a free port", e))?;
-    let dist_port = free_port().map_err(|e| Error::io("finding a free port", e))?;
-    for sub in ["mnesia", "log"] {
-        std::fs::create_dir(dir.join(sub))
-            .map_err(|e| Error::io("creating rabbitmq directories", e))?;
-    }
-    write(&dir.join("enabled_plugins"), "[].\n")?;
-    write(&dir.join("rabbitmq-env.conf"), "")?;
-    write(
-        &dir.join("rabbitmq.conf"),
-        &format!(
-            "default_user = {}\ndefault_pass = {}\nloopback_users = none\nlisteners.tcp.default = 127.0.0.1:{}\n",
-            ep.user.as_deref().unwrap_or("guest"),
-            ep.password.as_deref().unwrap_or("guest"),
-            ep.port(None).map_err(fail)?,
-        ),
-    )?;
-    if let Some(u) = &user {
-        chown_tree(dir, u)?;
-    }
-    let mut epmd = Proc::new(ProcSpec {
-        program: epmd_bin,
-        args: vec![
-            "-port".into(),
-            epmd_port.to_string(),
-            "-address".into(),
-            "127.0.0.1".into(),
-        ],
-        user: user.clone(),
-        log: dir.join("epmd.log"),
-        ..base.clone()
-    });
-    epmd.spawn().map_err(fail)?;
-    // rabbitmq-server would start an epmd of its own (which outlives it) if ours were not up.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(("127.0.0.1", epmd_port))
-        .await
-        .is_err()
-    {
-        if tokio::time::Instant::now() > deadline {
-            return Err(fail(format!(
-                "epmd did not listen on port {epmd_port} within 5 s"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let d = |s: &str| dir.join(s).display().to_string();
-    let short = run_id.rsplit('-').next().unwrap_or(run_id);
-    let scripts = slim_rabbitmq_home(&server, &dir.join("home"));
-    let program = match &scripts {
-        Some(s) => s.join("rabbitmq-server"),
-        None => server,
-    };
-    let mut env = vec![
-        ("HOME".into(), d("")),
-        ("ERL_EPMD_PORT".into(), epmd_port.to_string()),
-        // The VM would otherwise run `epmd -daemon`, which leaves its group and outlives the
-        // run; ours is already listening on ERL_EPMD_PORT.
-        (
-            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS".into(),
-            "-start_epmd false".into(),
-        ),
-        (
-            "RABBITMQ_NODENAME".into(),
-            format!("harness-{short}@localhost"),
-        ),
-        ("RABBITMQ_NODE_IP_ADDRESS".into(), "127.0.0.1".into()),
-        (
-            "RABBITMQ_NODE_PORT".into(),
-            ep.port(None).map_err(fail)?.to_string(),
-        ),
-        ("RABBITMQ_DIST_PORT".into(), dist_port.to_string()),
-        ("RABBITMQ_MNESIA_BASE".into(), d("mnesia")),
-        ("RABBITMQ_LOG_BASE".into(), d("log")),
-        ("RABBITMQ_LOGS".into(), "-".into()),
-        ("RABBITMQ_PID_FILE".into(), d("rabbitmq.pid")),
-        ("RABBITMQ_ENABLED_PLUGINS_FILE".into(), d("enabled_plugins")),
-        ("RABBITMQ_FEATURE_FLAGS_FILE".into(), d("feature_flags")),
-        ("RABBITMQ_CONFIG_FILE".into(), d("rabbitmq.conf")),
-        ("RABBITMQ_ADVANCED_CONFIG_FILE".into(), d("advanced.config")),
-        ("RABBITMQ_CONF_ENV_FILE".into(), d("rabbitmq-env.conf")),
-    ];
-    if let Some(s) = &scripts {
-        // RABBITMQ_HOME is the parent of the scripts directory, its `plugins` the code path.
-        env.push(("RABBITMQ_SCRIPTS_DIR".into(), s.display().to_string()));
-    }
-    let rabbit = Proc::new(ProcSpec {
-        program,
-        env,
-        user,
-        ..base.clone()
-    });
-    Ok((epmd, rabbit))
 }
 
 fn generic(
@@ -1090,92 +651,4 @@ pub fn tail(path: &Path, n: usize) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SERVER: &str = "postgres (PostgreSQL) 15.18 /usr/lib/postgresql/15/bin/postgres 9000 1";
-
-    #[test]
-    fn a_cached_cluster_is_not_reused_when_the_server_or_its_settings_change() {
-        let key = cluster_key(SERVER, "postgres", &INITDB_ARGS, &POSTGRES_SETTINGS);
-        assert_eq!(
-            key,
-            cluster_key(SERVER, "postgres", &INITDB_ARGS, &POSTGRES_SETTINGS),
-            "the same server and settings must find the same cluster"
-        );
-        let upgraded = SERVER.replace("15.18", "15.19");
-        assert_ne!(
-            key,
-            cluster_key(&upgraded, "postgres", &INITDB_ARGS, &POSTGRES_SETTINGS)
-        );
-        let rebuilt = SERVER.replace(" 1", " 2");
-        assert_ne!(
-            key,
-            cluster_key(&rebuilt, "postgres", &INITDB_ARGS, &POSTGRES_SETTINGS)
-        );
-        assert_ne!(
-            key,
-            cluster_key(SERVER, "admin", &INITDB_ARGS, &POSTGRES_SETTINGS)
-        );
-        let mut initdb = INITDB_ARGS.to_vec();
-        initdb[4] = "--locale=C.UTF-8";
-        assert_ne!(
-            key,
-            cluster_key(SERVER, "postgres", &initdb, &POSTGRES_SETTINGS)
-        );
-        let mut settings = POSTGRES_SETTINGS.to_vec();
-        settings.push("max_locks_per_transaction=128");
-        assert_ne!(
-            key,
-            cluster_key(SERVER, "postgres", &INITDB_ARGS, &settings)
-        );
-    }
-
-    #[test]
-    fn only_the_applications_rabbit_needs_are_on_the_slim_code_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let app = |name: &str, version: &str, deps: &str| {
-            let ebin = dir.path().join(format!("{name}-{version}")).join("ebin");
-            std::fs::create_dir_all(&ebin).unwrap();
-            let spec = format!(
-                "{{application, '{name}',\n [{{applications, [kernel, {deps}]}},\n  {{included_applications, []}}]}}.\n"
-            );
-            std::fs::write(ebin.join(format!("{name}.app")), spec).unwrap();
-        };
-        app("rabbit", "3.10.8", "rabbit_common,ra");
-        app("rabbit_common", "3.10.8", "'recon'");
-        app("ra", "2.0.0", "");
-        app("ra", "2.1.0", "");
-        app("recon", "2.5.2", "");
-        app("rabbitmq_management", "3.10.8", "rabbit");
-        let mut names: Vec<String> = rabbit_closure(dir.path())
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(
-            names,
-            [
-                "ra-2.1.0",
-                "rabbit-3.10.8",
-                "rabbit_common-3.10.8",
-                "recon-2.5.2"
-            ]
-        );
-    }
-
-    #[test]
-    fn credentials_are_quoted_and_a_new_superuser_is_made_for_another_name() {
-        assert_eq!(
-            credentials_sql("u\"x", "p'w"),
-            "CREATE ROLE \"u\"\"x\" SUPERUSER LOGIN PASSWORD 'p''w';\n\n"
-        );
-        assert_eq!(
-            credentials_sql(BOOTSTRAP_ROLE, "pw"),
-            "ALTER ROLE \"postgres\" PASSWORD 'pw';\n\n"
-        );
-    }
 }
