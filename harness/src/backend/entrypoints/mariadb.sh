@@ -16,6 +16,7 @@
 #
 #   docker run IMAGE                     the server, in the foreground, as user mysql
 #   docker run IMAGE --option=value ...  the server with extra options (later ones win)
+#   docker run IMAGE --version           (or --help) answered by mariadbd, nothing initialised
 #   docker run IMAGE bash                any other command is executed as is
 #
 # Sourced (not run) it only defines its settings and functions; the native backend's recipe
@@ -126,6 +127,13 @@ mariadb_entrypoint() {
   if [[ "$1" != mariadbd && "$1" != mysqld ]]; then
     exec "$@"
   fi
+  # A question to the server (its version, its options) needs no data directory.
+  local arg
+  for arg in "$@"; do
+    case "$arg" in
+      -'?' | --help | -V | --version) exec "$@" ;;
+    esac
+  done
   shift
 
   local datadir=/var/lib/mysql rundir=/run/mysqld
