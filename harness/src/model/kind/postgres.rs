@@ -15,8 +15,8 @@ use sqlx::Connection as _;
 use tokio::process::Command;
 
 use super::server::{
-    chown_tree, need, system_user, write, Credentials, Entrypoint, NativeHost, Process, Program,
-    Server, Target,
+    cache_key, chown_tree, from_cache_or, need, server_identity, system_user, write, Credentials,
+    Entrypoint, NativeHost, Process, Program, Server, Target,
 };
 
 /// The database a postgres service's URL names when the manifest names none.
@@ -88,63 +88,13 @@ fn program(name: &'static str) -> Program {
 /// The key of a cached initialised cluster: the server's identity (its `--version`, path,
 /// size and modification time), the superuser's name, the initdb arguments and the settings.
 fn cluster_key(server_identity: &str, user: &str, initdb_args: &[&str], settings: &[&str]) -> String {
-    let text = format!(
-        "format {CLUSTER_FORMAT}\nserver {server_identity}\nuser {user}\ninitdb {}\nsettings {}\n",
-        initdb_args.join(" "),
-        settings.join(" ")
-    );
-    format!("{:016x}", crate::fingerprint::content_hash(text.as_bytes()))
-}
-
-/// What identifies an installed server: a package upgrade changes at least one of these.
-async fn server_identity(server: &Path) -> Result<String, String> {
-    let meta = std::fs::metadata(server).map_err(|e| format!("{}: {e}", server.display()))?;
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let out = Command::new(server)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| format!("cannot run {} --version: {e}", server.display()))?;
-    Ok(format!(
-        "{} {} {} {modified}",
-        String::from_utf8_lossy(&out.stdout).trim(),
-        server.display(),
-        meta.len()
-    ))
-}
-
-/// `cp -a` (a reflink where the filesystem has them) of a directory tree.
-fn copy_tree(from: &Path, to: &Path) -> Command {
-    let mut cp = Command::new("cp");
-    cp.args(["-a", "--reflink=auto"]).arg(from).arg(to);
-    cp
-}
-
-/// Saves a freshly initialised cluster under `cached` for later runs. Two runs filling the same
-/// entry at once each copy into a directory of their own; the first rename wins.
-async fn publish_cluster(host: &dyn NativeHost, data: &Path, cached: &Path) -> Result<(), String> {
-    let parent = cached.parent().unwrap_or(cached);
-    std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
-    let tmp = parent.join(format!(".new-{:016x}", rand::random::<u64>()));
-    std::fs::create_dir(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
-    let copied = host.run(copy_tree(data, &tmp.join("data")), None, None).await;
-    let renamed = copied.and_then(|_| {
-        std::fs::rename(&tmp, cached).or_else(|e| {
-            if cached.join("data").is_dir() {
-                Ok(())
-            } else {
-                Err(format!("saving {}: {e}", cached.display()))
-            }
-        })
-    });
-    let _ = std::fs::remove_dir_all(&tmp);
-    renamed
+    cache_key(&[
+        ("format", CLUSTER_FORMAT.to_string()),
+        ("server", server_identity.to_string()),
+        ("user", user.to_string()),
+        ("initdb", initdb_args.join(" ")),
+        ("settings", settings.join(" ")),
+    ])
 }
 
 /// The SQL that gives a cluster made for another run this run's superuser and password.
@@ -307,16 +257,7 @@ impl Server for Postgres {
         if let Some(u) = &user {
             chown_tree(dir, u)?;
         }
-        if cached.join("data").is_dir() {
-            // Root copies keep the postgres user as owner; anyone else owns what it copies.
-            host.run(copy_tree(&cached.join("data"), &data), None, None)
-                .await
-                .map_err(|e| format!("copying the cached cluster {}: {e}", cached.display()))?;
-        } else {
-            initdb(host, user.as_ref(), &data).await?;
-            // Without a cache the run still works, only slower next time.
-            let _ = publish_cluster(host, &data, &cached).await;
-        }
+        from_cache_or(host, &cached, &data, initdb(host, user.as_ref(), &data)).await?;
         set_credentials(host, &server, &data, user.as_ref(), role, password).await?;
         let mut args: Vec<String> = vec![
             "-D".into(),

@@ -218,3 +218,79 @@ pub fn create_dirs(dir: &Path, subs: &[&str]) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// What identifies an installed server: a package upgrade changes at least one of these.
+pub async fn server_identity(server: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(server).map_err(|e| format!("{}: {e}", server.display()))?;
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let out = Command::new(server)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {} --version: {e}", server.display()))?;
+    Ok(format!(
+        "{} {} {} {modified}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        server.display(),
+        meta.len()
+    ))
+}
+
+/// `cp -a` (a reflink where the filesystem has them) of a directory tree.
+fn copy_tree(from: &Path, to: &Path) -> Command {
+    let mut cp = Command::new("cp");
+    cp.args(["-a", "--reflink=auto"]).arg(from).arg(to);
+    cp
+}
+
+/// Saves a freshly initialised data directory under `cached` for later runs. Two runs filling the same
+/// entry at once each copy into a directory of their own; the first rename wins.
+async fn publish_cached(host: &dyn NativeHost, data: &Path, cached: &Path) -> Result<(), String> {
+    let parent = cached.parent().unwrap_or(cached);
+    std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    let tmp = parent.join(format!(".new-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
+    let copied = host.run(copy_tree(data, &tmp.join("data")), None, None).await;
+    let renamed = copied.and_then(|_| {
+        std::fs::rename(&tmp, cached).or_else(|e| {
+            if cached.join("data").is_dir() {
+                Ok(())
+            } else {
+                Err(format!("saving {}: {e}", cached.display()))
+            }
+        })
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    renamed
+}
+
+/// The key of a cached data directory: a hash of every line that decides its content.
+pub fn cache_key(lines: &[(&str, String)]) -> String {
+    let text: String = lines.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
+    format!("{:016x}", crate::fingerprint::content_hash(text.as_bytes()))
+}
+
+/// Fills `data` from the cached copy under `cached`, or makes it with `make` and saves it there
+/// for later runs (a run without a cache still works, only slower next time).
+pub async fn from_cache_or<F>(host: &dyn NativeHost, cached: &Path, data: &Path, make: F) -> Result<(), String>
+where
+    F: std::future::Future<Output = Result<(), String>> + Send,
+{
+    if cached.join("data").is_dir() {
+        // Root copies keep the server user as owner; anyone else owns what it copies.
+        return host
+            .run(copy_tree(&cached.join("data"), data), None, None)
+            .await
+            .map(drop)
+            .map_err(|e| format!("copying the cached data directory {}: {e}", cached.display()));
+    }
+    make.await?;
+    let _ = publish_cached(host, data, cached).await;
+    Ok(())
+}
