@@ -30,6 +30,7 @@
 //! - [`stack`]: the handle tests use.
 //! - [`cleanup`]: teardown on signals and of runs that died.
 //! - [`contract`]: consumer-driven contracts verified against a running stack.
+//! - [`loopback`]: an HTTP server on a loopback port of its own (stand-ins, proxies).
 //! - [`capture`]: a trial's output, shown only when it fails.
 //! - [`bench`]: startup measurements.
 
@@ -52,6 +53,7 @@ pub mod fingerprint;
 pub mod graph;
 pub mod isolation;
 pub mod journey;
+pub mod loopback;
 pub mod manifest;
 pub mod model;
 pub mod probe;

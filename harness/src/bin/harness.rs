@@ -456,72 +456,29 @@ async fn run(cli: Cli) -> Result<u8, Error> {
 
 /// `harness verify`: the request for the suite binary, checked before anything is built.
 fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Error> {
-    use harness::contract::{BrokerSource, Candidate, Publish, SuiteTarget, VerifyRequest};
+    use harness::contract::{SuiteTarget, VerifyRequest, VerifySettings};
     let m = load(cli_manifest)?;
-    if m.service(&args.provider).is_none() {
-        return Err(Error::Usage(format!(
-            "the manifest has no service `{}` to verify",
-            args.provider
-        )));
-    }
-    let broker = match &args.broker_url {
-        Some(url) => {
-            let selectors = args
-                .selectors
-                .iter()
-                .map(|s| {
-                    serde_json::from_str::<serde_json::Value>(s).map_err(|e| {
-                        Error::Usage(format!("--consumer-version-selector {s}: not JSON: {e}"))
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Some(BrokerSource {
-                url: url.clone(),
-                // Read again by the suite binary, which inherits the environment.
-                token: None,
-                selectors,
-                enable_pending: args.enable_pending,
-                include_wip_pacts_since: args.include_wip_pacts_since.clone(),
-            })
-        }
-        None => {
-            if !args.selectors.is_empty()
-                || args.enable_pending
-                || args.include_wip_pacts_since.is_some()
-            {
-                return Err(Error::Usage(
-                    "--consumer-version-selector, --enable-pending and --include-wip-pacts-since need --broker-url".into(),
-                ));
-            }
-            None
-        }
+    let settings = VerifySettings {
+        provider: args.provider,
+        binary: args.binary,
+        image: args.image,
+        broker_url: args.broker_url,
+        selectors: args.selectors,
+        enable_pending: args.enable_pending,
+        include_wip_pacts_since: args.include_wip_pacts_since,
+        publish: args.publish,
+        provider_version: args.provider_version,
+        branch: args.branch,
+        build_url: args.build_url,
     };
-    let publish = if args.publish {
-        Some(Publish {
-            provider_version: args.provider_version.clone().ok_or_else(|| {
-                Error::Usage("--publish needs the provider version the results are for: add --provider-version <version>".into())
-            })?,
-            branch: args.branch.clone(),
-            build_url: args.build_url.clone(),
-        })
-    } else {
-        None
-    };
-    let request = VerifyRequest {
-        provider: args.provider.clone(),
-        candidate: match (args.binary, args.image) {
-            (Some(b), _) => Some(Candidate::Binary(b)),
-            (None, Some(i)) => Some(Candidate::Image(i)),
-            (None, None) => None,
-        },
-        broker,
-        publish,
-    };
+    let request = VerifyRequest::from_settings(settings, &m)?;
     let target = SuiteTarget {
         package: args.suite_package,
         test: args.suite_test,
     };
-    harness::contract::run_verify_command(&request, &target, &m.path)
+    Ok(harness::contract::run_verify_command(
+        &request, &target, &m.path,
+    )?)
 }
 
 /// A file relative to the current directory or one of its parents.

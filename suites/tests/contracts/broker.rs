@@ -11,7 +11,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use harness::contract::{BrokerSource, Contracts, LoopbackServer, Publish, VerifyRequest};
+use harness::contract::{BrokerSource, Contracts, Publish, VerifyRequest};
+use harness::loopback::LoopbackServer;
 use harness::runner::{Suite, TrialContext};
 use serde_json::{json, Value};
 

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     let suite = Suite::new("contracts").sequential();
     match VerifyRequest::from_env() {
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("error: {e}");
             return ExitCode::from(e.exit_code());
         }
         Ok(Some(request)) => return contracts.verify_suite(suite, request).run(),

@@ -9,7 +9,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use harness::contract::{Contracts, LoopbackServer, Target};
+use harness::contract::{Contracts, Target};
+use harness::loopback::LoopbackServer;
 use harness::runner::{Suite, TrialContext};
 use serde_json::Value;
 
@@ -46,7 +47,8 @@ async fn renamed_field_fails(ctx: Arc<TrialContext>, contracts: Contracts) -> an
         Ok(()) => anyhow::bail!(
             "the approved payment verified although payments answered `state` instead of `status`"
         ),
-        Err(e) => format!("{e:#}"),
+        Err(e @ harness::contract::Error::DoesNotHold { .. }) => format!("{e:#}"),
+        Err(e) => anyhow::bail!("the approved payment failed, but not as a mismatch: {e:#}"),
     };
     ensure!(
         failure.contains("create a payment that is approved"),

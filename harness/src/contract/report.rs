@@ -1,0 +1,303 @@
+//! What a verification found, as text: the summary of a provider's verification
+//! ([`VerifyReport`]), the account of an interaction that does not hold, and the verifier's
+//! mismatches.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use pact_models::interaction::Interaction;
+use pact_verifier::MismatchResult;
+use serde_json::{Map, Value};
+
+use super::pacts::{PactFile, Target};
+use super::verifier::Outcome;
+
+/// One row of the summary: a consumer's interactions with the provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SummaryRow {
+    /// The consumer.
+    pub consumer: String,
+    /// The provider.
+    pub provider: String,
+    /// Interactions that held.
+    pub passed: usize,
+    /// Interactions that failed.
+    pub failed: usize,
+    /// Interactions that failed but are pending (they do not fail the run).
+    pub pending: usize,
+}
+
+/// What [`Contracts::verify_provider`](super::Contracts::verify_provider) found.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct VerifyReport {
+    /// The provider verified.
+    pub provider: String,
+    /// One row per consumer, sorted by consumer.
+    pub rows: Vec<SummaryRow>,
+    /// A readable account of each failure.
+    pub failures: Vec<String>,
+    /// Whether the verification passed.
+    pub ok: bool,
+    /// Interactions verified.
+    pub interactions: usize,
+}
+
+impl VerifyReport {
+    /// The summary of a verifier run of `provider` against all its pacts.
+    pub(crate) fn from_outcome(provider: String, outcome: &Outcome) -> VerifyReport {
+        let mut rows: BTreeMap<String, SummaryRow> = BTreeMap::new();
+        let mut failures = Vec::new();
+        for r in &outcome.interactions {
+            let row = rows
+                .entry(r.consumer.clone())
+                .or_insert_with(|| SummaryRow {
+                    consumer: r.consumer.clone(),
+                    provider: r.provider.clone(),
+                    ..SummaryRow::default()
+                });
+            match &r.failure {
+                None => row.passed += 1,
+                Some(f) => {
+                    if r.pending {
+                        row.pending += 1;
+                    } else {
+                        row.failed += 1;
+                    }
+                    failures.push(format!(
+                        "{} -> {}: `{}`{}\n{f}",
+                        r.consumer,
+                        r.provider,
+                        r.interaction,
+                        if r.pending {
+                            " (pending: does not fail the run)"
+                        } else {
+                            ""
+                        },
+                    ));
+                }
+            }
+        }
+        failures.extend(outcome.other_errors.iter().cloned());
+        failures.extend(
+            outcome
+                .state_errors
+                .iter()
+                .map(|e| format!("provider state failed: {e}")),
+        );
+        failures.extend(
+            outcome
+                .producer_errors
+                .iter()
+                .map(|e| format!("message producer failed: {e}")),
+        );
+        let ok = outcome.passed
+            && outcome.other_errors.is_empty()
+            && rows.values().all(|r| r.failed == 0);
+        VerifyReport {
+            provider,
+            rows: rows.into_values().collect(),
+            failures,
+            ok,
+            interactions: outcome.interactions.len(),
+        }
+    }
+
+    /// The summary as a table.
+    pub fn table(&self) -> String {
+        let width = self
+            .rows
+            .iter()
+            .map(|r| r.consumer.len())
+            .max()
+            .unwrap_or(0)
+            .max("consumer".len());
+        let mut out = format!(
+            "{:<width$}  {:<12}  {:>6}  {:>6}  {:>7}\n",
+            "consumer", "provider", "passed", "failed", "pending"
+        );
+        for r in &self.rows {
+            let _ = writeln!(
+                out,
+                "{:<width$}  {:<12}  {:>6}  {:>6}  {:>7}",
+                r.consumer, r.provider, r.passed, r.failed, r.pending
+            );
+        }
+        if self.rows.is_empty() {
+            let _ = writeln!(
+                out,
+                "(no interactions were verified for `{}`)",
+                self.provider
+            );
+        }
+        let _ = write!(
+            out,
+            "result: {}",
+            if self.ok { "verified" } else { "FAILED" }
+        );
+        out
+    }
+}
+
+/// Why the interaction `description` of `pact` does not hold against `target`: its states,
+/// mismatches, failed states and producers, then the last lines of the provider's log.
+pub(crate) fn interaction_failure(
+    pact: &PactFile,
+    description: &str,
+    target: &Target,
+    outcome: &Outcome,
+    provider_log: &[String],
+) -> String {
+    let mut report = format!(
+        "contract `{} -> {}`: interaction `{description}` does not hold against `{}` at http://{}:{}",
+        pact.consumer, pact.provider, pact.provider, target.host, target.port
+    );
+    for r in &outcome.interactions {
+        if !r.states.is_empty() {
+            let _ = write!(report, "\n  given: {}", r.states.join(", "));
+        }
+        if let Some(f) = &r.failure {
+            report.push('\n');
+            report.push_str(f);
+        }
+    }
+    for e in &outcome.other_errors {
+        let _ = write!(report, "\n  {e}");
+    }
+    for e in &outcome.state_errors {
+        let _ = write!(report, "\n  provider state failed: {e}");
+    }
+    for e in &outcome.producer_errors {
+        let _ = write!(report, "\n  message producer failed: {e}");
+    }
+    if !provider_log.is_empty() {
+        let _ = write!(
+            report,
+            "\n--- last {} lines of `{}` ---\n{}",
+            provider_log.len(),
+            pact.provider,
+            provider_log.join("\n")
+        );
+    }
+    report
+}
+
+/// A mismatch result as text: each mismatch with its path, expected and actual value, then the
+/// expected and actual bodies.
+pub(crate) fn render_mismatch(result: &MismatchResult) -> String {
+    match result {
+        MismatchResult::Error(e, _) => format!("  error: {e}"),
+        MismatchResult::Mismatches {
+            mismatches,
+            expected,
+            actual,
+            ..
+        } => {
+            let mut out = String::new();
+            for (i, m) in mismatches.iter().enumerate() {
+                let j = m.to_json();
+                let kind = j["type"].as_str().unwrap_or("Mismatch");
+                let at = ["path", "key", "parameter"]
+                    .iter()
+                    .find_map(|k| j[*k].as_str())
+                    .map(|p| format!(" at {p}"))
+                    .unwrap_or_default();
+                let _ = write!(out, "  {}) {kind}{at}: {}", i + 1, m.description());
+                for (label, key) in [("expected", "expected"), ("actual", "actual")] {
+                    match &j[key] {
+                        Value::Null => {}
+                        Value::String(s) if s.is_empty() => {}
+                        v => {
+                            let v = v
+                                .as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| v.to_string());
+                            let _ = write!(
+                                out,
+                                "\n       {label:<8}: {}",
+                                v.replace('\n', "\n                  ")
+                            );
+                        }
+                    }
+                }
+                out.push('\n');
+            }
+            let (e, a) = (describe(expected.as_ref()), describe(actual.as_ref()));
+            let _ = write!(
+                out,
+                "  expected {}\n  actual   {}",
+                e.replace('\n', "\n  "),
+                a.replace('\n', "\n  ")
+            );
+            out
+        }
+    }
+}
+
+/// The part of an interaction that is compared: a response or a message.
+fn describe(i: &dyn Interaction) -> String {
+    if let Some(http) = i.as_v4_http() {
+        let r = &http.response;
+        let body = pretty(&r.body.display_string());
+        format!(
+            "response: status {}, body:\n  {}",
+            r.status,
+            body.replace('\n', "\n  ")
+        )
+    } else if let Some(m) = i.as_v4_async_message() {
+        let body = pretty(&m.contents.contents.display_string());
+        let metadata: Map<String, Value> = m
+            .contents
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        format!(
+            "message: metadata {}, body:\n  {}",
+            Value::Object(metadata),
+            body.replace('\n', "\n  ")
+        )
+    } else {
+        pretty(&i.contents_for_verification().display_string())
+    }
+}
+
+fn pretty(text: &str) -> String {
+    serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_lists_each_consumer() {
+        let report = VerifyReport {
+            provider: "payments".into(),
+            rows: vec![SummaryRow {
+                consumer: "orders".into(),
+                provider: "payments".into(),
+                passed: 5,
+                failed: 1,
+                pending: 0,
+            }],
+            failures: vec![],
+            ok: false,
+            interactions: 6,
+        };
+        let t = report.table();
+        assert!(t.contains("consumer"), "{t}");
+        assert!(
+            t.lines()
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                == ["orders", "payments", "5", "1", "0"],
+            "{t}"
+        );
+        assert!(t.ends_with("result: FAILED"), "{t}");
+    }
+}
