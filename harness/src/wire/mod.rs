@@ -64,6 +64,9 @@ pub enum Error {
     Protocol(String),
 }
 
+/// One result row: each column's value as text, `None` for NULL.
+pub type Row = Vec<Option<String>>;
+
 /// The result of every client call.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -255,6 +258,16 @@ pub(crate) mod testing {
     use std::path::{Path, PathBuf};
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
+
+    use super::Row;
+
+    /// Rows written as string slices, for comparing with query results.
+    pub(crate) fn rows(values: &[&[Option<&str>]]) -> Vec<Row> {
+        values
+            .iter()
+            .map(|r| r.iter().map(|v| v.map(String::from)).collect())
+            .collect()
+    }
 
     /// A port nothing listens on (bound and released at once).
     pub(crate) fn free_port() -> u16 {

@@ -42,8 +42,7 @@ const NULL: u8 = 0xFB;
 const COM_QUIT: u8 = 0x01;
 const COM_QUERY: u8 = 0x03;
 
-/// One row: each column's value as text, `None` for NULL.
-pub type Row = Vec<Option<String>>;
+pub use super::Row;
 
 /// An authenticated connection.
 #[derive(Debug)]
@@ -232,7 +231,7 @@ impl Client {
 
     async fn receive(&mut self) -> Result<Vec<u8>> {
         let [l0, l1, l2, sequence] = self.conn.read_array::<4>().await?;
-        let len = usize::from(l0) | usize::from(l1) << 8 | usize::from(l2) << 16;
+        let len = usize::from(l0) | (usize::from(l1) << 8) | (usize::from(l2) << 16);
         if len == MAX_PAYLOAD {
             return Err(Error::Protocol(
                 "a packet split over several (16 MiB or more)".into(),
@@ -267,7 +266,7 @@ impl Handshake {
         r.u8()?; // character set
         r.le_u16()?; // status
         let high = r.le_u16()?;
-        let capabilities = u32::from(low) | u32::from(high) << 16;
+        let capabilities = u32::from(low) | (u32::from(high) << 16);
         let data_len = r.u8()?;
         r.take(10)?; // reserved
         if capabilities & SECURE_CONNECTION != 0 {
@@ -359,18 +358,7 @@ fn eof_status(packet: &[u8]) -> Result<u16> {
 /// An ERR packet as an [`Error`]: access denied is [`Error::Auth`], anything else
 /// [`Error::Server`] with the error number as the code.
 fn error_packet(packet: &[u8]) -> Error {
-    let mut r = Reader::new(packet, "an ERR packet");
-    let parsed = (|| {
-        r.u8()?;
-        let code = r.le_u16()?;
-        let mut rest = r.rest();
-        // `#` and a five-character SQLSTATE, under protocol 4.1.
-        if rest.first() == Some(&b'#') {
-            rest = rest.get(6..).unwrap_or_default();
-        }
-        Ok::<_, Error>((code, text(rest)))
-    })();
-    match parsed {
+    match error_fields(packet) {
         Ok((code, message)) if AUTH_ERRORS.contains(&code) => Error::Auth { message },
         Ok((code, message)) => Error::Server {
             code: code.to_string(),
@@ -380,12 +368,25 @@ fn error_packet(packet: &[u8]) -> Error {
     }
 }
 
+/// The error number and message of an ERR packet.
+fn error_fields(packet: &[u8]) -> Result<(u16, String)> {
+    let mut r = Reader::new(packet, "an ERR packet");
+    r.u8()?;
+    let code = r.le_u16()?;
+    let mut rest = r.rest();
+    // `#` and a five-character SQLSTATE, under protocol 4.1.
+    if rest.first() == Some(&b'#') {
+        rest = rest.get(6..).unwrap_or_default();
+    }
+    Ok((code, text(rest)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::wire::testing::{free_port, Server};
+    use crate::wire::testing::{free_port, rows, Server};
 
     /// A fresh MariaDB on a free port whose root logs in without a password.
     fn start() -> Server {
@@ -417,13 +418,6 @@ mod tests {
             ])
             .args(["--skip-log-bin", "--innodb-buffer-pool-size=16M"]);
         Server::start(cmd, port, dir)
-    }
-
-    fn rows(values: &[&[Option<&str>]]) -> Vec<Row> {
-        values
-            .iter()
-            .map(|r| r.iter().map(|v| v.map(String::from)).collect())
-            .collect()
     }
 
     const USERS: &str = "\

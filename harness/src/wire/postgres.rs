@@ -25,8 +25,7 @@ pub struct Client {
     conn: Conn,
 }
 
-/// One row: each column's value as text, `None` for NULL.
-pub type Row = Vec<Option<String>>;
+pub use super::Row;
 
 impl Client {
     /// Connects to `database` on `host:port` as `user`, authenticating with `password` by
@@ -377,7 +376,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::wire::testing::{dir_for, free_port, program, Server};
+    use crate::wire::testing::{dir_for, free_port, program, rows, Server};
     use std::os::unix::process::CommandExt as _;
 
     /// The roles the test server has, one per password method of its `pg_hba.conf`.
@@ -444,13 +443,6 @@ CREATE ROLE plain_user LOGIN PASSWORD 'plain-secret';
                 Err(e) => panic!("connecting as postgres: {e}"),
             }
         }
-    }
-
-    fn rows(values: &[&[Option<&str>]]) -> Vec<Row> {
-        values
-            .iter()
-            .map(|r| r.iter().map(|v| v.map(String::from)).collect())
-            .collect()
     }
 
     #[tokio::test]
