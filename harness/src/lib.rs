@@ -63,6 +63,7 @@ pub mod scheduler;
 pub mod snapshot;
 pub mod stack;
 pub mod template;
+pub mod wire;
 
 pub use endpoint::Endpoint;
 pub use error::{exit_code, Error};
