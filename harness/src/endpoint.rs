@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::model::kind::{self, Kind, Target};
-use crate::template::Field;
 
 /// Where a service can be reached from one vantage point (the host, or another service).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,32 +63,14 @@ impl Endpoint {
             database: self.database.clone(),
         })
     }
-
-    /// The value of a template field.
-    pub fn field(&self, field: &Field) -> Result<String, String> {
-        let missing = |what: &str| format!("the service has no {what}");
-        match field {
-            Field::Host => Ok(self.host.clone()),
-            Field::Port(name) => self.port(name.as_deref()).map(|p| p.to_string()),
-            Field::Bind(name) => Ok(format!(
-                "{}:{}",
-                self.bind_host,
-                self.port(name.as_deref())?
-            )),
-            Field::Address => self.address(),
-            Field::User => self.user.clone().ok_or_else(|| missing("user")),
-            Field::Password => self.password.clone().ok_or_else(|| missing("password")),
-            Field::Database => self.database.clone().ok_or_else(|| missing("database")),
-            Field::Url(db) => self.url(db.as_deref()),
-        }
-    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn pg() -> Endpoint {
+    /// A postgres endpoint with credentials that need encoding in a URL.
+    pub(crate) fn pg() -> Endpoint {
         Endpoint {
             kind: Kind::Postgres,
             host: "127.0.0.1".into(),
@@ -123,7 +104,5 @@ mod tests {
             amqp.url(None).unwrap(),
             "amqp://u:p%40ss@127.0.0.1:5672/%2F"
         );
-        assert_eq!(pg().field(&Field::Bind(None)).unwrap(), "127.0.0.1:5433");
-        assert!(pg().field(&Field::Port(Some("http".into()))).is_err());
     }
 }

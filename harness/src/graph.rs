@@ -38,10 +38,13 @@ impl Graph {
 
     /// Builds a graph from `service -> [(dependency, condition)]`.
     pub fn from_edges(deps: BTreeMap<String, Vec<(String, Condition)>>) -> Result<Graph, Cycle> {
-        let graph = Graph { deps };
-        match graph.find_cycle() {
+        let edges: BTreeMap<&str, Vec<&str>> = deps
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.iter().map(|(d, _)| d.as_str()).collect()))
+            .collect();
+        match crate::dag::find_cycle(&edges) {
             Some(path) => Err(Cycle { path }),
-            None => Ok(graph),
+            None => Ok(Graph { deps }),
         }
     }
 
@@ -193,53 +196,6 @@ impl Graph {
         }
         out.push_str("}\n");
         out
-    }
-
-    fn find_cycle(&self) -> Option<Vec<String>> {
-        #[derive(Clone, Copy, PartialEq)]
-        enum Mark {
-            New,
-            Active,
-            Done,
-        }
-        fn visit<'a>(
-            g: &'a Graph,
-            node: &'a str,
-            marks: &mut BTreeMap<&'a str, Mark>,
-            stack: &mut Vec<&'a str>,
-        ) -> Option<Vec<String>> {
-            marks.insert(node, Mark::Active);
-            stack.push(node);
-            for (dep, _) in g.dependencies(node) {
-                match marks.get(dep.as_str()).copied().unwrap_or(Mark::New) {
-                    Mark::Active => {
-                        let from = stack.iter().position(|s| *s == dep.as_str()).unwrap_or(0);
-                        let mut path: Vec<String> =
-                            stack[from..].iter().map(|s| s.to_string()).collect();
-                        path.push(dep.clone());
-                        return Some(path);
-                    }
-                    Mark::New if g.deps.contains_key(dep.as_str()) => {
-                        if let Some(c) = visit(g, dep, marks, stack) {
-                            return Some(c);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            stack.pop();
-            marks.insert(node, Mark::Done);
-            None
-        }
-        let mut marks = BTreeMap::new();
-        for node in self.deps.keys() {
-            if marks.get(node.as_str()).copied().unwrap_or(Mark::New) == Mark::New {
-                if let Some(c) = visit(self, node, &mut marks, &mut Vec::new()) {
-                    return Some(c);
-                }
-            }
-        }
-        None
     }
 }
 

@@ -40,6 +40,27 @@ pub enum Field {
     Url(Option<String>),
 }
 
+impl Field {
+    /// The value of this field of `endpoint`.
+    pub fn value(&self, endpoint: &Endpoint) -> Result<String, String> {
+        let missing = |what: &str| format!("the service has no {what}");
+        match self {
+            Field::Host => Ok(endpoint.host.clone()),
+            Field::Port(name) => endpoint.port(name.as_deref()).map(|p| p.to_string()),
+            Field::Bind(name) => Ok(format!(
+                "{}:{}",
+                endpoint.bind_host,
+                endpoint.port(name.as_deref())?
+            )),
+            Field::Address => endpoint.address(),
+            Field::User => endpoint.user.clone().ok_or_else(|| missing("user")),
+            Field::Password => endpoint.password.clone().ok_or_else(|| missing("password")),
+            Field::Database => endpoint.database.clone().ok_or_else(|| missing("database")),
+            Field::Url(db) => endpoint.url(db.as_deref()),
+        }
+    }
+}
+
 /// One `{{ service.field }}` in a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {
@@ -144,8 +165,8 @@ impl Template {
                         )
                     })?;
                     out.push_str(
-                        &endpoint
-                            .field(&r.field)
+                        &r.field
+                            .value(endpoint)
                             .map_err(|e| format!("`{}`: {e}", r.text))?,
                     );
                 }
@@ -195,7 +216,7 @@ fn parse_reference(inner: &str, whole: &str, offset: usize) -> Result<Reference,
         ("database", None) => Field::Database,
         ("url", a) => Field::Url(a),
         (other, _) => {
-            let help = match crate::manifest::closest(
+            let help = match crate::names::closest(
                 other,
                 [
                     "host", "port", "bind", "address", "user", "password", "database", "url",
@@ -249,5 +270,12 @@ mod tests {
         let e = Template::parse("{{ postgres.uri }}").unwrap_err();
         assert!(e.help.contains("did you mean `url`"), "{}", e.help);
         assert!(Template::parse("{{ postgres }}").is_err());
+    }
+
+    #[test]
+    fn fields_are_read_from_the_endpoint() {
+        let pg = crate::endpoint::tests::pg();
+        assert_eq!(Field::Bind(None).value(&pg).unwrap(), "127.0.0.1:5433");
+        assert!(Field::Port(Some("http".into())).value(&pg).is_err());
     }
 }

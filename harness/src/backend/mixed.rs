@@ -159,7 +159,7 @@ pub fn assign(
     for name in services.keys() {
         if manifest.service(name).is_none() {
             let names = manifest.services.iter().map(|s| s.name.as_str());
-            let hint = match crate::manifest::closest(name, names.clone()) {
+            let hint = match crate::names::closest(name, names.clone()) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => format!("the services are: {}", names.collect::<Vec<_>>().join(", ")),
             };

@@ -1,0 +1,157 @@
+//! The manifest as read from TOML: every value with its position, nothing checked yet.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Condition, Kind};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawManifest {
+    #[serde(default)]
+    pub(super) stack: RawStack,
+    #[serde(default)]
+    pub(super) services: BTreeMap<Spanned<String>, Spanned<RawService>>,
+    #[serde(default)]
+    pub(super) suites: BTreeMap<String, Vec<Spanned<String>>>,
+}
+
+/// `[stack]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawStack {
+    pub(super) name: Option<Spanned<String>>,
+    pub(super) startup_timeout: Option<Spanned<String>>,
+    pub(super) pull: Option<Spanned<String>>,
+    pub(super) image_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) images: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+/// One `[services.<name>]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawService {
+    pub(super) kind: Kind,
+    pub(super) image: Option<Spanned<String>>,
+    pub(super) binary: Option<Spanned<String>>,
+    pub(super) command: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub(super) args: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) env: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    pub(super) ports: BTreeMap<Spanned<String>, Spanned<i64>>,
+    pub(super) depends_on: Option<Spanned<RawDependsOn>>,
+    pub(super) probe: Option<Spanned<RawProbe>>,
+    pub(super) startup_timeout: Option<Spanned<String>>,
+    pub(super) user: Option<String>,
+    pub(super) password: Option<String>,
+    pub(super) database: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) databases: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) paths: Vec<Spanned<String>>,
+    pub(super) backend: Option<Spanned<String>>,
+}
+
+/// `depends-on`: a list of names (each `ready`) or a table of `name = condition`.
+#[derive(Debug)]
+pub(super) enum RawDependsOn {
+    List(Vec<Spanned<String>>),
+    Table(Vec<(Spanned<String>, Condition)>),
+}
+
+impl<'de> Deserialize<'de> for RawDependsOn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawDependsOn;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a list of service names or a table of `name = \"started\" | \"ready\"`",
+                )
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(name) = seq.next_element()? {
+                    v.push(name);
+                }
+                Ok(RawDependsOn::List(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::new();
+                while let Some(name) = map.next_key()? {
+                    v.push((name, map.next_value()?));
+                }
+                Ok(RawDependsOn::Table(v))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// `probe = { type = "…", … }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProbe {
+    #[serde(rename = "type")]
+    pub(super) kind: RawProbeKind,
+    pub(super) path: Option<String>,
+    pub(super) port: Option<Spanned<String>>,
+}
+
+/// The probe's `type`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawProbeKind {
+    Postgres,
+    Redis,
+    Amqp,
+    Http,
+    Tcp,
+    None,
+}
+
+/// The keys a `[services.<name>]` table may hold, for did-you-mean on an unknown key.
+pub(super) const SERVICE_KEYS: &[&str] = &[
+    "kind",
+    "image",
+    "binary",
+    "command",
+    "args",
+    "env",
+    "ports",
+    "depends-on",
+    "probe",
+    "startup-timeout",
+    "user",
+    "password",
+    "database",
+    "databases",
+    "paths",
+    "backend",
+];
+
+/// The other keys of a manifest (tables, `[stack]`, probes), for did-you-mean on an unknown key.
+pub(super) const STACK_KEYS: &[&str] = &[
+    "stack",
+    "services",
+    "name",
+    "type",
+    "path",
+    "port",
+    "pull",
+    "image-prefix",
+    "images",
+];
