@@ -28,6 +28,10 @@
 //! - [`probe`]: readiness probes speaking each protocol.
 //! - [`backend`]: native processes, containers on a private network, external endpoints.
 //! - [`stack`]: the handle tests use.
+//! - [`logs`], [`paths`], [`digest`]: where output and build products are, and stable content
+//!   hashes; below the backends, which use them.
+//! - [`state`]: what attach mode records of a running stack, which an attached handle is built
+//!   from.
 //! - [`cleanup`]: teardown on signals and of runs that died.
 //! - [`contract`]: consumer-driven contracts verified against a running stack.
 //! - [`capture`]: a trial's output, shown only when it fails.
@@ -46,19 +50,23 @@ pub mod build;
 pub mod capture;
 pub mod cleanup;
 pub mod contract;
+pub mod digest;
 pub mod endpoint;
 pub mod error;
 pub mod fingerprint;
 pub mod graph;
 pub mod isolation;
 pub mod journey;
+pub mod logs;
 pub mod manifest;
+pub mod paths;
 pub mod probe;
 pub mod report;
 pub mod runner;
 pub mod scheduler;
 pub mod snapshot;
 pub mod stack;
+pub mod state;
 pub mod template;
 
 pub use endpoint::Endpoint;
