@@ -105,7 +105,8 @@ impl Programs {
 }
 
 /// Whether the native backend can run every service of a manifest: the servers installed and
-/// the service binaries built (in `bins`, see [`bin_dir`](crate::paths::bin_dir)). Lists everything missing at once.
+/// the service binaries built (in `bins`, see [`bin_dir`](crate::paths::bin_dir)). Lists
+/// everything missing at once.
 pub fn check(manifest: &Manifest, bins: &Path) -> Result<(), Error> {
     let mut p = Programs {
         missing: Vec::new(),

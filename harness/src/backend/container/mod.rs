@@ -9,8 +9,9 @@
 //! - Built-in servers get the environment of their official images (`POSTGRES_USER`,
 //!   `POSTGRES_PASSWORD`, `POSTGRES_DB`; `RABBITMQ_DEFAULT_USER`, `RABBITMQ_DEFAULT_PASS`);
 //!   services get their rendered `env`, and their `args` as the command.
-//! - Images: see [`plan`] for which image each service runs and [`PullPolicy`](crate::manifest::PullPolicy) for pulling.
-//!   Missing images fail the preflight, before anything starts, listing every one of them.
+//! - Images: see [`plan`] for which image each service runs and
+//!   [`PullPolicy`](crate::manifest::PullPolicy) for pulling. Missing images fail the
+//!   preflight, before anything starts, listing every one of them.
 //! - Containers on the estimated critical path get a larger CPU weight until they are ready
 //!   ([`estimated_critical_path`]), so boots competing for few cores finish in the order that
 //!   matters for the stack-up time.
