@@ -15,74 +15,19 @@
 //! An attached stack offers endpoints and logs. Fault injection (stop, pause…) needs a stack
 //! of the suite's own: suites that break things (`Suite::sequential`) never attach.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::BackendKind;
-use crate::endpoint::Endpoint;
 use crate::error::Error;
-use crate::fingerprint::{Fingerprinter, Fingerprints, KnownFile};
+use crate::fingerprint::Fingerprinter;
 use crate::manifest::Manifest;
-use crate::scheduler::Timing;
 use crate::stack::Refreshed;
-
-/// Where a service's output can be read.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogSource {
-    /// A file (native backend).
-    File(PathBuf),
-    /// A container's output (container backend).
-    Container(String),
-}
-
-/// What a state file records about a running stack.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct State {
-    /// Pid of the process that owns the stack.
-    pub pid: u32,
-    /// The run id.
-    pub run_id: String,
-    /// Backend that runs it.
-    pub backend: BackendKind,
-    /// The manifest it was started from (canonical path).
-    pub manifest: PathBuf,
-    /// Hash of the manifest's content when it started.
-    pub manifest_hash: String,
-    /// Host endpoints by service.
-    pub endpoints: BTreeMap<String, Endpoint>,
-    /// Log sources by service.
-    pub logs: BTreeMap<String, LogSource>,
-    /// Start timings, in ready order: (service, started ms, ready ms).
-    pub timings: Vec<(String, u64, u64)>,
-    /// What each service was started from.
-    #[serde(default)]
-    pub fingerprints: Fingerprints,
-    /// The owner's control socket, where attached suites ask for a refresh.
-    #[serde(default)]
-    pub control: Option<PathBuf>,
-    /// Files already hashed for the fingerprints, with what identified their content.
-    #[serde(default)]
-    pub files: Vec<KnownFile>,
-    /// The backend of each service (empty: every one on `backend`).
-    #[serde(default)]
-    pub backends: BTreeMap<String, BackendKind>,
-}
-
-impl State {
-    /// The backend of each service of the stack.
-    pub fn plan(&self, manifest: &Manifest) -> crate::backend::mixed::Plan {
-        let mut plan = crate::backend::mixed::Plan::uniform(manifest, self.backend);
-        plan.services.extend(self.backends.clone());
-        plan
-    }
-}
+pub use crate::state::State;
 
 /// The target directory of the workspace around a manifest.
 pub fn target_dir(manifest: &Manifest) -> PathBuf {
-    crate::backend::native::bin_dir(manifest.dir())
+    crate::paths::bin_dir(manifest.dir())
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("target"))
@@ -328,27 +273,4 @@ pub async fn refresh_and_record(stack: &mut crate::Stack) -> Result<Vec<Refreshe
     // Written even after a failure: what did restart is recorded.
     write(stack)?;
     result
-}
-
-/// The last `n` lines of a log source.
-pub fn tail(source: &LogSource, n: usize) -> Vec<String> {
-    match source {
-        LogSource::File(path) => crate::backend::native::tail(path, n),
-        LogSource::Container(id) => crate::backend::container::log_tail(id, n),
-    }
-}
-
-impl State {
-    /// The timings recorded, as scheduler timings.
-    pub fn timings(&self) -> Vec<Timing> {
-        self.timings
-            .iter()
-            .map(|(s, a, b)| Timing {
-                service: s.clone(),
-                started: std::time::Duration::from_millis(*a),
-                launched: std::time::Duration::from_millis(*a),
-                ready: std::time::Duration::from_millis(*b),
-            })
-            .collect()
-    }
 }

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
+use crate::digest::{content_hash, Hasher};
 use crate::manifest::{Launch, Manifest, Service};
 
 /// The parts of one service's fingerprint, by name (`config`, `binary`, `files`, ...).
@@ -151,7 +152,7 @@ impl Fingerprinter {
             ),
             _ => (BTreeMap::new(), BTreeMap::new()),
         };
-        let bins = crate::backend::native::bin_dir(manifest.dir());
+        let bins = crate::paths::bin_dir(manifest.dir());
         manifest
             .services
             .iter()
@@ -296,39 +297,6 @@ fn hex(h: u64) -> String {
     format!("{h:016x}")
 }
 
-/// A stable 64-bit hash of bytes (FNV-1a over 8-byte words, then the tail), fast enough for
-/// debug binaries of a hundred megabytes.
-pub fn content_hash(bytes: &[u8]) -> u64 {
-    let mut h = Hasher::new();
-    h.write(bytes);
-    h.finish()
-}
-
-struct Hasher(u64);
-
-impl Hasher {
-    fn new() -> Hasher {
-        Hasher(0xcbf29ce484222325)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let word = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
-            self.0 = (self.0 ^ word).wrapping_mul(0x100000001b3);
-        }
-        for b in chunks.remainder() {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100000001b3);
-        }
-        // The length keeps "ab" + "c" apart from "a" + "bc" when parts are chained.
-        self.0 = (self.0 ^ bytes.len() as u64).wrapping_mul(0x100000001b3);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,17 +373,5 @@ mod tests {
             content_hash(b"two")
         );
         let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn content_hash_is_stable_and_sees_every_byte() {
-        assert_eq!(content_hash(b"orders"), content_hash(b"orders"));
-        let a = vec![7u8; 4099];
-        let mut b = a.clone();
-        b[4098] = 8;
-        assert_ne!(content_hash(&a), content_hash(&b));
-        b[4098] = 7;
-        b[3] = 0;
-        assert_ne!(content_hash(&a), content_hash(&b));
     }
 }

@@ -28,6 +28,10 @@
 //! - [`probe`]: readiness probes speaking each protocol.
 //! - [`backend`]: native processes, containers on a private network, external endpoints.
 //! - [`stack`]: the handle tests use.
+//! - [`logs`], [`paths`], [`digest`]: where output and build products are, and stable content
+//!   hashes; below the backends, which use them.
+//! - [`state`]: what attach mode records of a running stack, which an attached handle is built
+//!   from.
 //! - [`cleanup`]: teardown on signals and of runs that died.
 //! - [`contract`]: consumer-driven contracts verified against a running stack.
 //! - [`loopback`]: an HTTP server on a loopback port of its own (stand-ins, proxies).
@@ -48,24 +52,27 @@ pub mod capture;
 pub mod cleanup;
 pub mod contract;
 mod dag;
+pub mod digest;
 pub mod endpoint;
 pub mod error;
 pub mod fingerprint;
 pub mod graph;
 pub mod isolation;
 pub mod journey;
+pub mod logs;
 pub mod loopback;
 pub mod manifest;
 pub mod model;
 mod names;
+pub mod paths;
 pub mod probe;
 pub mod report;
 pub mod runner;
 pub mod scheduler;
 pub mod snapshot;
 pub mod stack;
+pub mod state;
 pub mod template;
-pub mod wire;
 
 pub use endpoint::Endpoint;
 pub use error::{exit_code, Error};

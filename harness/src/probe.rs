@@ -54,7 +54,7 @@ async fn attempt(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> {
     match spec {
         ProbeSpec::None => Ok(()),
         ProbeSpec::Tcp { port } => tcp_accepted(endpoint, port).await,
-        ProbeSpec::Postgres | ProbeSpec::Redis | ProbeSpec::Amqp => match endpoint.kind.server() {
+        ProbeSpec::Protocol(_) => match endpoint.kind.server() {
             Some(server) => server.probe(&endpoint.target()?).await,
             None => Err(format!("a {spec} probe needs a {spec} server")),
         },
@@ -136,7 +136,7 @@ fn probed_port(spec: &ProbeSpec) -> Option<Option<&str>> {
     match spec {
         ProbeSpec::None => None,
         ProbeSpec::Tcp { port } | ProbeSpec::Http { port, .. } => Some(Some(port)),
-        ProbeSpec::Postgres | ProbeSpec::Redis | ProbeSpec::Amqp => Some(None),
+        ProbeSpec::Protocol(_) => Some(None),
     }
 }
 

@@ -495,9 +495,7 @@ fn finish(
             let manifest = manifest
                 .map(std::path::Path::to_path_buf)
                 .unwrap_or_else(crate::default_manifest_path);
-            let dir = crate::backend::native::bin_dir(
-                manifest.parent().unwrap_or(std::path::Path::new(".")),
-            );
+            let dir = crate::paths::bin_dir(manifest.parent().unwrap_or(std::path::Path::new(".")));
             dir.parent()
                 .unwrap_or(std::path::Path::new("target"))
                 .join("harness")

@@ -434,7 +434,7 @@ impl Stack {
     }
 
     /// A handle on a stack another process started (see [`crate::attach`]).
-    pub fn attach(manifest: Manifest, state: crate::attach::State) -> Result<Stack, Error> {
+    pub fn attach(manifest: Manifest, state: crate::state::State) -> Result<Stack, Error> {
         let graph = Graph::new(&manifest)
             .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
         let mut instances = BTreeMap::new();
@@ -613,7 +613,7 @@ impl Stack {
     }
 
     /// Where each service's output can be read.
-    pub fn log_sources(&self) -> BTreeMap<String, crate::attach::LogSource> {
+    pub fn log_sources(&self) -> BTreeMap<String, crate::logs::LogSource> {
         self.instances
             .iter()
             .filter_map(|(name, i)| Some((name.clone(), i.try_lock().ok()?.log_source()?)))

@@ -144,7 +144,7 @@ impl Backend for External {
 pub struct RemoteInstance {
     name: String,
     endpoint: Endpoint,
-    log: Option<crate::attach::LogSource>,
+    log: Option<crate::logs::LogSource>,
     /// Why faults cannot be injected, ending the refusal message.
     why: String,
 }
@@ -154,7 +154,7 @@ impl RemoteInstance {
     pub fn new(
         name: &str,
         endpoint: Endpoint,
-        log: Option<crate::attach::LogSource>,
+        log: Option<crate::logs::LogSource>,
         why: String,
     ) -> RemoteInstance {
         RemoteInstance {
@@ -192,7 +192,7 @@ impl Instance for RemoteInstance {
     fn log_tail(&self, n: usize) -> Vec<String> {
         self.log
             .as_ref()
-            .map(|l| crate::attach::tail(l, n))
+            .map(|l| super::log_tail(l, n))
             .unwrap_or_default()
     }
     async fn stop(&mut self) -> Result<(), Error> {

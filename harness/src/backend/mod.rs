@@ -67,7 +67,7 @@ pub async fn detect(manifest: &Manifest) -> Result<BackendKind, Error> {
     if container.is_ok() {
         return Ok(BackendKind::Container);
     }
-    let native = native::check(manifest, &native::bin_dir(manifest.dir()));
+    let native = native::check(manifest, &crate::paths::bin_dir(manifest.dir()));
     if native.is_ok() {
         return Ok(BackendKind::Native);
     }
@@ -158,7 +158,7 @@ pub trait Instance: Send + Sync + fmt::Debug {
         None
     }
     /// Where its output can be read by another process (for attached stacks).
-    fn log_source(&self) -> Option<crate::attach::LogSource> {
+    fn log_source(&self) -> Option<crate::logs::LogSource> {
         None
     }
     /// Stops it gracefully (data kept, can be started again).
@@ -173,6 +173,14 @@ pub trait Instance: Send + Sync + fmt::Debug {
     async fn unpause(&mut self) -> Result<(), Error>;
     /// Stops it and removes everything it created.
     async fn remove(&mut self);
+}
+
+/// The last `n` lines of a log source, whichever backend's service wrote it.
+pub fn log_tail(source: &crate::logs::LogSource, n: usize) -> Vec<String> {
+    match source {
+        crate::logs::LogSource::File(path) => crate::logs::file_tail(path, n),
+        crate::logs::LogSource::Container(id) => container::log_tail(id, n),
+    }
 }
 
 /// Creates the backend of the given kind for one run.

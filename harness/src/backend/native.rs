@@ -51,33 +51,16 @@ impl Native {
         Native {
             run_id: run.id.clone(),
             run_dir: run.path.clone(),
-            bin_dir: bin_dir(manifest_dir),
+            bin_dir: crate::paths::bin_dir(manifest_dir),
             project_dir: manifest_dir.to_path_buf(),
         }
     }
 }
 
-/// Where cargo puts this workspace's binaries: `HARNESS_BIN_DIR`, else `CARGO_TARGET_DIR/debug`,
-/// else `target/debug` of the workspace around the manifest.
-pub fn bin_dir(manifest_dir: &Path) -> PathBuf {
-    if let Some(d) = std::env::var_os("HARNESS_BIN_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(d).join("debug");
-    }
-    let start = std::fs::canonicalize(manifest_dir).unwrap_or_else(|_| manifest_dir.to_path_buf());
-    let mut root = None;
-    for dir in start.ancestors() {
-        if dir.join("Cargo.toml").is_file() {
-            root = Some(dir.to_path_buf());
-        }
-    }
-    root.unwrap_or(start).join("target").join("debug")
-}
 
 /// Whether the native backend can run every service of a manifest: the servers installed and
-/// the service binaries built (in `bins`, see [`bin_dir`]). Lists everything missing at once.
+/// the service binaries built (in `bins`, see [`bin_dir`](crate::paths::bin_dir)). Lists
+/// everything missing at once.
 pub fn check(manifest: &Manifest, bins: &Path) -> Result<(), Error> {
     let mut missing: Vec<(String, String)> = Vec::new();
     for s in &manifest.services {
@@ -581,14 +564,14 @@ impl Instance for NativeInstance {
     fn log_tail(&self, n: usize) -> Vec<String> {
         self.procs
             .last()
-            .map(|p| tail(&p.spec.log, n))
+            .map(|p| crate::logs::file_tail(&p.spec.log, n))
             .unwrap_or_default()
     }
 
-    fn log_source(&self) -> Option<crate::attach::LogSource> {
+    fn log_source(&self) -> Option<crate::logs::LogSource> {
         self.procs
             .last()
-            .map(|p| crate::attach::LogSource::File(p.spec.log.clone()))
+            .map(|p| crate::logs::LogSource::File(p.spec.log.clone()))
     }
 
     async fn stop(&mut self) -> Result<(), Error> {
@@ -638,17 +621,4 @@ impl Drop for NativeInstance {
         self.procs.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// The last `n` lines of a file.
-pub fn tail(path: &Path, n: usize) -> Vec<String> {
-    let text = match std::fs::read(path) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-        Err(_) => return Vec::new(),
-    };
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
 }

@@ -27,7 +27,7 @@ use crate::backend::container::{self, ImagePlan, LABEL_RUN_ID};
 use crate::backend::BackendKind;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
-use crate::manifest::{Condition, Kind, Manifest, ProbeSpec, Service};
+use crate::manifest::{Condition, Manifest, ProbeSpec, Service};
 use crate::stack::{Stack, StackOptions};
 use crate::Graph;
 
@@ -185,7 +185,7 @@ impl ComposeReport {
 }
 
 /// Credentials of the compose stack (fixed; the harness generates its own per run).
-const USER: &str = "bench";
+const USER: &str = "ubench";
 const PASSWORD: &str = "bench-password";
 
 /// Endpoints as services see each other on the compose network: name and container port.
@@ -194,28 +194,22 @@ fn compose_endpoints(manifest: &Manifest) -> BTreeMap<String, Endpoint> {
         .services
         .iter()
         .map(|s| {
-            let creds = matches!(s.kind, Kind::Postgres | Kind::Rabbitmq);
+            // The kind completes the manifest's credentials; its "random" ones are fixed here.
+            // A kind names its random user `u<token>`: `ubench`.
+            let fixed = |n: usize| if n < 24 { "bench" } else { PASSWORD }.to_string();
+            let creds = match s.kind.server() {
+                Some(server) => server.credentials(&s.credentials, &fixed),
+                None => s.credentials.clone(),
+            };
             let ep = Endpoint {
                 kind: s.kind,
                 host: s.name.clone(),
                 ports: s.ports.clone(),
                 primary: s.primary_port().map(str::to_string),
                 bind_host: "0.0.0.0".into(),
-                user: creds
-                    .then(|| USER.to_string())
-                    .or(s.credentials.user.clone()),
-                password: creds
-                    .then(|| PASSWORD.to_string())
-                    .or(s.credentials.password.clone()),
-                database: match s.kind {
-                    Kind::Postgres => Some(
-                        s.credentials
-                            .database
-                            .clone()
-                            .unwrap_or_else(|| "app".into()),
-                    ),
-                    _ => s.credentials.database.clone(),
-                },
+                user: creds.user,
+                password: creds.password,
+                database: creds.database,
             };
             (s.name.clone(), ep)
         })
@@ -232,13 +226,11 @@ fn healthcheck(service: &Service, ep: &Endpoint, interval: &str) -> Option<Value
     let port = |name: Option<&str>| ep.port(name).unwrap_or_default();
     let test = match &service.probe {
         ProbeSpec::None => return None,
-        ProbeSpec::Postgres => format!(
-            "pg_isready -q -h 127.0.0.1 -p {} -U {} -d postgres",
-            port(None),
-            ep.user.as_deref().unwrap_or("postgres")
-        ),
-        ProbeSpec::Redis => format!("redis-cli -h 127.0.0.1 -p {} ping | grep -q PONG", port(None)),
-        ProbeSpec::Amqp => tcp(port(None)),
+        ProbeSpec::Protocol(kind) => kind
+            .server()
+            .zip(ep.target().ok())
+            .and_then(|(server, target)| server.healthcheck(&target))
+            .unwrap_or_else(|| tcp(port(None))),
         ProbeSpec::Tcp { port: p } => tcp(port(Some(p))),
         ProbeSpec::Http { path, port: p } => format!(
             "bash -c 'exec 3<>/dev/tcp/127.0.0.1/{} && printf \"GET {path} HTTP/1.0\\r\\n\\r\\n\" >&3 && head -n1 <&3 | grep -q \" 2[0-9][0-9] \"'",
@@ -290,11 +282,8 @@ pub fn compose_file(
             env.insert(k.clone(), Value::String(escape(&render(v)?)));
         }
         let mut cmd = s.args.iter().map(render).collect::<Result<Vec<_>, _>>()?;
-        if cmd.is_empty() && s.kind == Kind::Postgres {
-            cmd = container::POSTGRES_SETTINGS
-                .iter()
-                .map(|a| a.to_string())
-                .collect();
+        if cmd.is_empty() {
+            cmd = container::default_args(s.kind);
         }
         let mut service = json!({
             "image": image.image,

@@ -87,7 +87,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// Copies every `binary` service's executable into `dir` (so the benchmark can "rebuild" one
 /// without touching the workspace's own `target/`).
 fn copy_binaries(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, Error> {
-    let bins = crate::backend::native::bin_dir(manifest.dir());
+    let bins = crate::paths::bin_dir(manifest.dir());
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let mut names = Vec::new();

@@ -238,7 +238,7 @@ fn load(cli_manifest: &Option<PathBuf>) -> Result<Manifest, Error> {
 
 /// Where `harness up` records the running stack for `harness down`.
 fn state_file(manifest: &Manifest) -> PathBuf {
-    harness::backend::native::bin_dir(manifest.dir())
+    harness::paths::bin_dir(manifest.dir())
         .parent()
         .unwrap_or(Path::new("target"))
         .join("harness")
@@ -587,7 +587,7 @@ async fn up_detached(m: &Manifest, backend: Option<BackendChoice>) -> Result<u8,
             return Ok(exit_code::OK);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let tail = harness::backend::native::tail(&log_path, 30).join("\n  | ");
+            let tail = harness::logs::file_tail(&log_path, 30).join("\n  | ");
             return Err(Error::Service {
                 service: "stack".into(),
                 message: format!("`harness up` ended ({status}) before the stack was ready; its log:\n  | {tail}"),

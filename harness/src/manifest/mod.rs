@@ -107,12 +107,9 @@ pub enum Condition {
 /// How readiness of a service is checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeSpec {
-    /// `SELECT 1` on the service's database.
-    Postgres,
-    /// Redis `PING`.
-    Redis,
-    /// An AMQP connection opens (authenticated).
-    Amqp,
+    /// The protocol check of a built-in server kind (Postgres `SELECT 1`, Redis `PING`, an
+    /// authenticated AMQP connection, ...).
+    Protocol(Kind),
     /// HTTP GET on `path` answers 2xx.
     Http {
         /// Path of the health endpoint.
@@ -132,9 +129,9 @@ pub enum ProbeSpec {
 impl fmt::Display for ProbeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProbeSpec::Postgres => f.write_str("postgres `SELECT 1`"),
-            ProbeSpec::Redis => f.write_str("redis `PING`"),
-            ProbeSpec::Amqp => f.write_str("amqp connection open"),
+            ProbeSpec::Protocol(kind) => {
+                f.write_str(kind.server().map_or("connection", |s| s.probe_description()))
+            }
             ProbeSpec::Http { path, port } => write!(f, "http GET {path} (port `{port}`)"),
             ProbeSpec::Tcp { port } => write!(f, "tcp connect (port `{port}`)"),
             ProbeSpec::None => f.write_str("none"),

@@ -111,16 +111,36 @@ pub(super) struct RawProbe {
     pub(super) port: Option<Spanned<String>>,
 }
 
-/// The probe's `type`.
+/// The probe's `type`: a server kind's protocol (`postgres`, `amqp`, ...), `http`, `tcp` or
+/// `none`.
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String")]
 pub(super) enum RawProbeKind {
-    Postgres,
-    Redis,
-    Amqp,
+    Protocol(Kind),
     Http,
     Tcp,
     None,
+}
+
+impl TryFrom<String> for RawProbeKind {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        match name.as_str() {
+            "http" => Ok(RawProbeKind::Http),
+            "tcp" => Ok(RawProbeKind::Tcp),
+            "none" => Ok(RawProbeKind::None),
+            _ => Kind::of_protocol(&name).map(RawProbeKind::Protocol).ok_or_else(|| {
+                let protocols: Vec<String> = Kind::ALL
+                    .iter()
+                    .filter_map(|k| k.server())
+                    .map(|s| format!("`{}`", s.protocol()))
+                    .chain(["`http`", "`tcp`", "`none`"].map(String::from))
+                    .collect();
+                format!("unknown probe type `{name}`, expected one of {}", protocols.join(", "))
+            }),
+        }
+    }
 }
 
 /// The keys a `[services.<name>]` table may hold, for did-you-mean on an unknown key.

@@ -352,9 +352,7 @@ fn given_probe(
         ));
     }
     match spec.kind {
-        RawProbeKind::Postgres => ProbeSpec::Postgres,
-        RawProbeKind::Redis => ProbeSpec::Redis,
-        RawProbeKind::Amqp => ProbeSpec::Amqp,
+        RawProbeKind::Protocol(kind) => ProbeSpec::Protocol(kind),
         RawProbeKind::None => ProbeSpec::None,
         RawProbeKind::Tcp => ProbeSpec::Tcp {
             port: port_or_primary(problems),
@@ -379,9 +377,7 @@ fn given_probe(
 /// A protocol probe speaks to its own kind of server only.
 fn check_probe_kind(name: &str, raw: &RawService, probe: &ProbeSpec, problems: &mut Vec<Problem>) {
     let protocol_kind = match probe {
-        ProbeSpec::Postgres => Some(Kind::Postgres),
-        ProbeSpec::Redis => Some(Kind::Redis),
-        ProbeSpec::Amqp => Some(Kind::Rabbitmq),
+        ProbeSpec::Protocol(kind) => Some(*kind),
         _ => None,
     };
     if let (Some(k), Some(p)) = (protocol_kind, &raw.probe) {
@@ -483,11 +479,10 @@ fn check_env_names(name: &str, raw: &RawService, problems: &mut Vec<Problem>) {
 }
 
 fn default_probe(kind: Kind, ports: &BTreeMap<String, u16>) -> ProbeSpec {
-    match kind {
-        Kind::Postgres => ProbeSpec::Postgres,
-        Kind::Redis => ProbeSpec::Redis,
-        Kind::Rabbitmq => ProbeSpec::Amqp,
-        Kind::Service => match ports.keys().next() {
+    if kind.server().is_some() {
+        return ProbeSpec::Protocol(kind);
+    }
+    match ports.keys().next() {
             Some(_) if ports.contains_key("http") => ProbeSpec::Tcp {
                 port: "http".into(),
             },
@@ -495,6 +490,5 @@ fn default_probe(kind: Kind, ports: &BTreeMap<String, u16>) -> ProbeSpec {
                 port: first.clone(),
             },
             None => ProbeSpec::None,
-        },
     }
 }

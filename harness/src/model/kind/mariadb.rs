@@ -117,6 +117,19 @@ impl Server for Mariadb {
         "mysql"
     }
 
+    fn probe_description(&self) -> &'static str {
+        "mysql `SELECT 1`"
+    }
+
+    fn healthcheck(&self, target: &Target) -> Option<String> {
+        Some(format!(
+            "mariadb-admin ping --silent -h 127.0.0.1 -P {} -u {} --password={}",
+            target.port,
+            target.user.as_deref().unwrap_or(ROOT),
+            target.password.as_deref().unwrap_or_default()
+        ))
+    }
+
     fn image(&self) -> &'static str {
         "mariadb:10.11"
     }

@@ -4,10 +4,12 @@
 //! kind to what it means ([`Server`]). Adding a kind is a module here, a variant and a row of
 //! that table: nothing else in the harness matches on kinds.
 
+pub mod mariadb;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod redis;
 pub mod server;
+pub mod wire;
 
 use std::fmt;
 
@@ -25,13 +27,21 @@ pub enum Kind {
     Redis,
     /// RabbitMQ (AMQP 0-9-1).
     Rabbitmq,
+    /// MariaDB (the MySQL protocol).
+    Mariadb,
     /// A generic service: a process (native) or an image (container).
     Service,
 }
 
 impl Kind {
     /// Every kind, in the order the documentation lists them.
-    pub const ALL: &'static [Kind] = &[Kind::Postgres, Kind::Redis, Kind::Rabbitmq, Kind::Service];
+    pub const ALL: &'static [Kind] = &[
+        Kind::Postgres,
+        Kind::Redis,
+        Kind::Rabbitmq,
+        Kind::Mariadb,
+        Kind::Service,
+    ];
 
     /// What a built-in server kind means; `None` for a generic service.
     pub fn server(self) -> Option<&'static dyn Server> {
@@ -39,6 +49,7 @@ impl Kind {
             Kind::Postgres => Some(&postgres::Postgres),
             Kind::Redis => Some(&redis::Redis),
             Kind::Rabbitmq => Some(&rabbitmq::Rabbitmq),
+            Kind::Mariadb => Some(&mariadb::Mariadb),
             Kind::Service => None,
         }
     }
@@ -49,6 +60,7 @@ impl Kind {
             Kind::Postgres => "postgres",
             Kind::Redis => "redis",
             Kind::Rabbitmq => "rabbitmq",
+            Kind::Mariadb => "mariadb",
             Kind::Service => "service",
         }
     }

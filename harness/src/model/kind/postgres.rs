@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use nix::sys::signal::Signal;
 use nix::unistd::User;
-use sqlx::Connection as _;
 use tokio::process::Command;
 
+use super::wire::postgres::Client;
 use super::server::{
     cache_key, chown_tree, from_cache_or, need, server_identity, system_user, write, Credentials,
     Entrypoint, NativeHost, Process, Program, Server, Target,
@@ -157,9 +157,21 @@ async fn initdb(host: &dyn NativeHost, user: Option<&User>, data: &Path) -> Resu
     made.map(drop).map_err(|e| format!("initdb: {e}"))
 }
 
-async fn connect(target: &Target, database: &str) -> Result<sqlx::PgConnection, String> {
-    let url = super::url(super::Kind::Postgres, target, Some(database));
-    sqlx::PgConnection::connect(&url).await.map_err(|e| e.to_string())
+async fn connect(target: &Target, database: &str) -> Result<Client, String> {
+    Client::connect(
+        &target.host,
+        target.port,
+        target.user.as_deref().unwrap_or(BOOTSTRAP_ROLE),
+        target.password.as_deref().unwrap_or_default(),
+        database,
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+/// A quoted identifier.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 #[async_trait]
@@ -170,6 +182,18 @@ impl Server for Postgres {
 
     fn protocol(&self) -> &'static str {
         "postgres"
+    }
+
+    fn probe_description(&self) -> &'static str {
+        "postgres `SELECT 1`"
+    }
+
+    fn healthcheck(&self, target: &Target) -> Option<String> {
+        Some(format!(
+            "pg_isready -q -h 127.0.0.1 -p {} -U {} -d {MAINTENANCE}",
+            target.port,
+            target.user.as_deref().unwrap_or(BOOTSTRAP_ROLE)
+        ))
     }
 
     fn image(&self) -> &'static str {
@@ -282,15 +306,13 @@ impl Server for Postgres {
 
     async fn probe(&self, target: &Target) -> Result<(), String> {
         // The maintenance database always exists; the service's own may not yet.
-        let mut conn = connect(target, MAINTENANCE).await?;
-        let one: i32 = sqlx::query_scalar("SELECT 1")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = conn.close().await;
-        (one == 1)
+        let mut client = connect(target, MAINTENANCE).await?;
+        let rows = client.simple_query("SELECT 1").await.map_err(|e| e.to_string());
+        client.close().await;
+        let rows = rows?;
+        (rows == [vec![Some("1".to_string())]])
             .then_some(())
-            .ok_or_else(|| format!("SELECT 1 returned {one}"))
+            .ok_or_else(|| format!("SELECT 1 returned {rows:?}"))
     }
 
     async fn create_databases(&self, target: &Target, wanted: &[&str]) -> Result<Vec<String>, String> {
@@ -298,39 +320,38 @@ impl Server for Postgres {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = connect(target, MAINTENANCE)
+        let mut client = connect(target, MAINTENANCE)
             .await
             .map_err(|e| format!("creating databases: {e}"))?;
         let mut created = Vec::new();
         for db in wanted {
-            let exists: Option<i32> =
-                sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-                    .bind(db)
-                    .fetch_optional(&mut conn)
-                    .await
-                    .map_err(|e| format!("creating database `{db}`: {e}"))?;
-            if exists.is_none() {
-                sqlx::query(&format!("CREATE DATABASE \"{db}\""))
-                    .execute(&mut conn)
+            let literal = format!("'{}'", db.replace('\'', "''"));
+            let found = client
+                .simple_query(&format!("SELECT 1 FROM pg_database WHERE datname = {literal}"))
+                .await
+                .map_err(|e| format!("creating database `{db}`: {e}"))?;
+            if found.is_empty() {
+                client
+                    .simple_query(&format!("CREATE DATABASE {}", ident(db)))
                     .await
                     .map_err(|e| format!("creating database `{db}`: {e}"))?;
                 created.push(db.to_string());
             }
         }
-        let _ = conn.close().await;
+        client.close().await;
         Ok(created)
     }
 
     async fn drop_databases(&self, target: &Target, dbs: &[String]) -> Result<(), String> {
-        let mut conn = connect(target, MAINTENANCE).await?;
+        let mut client = connect(target, MAINTENANCE).await?;
         for db in dbs {
             // FORCE: a connection a trial left open must not keep them.
-            sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-                .execute(&mut conn)
+            client
+                .simple_query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db)))
                 .await
                 .map_err(|e| format!("dropping `{db}`: {e}"))?;
         }
-        let _ = conn.close().await;
+        client.close().await;
         Ok(())
     }
 }

@@ -125,6 +125,10 @@ impl Server for Rabbitmq {
         "amqp"
     }
 
+    fn probe_description(&self) -> &'static str {
+        "amqp connection open"
+    }
+
     fn image(&self) -> &'static str {
         "rabbitmq:3"
     }
@@ -258,15 +262,16 @@ impl Server for Rabbitmq {
     }
 
     async fn probe(&self, target: &Target) -> Result<(), String> {
-        let url = super::url(super::Kind::Rabbitmq, target, None);
-        let properties = lapin::ConnectionProperties::default()
-            .with_executor(tokio_executor_trait::Tokio::current())
-            .with_reactor(tokio_reactor_trait::Tokio);
-        let conn = lapin::Connection::connect(&url, properties)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = conn.close(200, "probe").await;
-        Ok(())
+        super::wire::amqp::open(
+            &target.host,
+            target.port,
+            target.user.as_deref().unwrap_or("guest"),
+            target.password.as_deref().unwrap_or("guest"),
+            // The default vhost, as the URL without a path names it.
+            "/",
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 }
 

@@ -27,6 +27,17 @@ impl Server for Redis {
         "redis"
     }
 
+    fn probe_description(&self) -> &'static str {
+        "redis `PING`"
+    }
+
+    fn healthcheck(&self, target: &Target) -> Option<String> {
+        Some(format!(
+            "redis-cli -h 127.0.0.1 -p {} ping | grep -q PONG",
+            target.port
+        ))
+    }
+
     fn image(&self) -> &'static str {
         "redis:7"
     }
@@ -69,18 +80,14 @@ impl Server for Redis {
     }
 
     async fn probe(&self, target: &Target) -> Result<(), String> {
-        let url = super::url(super::Kind::Redis, target, None);
-        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .map_err(|e| e.to_string())?;
-        let pong: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        (pong == "PONG")
-            .then_some(())
-            .ok_or_else(|| format!("PING answered {pong:?}"))
+        super::wire::redis::ping(
+            &target.host,
+            target.port,
+            target.user.as_deref(),
+            target.password.as_deref(),
+            0,
+        )
+        .await
+        .map_err(|e| e.to_string())
     }
 }

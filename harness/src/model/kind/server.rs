@@ -103,8 +103,16 @@ pub trait NativeHost: Send + Sync {
 pub trait Server: Send + Sync + std::fmt::Debug {
     /// The port it listens on, under its conventional name (`("postgres", 5432)`).
     fn port(&self) -> (&'static str, u16);
-    /// The name of its protocol probe in a manifest (`probe = { kind = "amqp" }`).
+    /// The name of its protocol probe in a manifest (`probe = { type = "amqp" }`).
     fn protocol(&self) -> &'static str;
+    /// What its protocol probe checks, for messages (`postgres \`SELECT 1\``).
+    fn probe_description(&self) -> &'static str;
+    /// A shell command that succeeds inside its container once it is ready (a compose
+    /// healthcheck); `None`: a TCP connect to its port.
+    fn healthcheck(&self, target: &Target) -> Option<String> {
+        let _ = target;
+        None
+    }
     /// The image the container backend runs when the manifest names none.
     fn image(&self) -> &'static str;
     /// Typical seconds from launch to ready, to estimate the critical path before measuring.
@@ -273,7 +281,7 @@ async fn publish_cached(host: &dyn NativeHost, data: &Path, cached: &Path) -> Re
 /// The key of a cached data directory: a hash of every line that decides its content.
 pub fn cache_key(lines: &[(&str, String)]) -> String {
     let text: String = lines.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
-    format!("{:016x}", crate::fingerprint::content_hash(text.as_bytes()))
+    format!("{:016x}", crate::digest::content_hash(text.as_bytes()))
 }
 
 /// Fills `data` from the cached copy under `cached`, or makes it with `make` and saves it there

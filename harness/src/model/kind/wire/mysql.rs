@@ -386,7 +386,7 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::wire::testing::{free_port, rows, Server};
+    use crate::model::kind::wire::testing::{free_port, rows, Server};
 
     /// A fresh MariaDB on a free port whose root logs in without a password.
     fn start() -> Server {

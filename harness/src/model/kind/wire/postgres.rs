@@ -376,7 +376,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::wire::testing::{dir_for, free_port, program, rows, Server};
+    use crate::model::kind::wire::testing::{dir_for, free_port, program, rows, Server};
     use std::os::unix::process::CommandExt as _;
 
     /// The roles the test server has, one per password method of its `pg_hba.conf`.

@@ -204,7 +204,7 @@ mod tests {
 
     use super::*;
     use crate::backend::BackendKind;
-    use crate::wire::testing::free_port;
+    use crate::model::kind::wire::testing::free_port;
     use crate::{Manifest, Stack, StackOptions};
 
     /// One RabbitMQ (slow to boot, so one test) started the way every stack starts it.

@@ -73,7 +73,7 @@ mod tests {
     use std::process::Command;
 
     use super::*;
-    use crate::wire::testing::{free_port, Server};
+    use crate::model::kind::wire::testing::{free_port, Server};
 
     /// A redis-server on a free port, in memory only, with `extra` arguments.
     fn start(extra: &[&str]) -> Server {
