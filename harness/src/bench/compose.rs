@@ -185,6 +185,8 @@ impl ComposeReport {
 }
 
 /// Credentials of the compose stack (fixed; the harness generates its own per run).
+/// The user a kind makes of the fixed token `bench`.
+#[cfg(test)]
 const USER: &str = "ubench";
 const PASSWORD: &str = "bench-password";
 

@@ -69,7 +69,7 @@ use super::{Backend, BackendKind, Instance, StartRequest};
 use crate::cleanup::{self, RunDir, RUN_ID_ENV};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
-use crate::manifest::{Kind, Manifest};
+use crate::manifest::Manifest;
 
 /// CPU weight of the containers on the (estimated) critical path until they are ready; others
 /// keep the engine's default of 1024. Measured on two cores (PostgreSQL, Redis, RabbitMQ and a

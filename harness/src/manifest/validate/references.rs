@@ -7,7 +7,7 @@ use toml::Spanned;
 
 use super::super::diagnostics::{join, Problem};
 use super::super::raw::RawManifest;
-use super::super::{Kind, Service, DEFAULT_POSTGRES_DATABASE};
+use super::super::Service;
 use crate::names::closest;
 use crate::template::{Field, Reference, Template};
 
@@ -98,17 +98,18 @@ fn check_reference(
             ),
         ));
     }
-    if let (Field::Url(Some(db)), Kind::Postgres) = (&r.field, target.kind) {
-        let default = target
-            .credentials
+    let server = target.kind.server().filter(|s| s.holds_databases());
+    if let (Field::Url(Some(db)), Some(server)) = (&r.field, server) {
+        // The kind's default when the manifest names none (the "random" parts are unused).
+        let default = server
+            .credentials(&target.credentials, &|_| String::new())
             .database
-            .as_deref()
-            .unwrap_or(DEFAULT_POSTGRES_DATABASE);
-        let created: Vec<&str> = std::iter::once(default)
+            .unwrap_or_default();
+        let created: Vec<&str> = std::iter::once(default.as_str())
             .chain(target.databases.iter().map(String::as_str))
             .collect();
-        // `postgres` is the server's own maintenance database, always there.
-        if !created.contains(&db.as_str()) && db != "postgres" {
+        // The server's own maintenance database (`postgres`) is always there.
+        if !created.contains(&db.as_str()) && db != server.default_path() {
             problems.push(Problem::at(
                 span.clone(),
                 format!(

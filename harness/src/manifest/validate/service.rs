@@ -394,15 +394,31 @@ fn check_probe_kind(name: &str, raw: &RawService, probe: &ProbeSpec, problems: &
     }
 }
 
-/// `databases`: extra databases of a postgres service.
+/// The kinds whose servers hold databases, for messages: `postgres and mariadb`.
+fn database_kinds() -> String {
+    let kinds: Vec<&str> = Kind::ALL
+        .iter()
+        .filter(|k| holds_databases(**k))
+        .map(|k| k.name())
+        .collect();
+    kinds.join(" and ")
+}
+
+/// Whether a kind's servers hold databases the harness creates.
+fn holds_databases(kind: Kind) -> bool {
+    kind.server().is_some_and(|s| s.holds_databases())
+}
+
+/// `databases`: extra databases of a server that holds databases.
 fn databases(name: &str, raw: &RawService, problems: &mut Vec<Problem>) -> Vec<String> {
     let mut databases = Vec::new();
     for db in &raw.databases {
-        if raw.kind != Kind::Postgres {
+        if !holds_databases(raw.kind) {
             problems.push(Problem::at(
                 db.span(),
                 format!(
-                    "`databases` only applies to postgres services, and `{name}` is a `{}`",
+                    "`databases` only applies to {} services, and `{name}` is a `{}`",
+                    database_kinds(),
                     raw.kind
                 ),
                 "remove `databases` from this service",
@@ -423,11 +439,12 @@ fn databases(name: &str, raw: &RawService, problems: &mut Vec<Problem>) -> Vec<S
     databases
 }
 
-/// `user`, `password` and `database`; a postgres database must be one the harness can create.
+/// `user`, `password` and `database`; the database of a server that holds databases must be
+/// one the harness can create.
 fn credentials(raw: &RawService, problems: &mut Vec<Problem>) -> Credentials {
     if let Some(db) = &raw.database {
         let d = db.get_ref();
-        if raw.kind == Kind::Postgres
+        if holds_databases(raw.kind)
             && (d.is_empty() || !d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
         {
             problems.push(Problem::at(
