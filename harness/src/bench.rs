@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::endpoint::Endpoint;
-use crate::error::Error;
+use crate::model::endpoint::Endpoint;
+use crate::engine::error::Error;
 use crate::manifest::{Kind, Manifest, ProbeSpec};
-use crate::stack::{Stack, StackOptions};
+use crate::engine::stack::{Stack, StackOptions};
 use crate::Graph;
 
 /// Results of a startup benchmark.
@@ -220,7 +220,7 @@ pub async fn readiness_lag(samples: usize) -> Vec<Duration> {
         let spec = ProbeSpec::Tcp {
             port: "http".into(),
         };
-        let ok = crate::probe::wait_ready(
+        let ok = crate::engine::probe::wait_ready(
             &spec,
             &endpoint,
             Instant::now() + Duration::from_secs(5),

@@ -42,7 +42,7 @@ impl Graph {
             .iter()
             .map(|(n, d)| (n.as_str(), d.iter().map(|(d, _)| d.as_str()).collect()))
             .collect();
-        match crate::dag::find_cycle(&edges) {
+        match crate::model::dag::find_cycle(&edges) {
             Some(path) => Err(Cycle { path }),
             None => Ok(Graph { deps }),
         }

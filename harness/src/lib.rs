@@ -20,65 +20,43 @@
 //! # Ok(()) }
 //! ```
 //!
-//! ## Modules
-//! - [`manifest`]: the TOML model and its validation (errors with file:line:column and help).
-//! - [`template`]: `{{ postgres.url }}` references between services, resolved per backend.
-//! - [`graph`]: order, layers, transitive dependents, critical path, Graphviz.
-//! - [`scheduler`]: the DAG scheduler.
-//! - [`probe`]: readiness probes speaking each protocol.
-//! - [`backend`]: native processes, containers on a private network, external endpoints.
-//! - [`stack`]: the handle tests use.
-//! - [`logs`], [`paths`], [`digest`]: where output and build products are, and stable content
-//!   hashes; below the backends, which use them.
-//! - [`state`]: what attach mode records of a running stack, which an attached handle is built
-//!   from.
-//! - [`cleanup`]: teardown on signals and of runs that died.
-//! - [`contract`]: consumer-driven contracts verified against a running stack.
-//! - [`loopback`]: an HTTP server on a loopback port of its own (stand-ins, proxies).
-//! - [`capture`]: a trial's output, shown only when it fails.
-//! - [`bench`]: startup measurements.
+//! ## Layers
+//! Each layer imports only the layers below it.
+//!
+//! | layer | what it holds |
+//! |---|---|
+//! | [`model`] | server kinds ([`model::kind`]: one module per kind behind one trait, with their wire protocols), endpoints, templates |
+//! | [`manifest`] | `stack.toml` read and validated into one model, errors with file:line:column and help |
+//! | [`graph`] | dependency order, layers, transitive dependents, critical path, Graphviz |
+//! | [`engine`] | scheduler, probes, backends (native, container, external, mixed), the [`Stack`] handle, attach and refresh, cleanup and reaping, errors |
+//! | [`testkit`] | the suite runner (libtest-mimic), journeys, snapshots, isolation, reports, affected trials |
+//! | [`contract`] | Pact files, provider states, verification, broker, publish |
+//! | [`bench`] | startup, compose and suite benchmarks (what `harness bench` runs) |
+//!
+//! The modules of the engine and the test kit are also re-exported here under their own names
+//! (`harness::backend`, `harness::journey`, ...), so paths stay short.
 
 #![forbid(unsafe_code)]
 #![deny(missing_debug_implementations)]
 #![warn(missing_docs)]
 
-pub mod affected;
-pub mod amqp;
-pub mod attach;
-pub mod backend;
 pub mod bench;
-pub mod build;
-pub mod capture;
-pub mod cleanup;
 pub mod contract;
-mod dag;
-pub mod digest;
-pub mod endpoint;
-pub mod error;
-pub mod fingerprint;
+pub mod engine;
 pub mod graph;
-pub mod isolation;
-pub mod journey;
-pub mod logs;
-pub mod loopback;
 pub mod manifest;
 pub mod model;
-mod names;
-pub mod paths;
-pub mod probe;
-pub mod report;
-pub mod runner;
-pub mod scheduler;
-pub mod snapshot;
-pub mod stack;
-pub mod state;
-pub mod template;
+pub mod testkit;
 
-pub use endpoint::Endpoint;
-pub use error::{exit_code, Error};
+pub use engine::{attach, backend, cleanup, error, fingerprint, logs, paths, probe, scheduler, stack, state};
+pub use model::{endpoint, template};
+pub use testkit::{affected, amqp, build, capture, isolation, journey, loopback, report, runner, snapshot};
+
+pub use engine::error::{exit_code, Error};
+pub use engine::stack::{Stack, StackOptions};
 pub use graph::Graph;
 pub use manifest::Manifest;
-pub use stack::{Stack, StackOptions};
+pub use model::endpoint::Endpoint;
 
 /// Finds the stack manifest: `HARNESS_MANIFEST`, else `stack.toml`, else `fixtures/stack.toml`,
 /// looked up from the current directory upwards.

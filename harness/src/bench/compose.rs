@@ -23,12 +23,12 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use crate::backend::container::{self, ImagePlan, LABEL_RUN_ID};
-use crate::backend::BackendKind;
-use crate::endpoint::Endpoint;
-use crate::error::Error;
+use crate::engine::backend::container::{self, ImagePlan, LABEL_RUN_ID};
+use crate::engine::backend::BackendKind;
+use crate::model::endpoint::Endpoint;
+use crate::engine::error::Error;
 use crate::manifest::{Condition, Manifest, ProbeSpec, Service};
-use crate::stack::{Stack, StackOptions};
+use crate::engine::stack::{Stack, StackOptions};
 use crate::Graph;
 
 /// Results of the comparison.
@@ -266,7 +266,7 @@ pub fn compose_file(
             .images
             .get(&s.name)
             .ok_or_else(|| Error::service(&s.name, "names no image"))?;
-        let render = |t: &crate::template::Template| {
+        let render = |t: &crate::model::template::Template| {
             t.render(|name| {
                 if name == "self" {
                     Some(ep)
@@ -526,9 +526,9 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
     let dir = std::env::temp_dir().join(format!("harness-compose-{id}"));
     std::fs::create_dir_all(&dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    crate::cleanup::register_dir(&dir);
+    crate::engine::cleanup::register_dir(&dir);
     // Ctrl-C: the compose containers and network carry the run's labels.
-    let hook = crate::cleanup::register_hook({
+    let hook = crate::engine::cleanup::register_hook({
         let id = id.clone();
         move || {
             let _ = container::remove_run_blocking(&id);
@@ -614,9 +614,9 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
     if let Ok(docker) = container::connect().await {
         let _ = container::remove_labelled(&docker, &label, true).await;
     }
-    crate::cleanup::unregister_hook(hook);
+    crate::engine::cleanup::unregister_hook(hook);
     let _ = std::fs::remove_dir_all(&dir);
-    crate::cleanup::unregister_dir(&dir);
+    crate::engine::cleanup::unregister_dir(&dir);
     let (solo, in_stack, harness, preflight, (compose, compose_fast), harness_at, compose_at) =
         result?;
     let medians =

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::backend::BackendKind;
-use crate::error::Error;
+use crate::engine::backend::BackendKind;
+use crate::engine::error::Error;
 use crate::manifest::Manifest;
-use crate::stack::{Stack, StackOptions};
+use crate::engine::stack::{Stack, StackOptions};
 
 /// Builds the suite's test binary and returns its path.
 fn test_binary(manifest: &Manifest, suite: &str) -> Result<PathBuf, Error> {
@@ -87,7 +87,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// Copies every `binary` service's executable into `dir` (so the benchmark can "rebuild" one
 /// without touching the workspace's own `target/`).
 fn copy_binaries(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, Error> {
-    let bins = crate::paths::bin_dir(manifest.dir());
+    let bins = crate::engine::paths::bin_dir(manifest.dir());
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let mut names = Vec::new();
@@ -210,8 +210,8 @@ async fn warm_and_refreshed(
     )
     .await?;
     let kind = stack.backend();
-    let state = crate::attach::write(&stack)?;
-    let control = crate::attach::Control::bind(&stack)?;
+    let state = crate::engine::attach::write(&stack)?;
+    let control = crate::engine::attach::Control::bind(&stack)?;
     let (mut warm_first, mut warm_total, mut refreshed_first) = (vec![], vec![], vec![]);
     let mut failures = 0;
     let mut result = Ok(());
@@ -259,7 +259,7 @@ async fn warm_and_refreshed(
     stack.down().await;
     std::env::remove_var("HARNESS_BIN_DIR");
     let _ = std::fs::remove_file(&state);
-    crate::cleanup::unregister_dir(&state);
+    crate::engine::cleanup::unregister_dir(&state);
     result?;
     Ok((
         kind,

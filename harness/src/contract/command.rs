@@ -27,7 +27,7 @@ pub fn run_verify_command(
     target: &SuiteTarget,
     manifest: &Path,
 ) -> Result<u8, Error> {
-    crate::cleanup::install_signal_handler();
+    crate::engine::cleanup::install_signal_handler();
     request.validate()?;
     let mut request = request.clone();
     if let Some(Candidate::Binary(b)) = &request.candidate {
@@ -69,7 +69,7 @@ pub fn run_verify_command(
     let what = format!("`cargo test -p {} --test {}`", target.package, target.test);
     // In a group of its own, registered: a signal to `harness verify` reaches the suite, whose
     // own handler then stops its stack.
-    let status = crate::cleanup::status_in_own_group(&mut cmd).map_err(|cause| Error::Command {
+    let status = crate::engine::cleanup::status_in_own_group(&mut cmd).map_err(|cause| Error::Command {
         context: format!("running {what}"),
         cause,
     })?;

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::states::{BoxFuture, StateCall};
 use super::Error;
-use crate::loopback::LoopbackServer;
+use crate::testkit::loopback::LoopbackServer;
 use crate::Stack;
 
 pub(crate) type ProducerFn = Arc<

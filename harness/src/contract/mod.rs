@@ -49,8 +49,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The loopback HTTP server, at its former path (it lives in [`crate::loopback`]).
-pub use crate::loopback::LoopbackServer;
+/// The loopback HTTP server, at its former path (it lives in [`crate::testkit::loopback`]).
+pub use crate::testkit::loopback::LoopbackServer;
 pub use command::{run_verify_command, SuiteTarget};
 pub use error::Error;
 pub use message_server::{MessageRequest, ProducedMessage};

@@ -10,7 +10,7 @@ use super::pacts::{PactFile, Target};
 use super::report::interaction_failure;
 use super::verifier::{provider_target, Verification};
 use super::{Contracts, Error, PROVIDER_LOG_LINES};
-use crate::runner::Suite;
+use crate::testkit::runner::Suite;
 use crate::Stack;
 
 impl Contracts {

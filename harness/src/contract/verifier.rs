@@ -173,7 +173,7 @@ impl Verification<'_> {
         let joined = tokio::task::spawn_blocking(move || {
             // The verifier prints its whole report to stdout, `(FAILED)` lines of trials that
             // expect a failure included: capture it, and keep it for a failure message.
-            crate::capture::stdout_of(false, || {
+            crate::testkit::capture::stdout_of(false, || {
                 handle.block_on(async move {
                     pact_verifier::verify_provider_async(
                         provider_info,
@@ -207,9 +207,9 @@ impl Verification<'_> {
             Err(_) => String::new(),
         };
         // What else reached stdout meanwhile (other threads) is printed after all.
-        crate::capture::write_back(&printed, &report);
-        if !report.trim().is_empty() && !crate::capture::verbose() {
-            crate::capture::note(&format!(
+        crate::testkit::capture::write_back(&printed, &report);
+        if !report.trim().is_empty() && !crate::testkit::capture::verbose() {
+            crate::testkit::capture::note(&format!(
                 "--- the verifier's report ---\n{}",
                 report.trim_end()
             ));

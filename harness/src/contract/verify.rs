@@ -14,8 +14,8 @@ use super::request_env::ENV_REPORT;
 use super::verifier::{provider_target, Verification};
 use super::{Contracts, Error};
 use crate::manifest::Launch;
-use crate::runner::Suite;
-use crate::template::Template;
+use crate::testkit::runner::Suite;
+use crate::model::template::Template;
 use crate::{Manifest, Stack};
 
 /// Where pacts come from when not from the directory: a Pact Broker.

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use super::raw::{SERVICE_KEYS, STACK_KEYS};
-use crate::names::closest;
+use crate::model::names::closest;
 
 /// One thing wrong with a manifest.
 #[derive(Debug, Clone)]

@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::template::Template;
+use crate::model::template::Template;
 
 pub use diagnostics::{ManifestError, Problem};
 use raw::RawManifest;

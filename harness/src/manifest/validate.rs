@@ -156,7 +156,7 @@ fn check_cycles(raw: &RawManifest, manifest: &Manifest, problems: &mut Vec<Probl
             (s.name.as_str(), deps)
         })
         .collect();
-    let Some(cycle) = crate::dag::find_cycle(&edges) else {
+    let Some(cycle) = crate::model::dag::find_cycle(&edges) else {
         return;
     };
     let span = cycle

@@ -8,8 +8,8 @@ use toml::Spanned;
 use super::super::diagnostics::{join, Problem};
 use super::super::raw::RawManifest;
 use super::super::Service;
-use crate::names::closest;
-use crate::template::{Field, Reference, Template};
+use crate::model::names::closest;
+use crate::model::template::{Field, Reference, Template};
 
 /// The template `value` holds; a syntax error goes to `problems`, at its place in the file.
 pub(super) fn parse_template(

@@ -14,7 +14,7 @@ use super::super::{
 };
 use super::duration_field;
 use super::references::parse_template;
-use crate::names::closest;
+use crate::model::names::closest;
 
 /// The service `body` describes, named `name` among the services `names`.
 pub(super) fn build_service(

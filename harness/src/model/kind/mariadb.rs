@@ -31,7 +31,7 @@ const DEFAULT_DATABASE: &str = "app";
 const DATA_FORMAT: u32 = 1;
 
 /// The container entrypoint, also the source of the native settings.
-const ENTRYPOINT: &str = include_str!("../../backend/entrypoints/mariadb.sh");
+const ENTRYPOINT: &str = include_str!("entrypoints/mariadb.sh");
 
 const ROOT: &str = "root";
 
@@ -46,8 +46,10 @@ fn program(name: &'static str, dir: &str) -> Program {
 /// Runs a function or prints a list of the entrypoint script, sourced (it defines, runs nothing).
 async fn sourced(host: &dyn NativeHost, script: &Path, call: &str, args: &[&str]) -> Result<String, String> {
     let mut cmd = Command::new("bash");
+    // `$0` is not the script: sourced under its own name, it would run as the entrypoint.
     cmd.arg("-c")
-        .arg(format!(". \"$0\"; {call}"))
+        .arg(format!(". \"$1\"; shift; {call}"))
+        .arg("harness-mariadb")
         .arg(script)
         .args(args)
         .current_dir(host.dir());

@@ -243,7 +243,7 @@ impl Server for Postgres {
 
     fn entrypoint(&self) -> Option<Entrypoint> {
         Some(Entrypoint {
-            script: include_str!("../../backend/entrypoints/postgres.sh"),
+            script: include_str!("entrypoints/postgres.sh"),
             // SIGINT is postgres' fast shutdown; SIGTERM would wait for every client to go.
             stop_signal: Some("SIGINT"),
         })

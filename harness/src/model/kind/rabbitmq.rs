@@ -167,7 +167,7 @@ impl Server for Rabbitmq {
 
     fn entrypoint(&self) -> Option<Entrypoint> {
         Some(Entrypoint {
-            script: include_str!("../../backend/entrypoints/rabbitmq.sh"),
+            script: include_str!("entrypoints/rabbitmq.sh"),
             stop_signal: None,
         })
     }

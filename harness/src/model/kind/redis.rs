@@ -56,7 +56,7 @@ impl Server for Redis {
 
     fn entrypoint(&self) -> Option<Entrypoint> {
         Some(Entrypoint {
-            script: include_str!("../../backend/entrypoints/redis.sh"),
+            script: include_str!("entrypoints/redis.sh"),
             stop_signal: None,
         })
     }

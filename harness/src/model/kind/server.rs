@@ -281,7 +281,7 @@ async fn publish_cached(host: &dyn NativeHost, data: &Path, cached: &Path) -> Re
 /// The key of a cached data directory: a hash of every line that decides its content.
 pub fn cache_key(lines: &[(&str, String)]) -> String {
     let text: String = lines.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
-    format!("{:016x}", crate::digest::content_hash(text.as_bytes()))
+    format!("{:016x}", crate::model::digest::content_hash(text.as_bytes()))
 }
 
 /// Fills `data` from the cached copy under `cached`, or makes it with `make` and saves it there

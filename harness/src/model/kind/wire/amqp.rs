@@ -203,7 +203,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::backend::BackendKind;
+    use crate::engine::backend::BackendKind;
     use crate::model::kind::wire::testing::free_port;
     use crate::{Manifest, Stack, StackOptions};
 

@@ -17,7 +17,7 @@
 
 use std::fmt;
 
-use crate::endpoint::Endpoint;
+use crate::model::endpoint::Endpoint;
 
 /// A field of an endpoint a template can name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,7 +216,7 @@ fn parse_reference(inner: &str, whole: &str, offset: usize) -> Result<Reference,
         ("database", None) => Field::Database,
         ("url", a) => Field::Url(a),
         (other, _) => {
-            let help = match crate::names::closest(
+            let help = match crate::model::names::closest(
                 other,
                 [
                     "host", "port", "bind", "address", "user", "password", "database", "url",
@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn fields_are_read_from_the_endpoint() {
-        let pg = crate::endpoint::tests::pg();
+        let pg = crate::model::endpoint::tests::pg();
         assert_eq!(Field::Bind(None).value(&pg).unwrap(), "127.0.0.1:5433");
         assert!(Field::Port(Some("http".into())).value(&pg).is_err());
     }

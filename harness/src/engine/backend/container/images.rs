@@ -10,7 +10,7 @@ use testcontainers::bollard::Docker;
 
 use super::engine::{connect, status_of};
 use super::servers::base_entrypoint;
-use crate::error::Error;
+use crate::engine::error::Error;
 use crate::manifest::{Manifest, PullPolicy};
 
 /// The image a service runs, and where that choice came from.
@@ -163,7 +163,7 @@ pub fn mounted_binaries(
     if env("HARNESS_MOUNT_BINARIES").is_some_and(|v| v.trim() == "0") {
         return BTreeMap::new();
     }
-    let bins = crate::paths::bin_dir(manifest.dir());
+    let bins = crate::engine::paths::bin_dir(manifest.dir());
     manifest
         .services
         .iter()

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::graph::Graph;
-use crate::scheduler::Timing;
+use crate::engine::scheduler::Timing;
 
 /// How one trial ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 //!   As root it runs as the `rabbitmq` user and its directories belong to that user.
 //! - Generic services: a cargo binary of the workspace (`binary = "orders"`) or a command.
 //!
-//! Every process runs in its own process group, registered with [`crate::cleanup`] and written
+//! Every process runs in its own process group, registered with [`crate::engine::cleanup`] and written
 //! to the run's record in the same guarded step as its spawn; every process works inside the
 //! run directory, so helpers that leave their group are found by their working directory.
 
@@ -25,9 +25,9 @@ use nix::unistd::{Pid, User};
 use tokio::process::{Child, Command};
 
 use super::{Backend, BackendKind, Instance, StartRequest};
-use crate::cleanup::{self, RunDir, RUN_ID_ENV};
-use crate::endpoint::Endpoint;
-use crate::error::Error;
+use crate::engine::cleanup::{self, RunDir, RUN_ID_ENV};
+use crate::model::endpoint::Endpoint;
+use crate::engine::error::Error;
 use crate::manifest::{Launch, Manifest, Service};
 use crate::model::kind::server::find_program;
 use crate::model::kind::NativeHost;
@@ -51,7 +51,7 @@ impl Native {
         Native {
             run_id: run.id.clone(),
             run_dir: run.path.clone(),
-            bin_dir: crate::paths::bin_dir(manifest_dir),
+            bin_dir: crate::engine::paths::bin_dir(manifest_dir),
             project_dir: manifest_dir.to_path_buf(),
         }
     }
@@ -59,7 +59,7 @@ impl Native {
 
 
 /// Whether the native backend can run every service of a manifest: the servers installed and
-/// the service binaries built (in `bins`, see [`bin_dir`](crate::paths::bin_dir)). Lists
+/// the service binaries built (in `bins`, see [`bin_dir`](crate::engine::paths::bin_dir)). Lists
 /// everything missing at once.
 pub fn check(manifest: &Manifest, bins: &Path) -> Result<(), Error> {
     let mut missing: Vec<(String, String)> = Vec::new();
@@ -345,7 +345,7 @@ fn generic(
     bin_dir: &Path,
     project_dir: &Path,
 ) -> Result<Proc, Error> {
-    let render = |t: &crate::template::Template| {
+    let render = |t: &crate::model::template::Template| {
         t.render(|name| {
             if name == "self" {
                 Some(ep)
@@ -564,14 +564,14 @@ impl Instance for NativeInstance {
     fn log_tail(&self, n: usize) -> Vec<String> {
         self.procs
             .last()
-            .map(|p| crate::logs::file_tail(&p.spec.log, n))
+            .map(|p| crate::engine::logs::file_tail(&p.spec.log, n))
             .unwrap_or_default()
     }
 
-    fn log_source(&self) -> Option<crate::logs::LogSource> {
+    fn log_source(&self) -> Option<crate::engine::logs::LogSource> {
         self.procs
             .last()
-            .map(|p| crate::logs::LogSource::File(p.spec.log.clone()))
+            .map(|p| crate::engine::logs::LogSource::File(p.spec.log.clone()))
     }
 
     async fn stop(&mut self) -> Result<(), Error> {

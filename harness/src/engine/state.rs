@@ -1,4 +1,4 @@
-//! What the state file of attach mode records about a running stack (see [`crate::attach`]),
+//! What the state file of attach mode records about a running stack (see [`crate::engine::attach`]),
 //! and so what a handle on that stack is built from. Below the stack: it names no handle.
 
 use std::collections::BTreeMap;
@@ -6,12 +6,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::BackendKind;
-use crate::endpoint::Endpoint;
-use crate::fingerprint::{Fingerprints, KnownFile};
-use crate::logs::LogSource;
+use crate::engine::backend::BackendKind;
+use crate::model::endpoint::Endpoint;
+use crate::engine::fingerprint::{Fingerprints, KnownFile};
+use crate::engine::logs::LogSource;
 use crate::manifest::Manifest;
-use crate::scheduler::Timing;
+use crate::engine::scheduler::Timing;
 
 /// What a state file records about a running stack.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,8 +48,8 @@ pub struct State {
 
 impl State {
     /// The backend of each service of the stack.
-    pub fn plan(&self, manifest: &Manifest) -> crate::backend::mixed::Plan {
-        let mut plan = crate::backend::mixed::Plan::uniform(manifest, self.backend);
+    pub fn plan(&self, manifest: &Manifest) -> crate::engine::backend::mixed::Plan {
+        let mut plan = crate::engine::backend::mixed::Plan::uniform(manifest, self.backend);
         plan.services.extend(self.backends.clone());
         plan
     }

@@ -2,7 +2,7 @@
 //! directory, environment, entrypoint on a bare base image, default command), and how a bare
 //! base image runs that entrypoint.
 
-use crate::endpoint::Endpoint;
+use crate::model::endpoint::Endpoint;
 use crate::manifest::Kind;
 
 /// Typical seconds from launch to ready, per kind, to estimate the critical path before

@@ -18,10 +18,10 @@ use testcontainers::bollard::Docker;
 
 use super::engine::{blocking, status_of};
 use super::reaper::remove_container;
-use crate::backend::Instance;
-use crate::endpoint::Endpoint;
-use crate::error::Error;
-use crate::logs::LogSource;
+use crate::engine::backend::Instance;
+use crate::model::endpoint::Endpoint;
+use crate::engine::error::Error;
+use crate::engine::logs::LogSource;
 
 /// How long `stop` lets a container shut down before the engine kills it.
 const STOP_GRACE_SECS: i32 = 10;
@@ -355,7 +355,7 @@ pub fn log_tail(id: &str, n: usize) -> Vec<String> {
         String::from_utf8_lossy(&bytes).into_owned()
     });
     match text {
-        Ok(text) => crate::logs::last_lines(&text, n),
+        Ok(text) => crate::engine::logs::last_lines(&text, n),
         Err(e) => vec![format!("(cannot read the container's log: {e})")],
     }
 }

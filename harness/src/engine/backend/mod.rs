@@ -1,6 +1,6 @@
 //! Backends run services: as local processes ([`native`]), as containers on a private network
 //! ([`container`]), or not at all ([`external`]: endpoints come from the environment). Every
-//! backend produces [`Instance`]s, and the [`Stack`](crate::stack::Stack) handle on top is the
+//! backend produces [`Instance`]s, and the [`Stack`](crate::engine::stack::Stack) handle on top is the
 //! same for all of them.
 //!
 //! Which one runs a stack: `--backend` / [`StackOptions::backend`](crate::StackOptions), else
@@ -17,8 +17,8 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::endpoint::Endpoint;
-use crate::error::Error;
+use crate::model::endpoint::Endpoint;
+use crate::engine::error::Error;
 pub use crate::manifest::BackendKind;
 use crate::manifest::{Manifest, Service};
 
@@ -67,7 +67,7 @@ pub async fn detect(manifest: &Manifest) -> Result<BackendKind, Error> {
     if container.is_ok() {
         return Ok(BackendKind::Container);
     }
-    let native = native::check(manifest, &crate::paths::bin_dir(manifest.dir()));
+    let native = native::check(manifest, &crate::engine::paths::bin_dir(manifest.dir()));
     if native.is_ok() {
         return Ok(BackendKind::Native);
     }
@@ -158,7 +158,7 @@ pub trait Instance: Send + Sync + fmt::Debug {
         None
     }
     /// Where its output can be read by another process (for attached stacks).
-    fn log_source(&self) -> Option<crate::logs::LogSource> {
+    fn log_source(&self) -> Option<crate::engine::logs::LogSource> {
         None
     }
     /// Stops it gracefully (data kept, can be started again).
@@ -176,17 +176,17 @@ pub trait Instance: Send + Sync + fmt::Debug {
 }
 
 /// The last `n` lines of a log source, whichever backend's service wrote it.
-pub fn log_tail(source: &crate::logs::LogSource, n: usize) -> Vec<String> {
+pub fn log_tail(source: &crate::engine::logs::LogSource, n: usize) -> Vec<String> {
     match source {
-        crate::logs::LogSource::File(path) => crate::logs::file_tail(path, n),
-        crate::logs::LogSource::Container(id) => container::log_tail(id, n),
+        crate::engine::logs::LogSource::File(path) => crate::engine::logs::file_tail(path, n),
+        crate::engine::logs::LogSource::Container(id) => container::log_tail(id, n),
     }
 }
 
 /// Creates the backend of the given kind for one run.
 pub fn create(
     kind: BackendKind,
-    run: &crate::cleanup::RunDir,
+    run: &crate::engine::cleanup::RunDir,
     manifest: &Manifest,
 ) -> Box<dyn Backend> {
     match kind {
@@ -199,7 +199,7 @@ pub fn create(
 /// Creates what runs a plan: its one backend, or a [`mixed::Mixed`] one over several.
 pub fn create_plan(
     plan: &mixed::Plan,
-    run: &crate::cleanup::RunDir,
+    run: &crate::engine::cleanup::RunDir,
     manifest: &Manifest,
 ) -> Box<dyn Backend> {
     let kinds = plan.kinds();

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 
 use super::{Backend, BackendKind, Instance, StartRequest};
-use crate::endpoint::Endpoint;
-use crate::error::Error;
+use crate::model::endpoint::Endpoint;
+use crate::engine::error::Error;
 use crate::manifest::{Manifest, Service};
 
 /// Endpoints from the environment.
@@ -144,7 +144,7 @@ impl Backend for External {
 pub struct RemoteInstance {
     name: String,
     endpoint: Endpoint,
-    log: Option<crate::logs::LogSource>,
+    log: Option<crate::engine::logs::LogSource>,
     /// Why faults cannot be injected, ending the refusal message.
     why: String,
 }
@@ -154,7 +154,7 @@ impl RemoteInstance {
     pub fn new(
         name: &str,
         endpoint: Endpoint,
-        log: Option<crate::logs::LogSource>,
+        log: Option<crate::engine::logs::LogSource>,
         why: String,
     ) -> RemoteInstance {
         RemoteInstance {

@@ -155,15 +155,15 @@ impl Snapshots {
         // insta prints its diff to stdout and panics: keep both for the error, so a trial that
         // expects a mismatch prints nothing. The panic report is dropped: its message is the
         // payload, and its backtrace only shows insta.
-        let ((outcome, printed), _panic_report) = crate::capture::output_of(|| {
-            crate::capture::stdout_of(true, || {
+        let ((outcome, printed), _panic_report) = crate::testkit::capture::output_of(|| {
+            crate::testkit::capture::stdout_of(true, || {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
                     this.assert_json(&owned_name, &owned_value)
                 }))
             })
         });
         outcome.map_err(|panic| {
-            let mut message = crate::capture::payload_text(panic.as_ref());
+            let mut message = crate::testkit::capture::payload_text(panic.as_ref());
             let differences = self
                 .stored(name)
                 .map(|stored| diff(&stored, &redact(value), "$"))

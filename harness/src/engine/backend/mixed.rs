@@ -23,8 +23,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{Backend, BackendKind, Instance, StartRequest};
-use crate::endpoint::Endpoint;
-use crate::error::Error;
+use crate::model::endpoint::Endpoint;
+use crate::engine::error::Error;
 use crate::manifest::{Kind, Manifest};
 
 /// The name a container reaches the host at: every container of a run gets it as an extra
@@ -159,7 +159,7 @@ pub fn assign(
     for name in services.keys() {
         if manifest.service(name).is_none() {
             let names = manifest.services.iter().map(|s| s.name.as_str());
-            let hint = match crate::names::closest(name, names.clone()) {
+            let hint = match crate::model::names::closest(name, names.clone()) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => format!("the services are: {}", names.collect::<Vec<_>>().join(", ")),
             };
@@ -259,7 +259,7 @@ pub struct Mixed {
 
 impl Mixed {
     /// Creates the backends the plan uses, each given its part of the manifest.
-    pub fn new(plan: Plan, run: &crate::cleanup::RunDir, manifest: &Manifest) -> Mixed {
+    pub fn new(plan: Plan, run: &crate::engine::cleanup::RunDir, manifest: &Manifest) -> Mixed {
         let backends = plan
             .kinds()
             .into_iter()
@@ -372,7 +372,7 @@ impl Backend for Mixed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::template::Template;
+    use crate::model::template::Template;
     use std::path::Path;
 
     const SHOP: &str = r#"

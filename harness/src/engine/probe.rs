@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::endpoint::Endpoint;
+use crate::model::endpoint::Endpoint;
 use crate::manifest::ProbeSpec;
 
 /// Interval between TCP connects while a port is still closed.

@@ -12,15 +12,15 @@
 //!   container runs a workspace binary mounted from the host.
 //!
 //! The stack's owner records them when the stack starts (in the state file); an attaching suite
-//! computes them again and asks the owner to refresh what differs (see [`crate::attach`]).
+//! computes them again and asks the owner to refresh what differs (see [`crate::engine::attach`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::BackendKind;
-use crate::digest::{content_hash, Hasher};
+use crate::engine::backend::BackendKind;
+use crate::model::digest::{content_hash, Hasher};
 use crate::manifest::{Launch, Manifest, Service};
 
 /// The parts of one service's fingerprint, by name (`config`, `binary`, `files`, ...).
@@ -133,7 +133,7 @@ impl Fingerprinter {
     pub async fn planned(
         &mut self,
         manifest: &Manifest,
-        plan: &crate::backend::mixed::Plan,
+        plan: &crate::engine::backend::mixed::Plan,
     ) -> Fingerprints {
         let mut out = Fingerprints::new();
         for kind in plan.kinds() {
@@ -147,12 +147,12 @@ impl Fingerprinter {
     pub async fn all(&mut self, manifest: &Manifest, backend: BackendKind) -> Fingerprints {
         let (images, mounts) = match backend {
             BackendKind::Container => (
-                crate::backend::container::image_ids(manifest).await,
-                crate::backend::container::planned_mounts(manifest),
+                crate::engine::backend::container::image_ids(manifest).await,
+                crate::engine::backend::container::planned_mounts(manifest),
             ),
             _ => (BTreeMap::new(), BTreeMap::new()),
         };
-        let bins = crate::paths::bin_dir(manifest.dir());
+        let bins = crate::engine::paths::bin_dir(manifest.dir());
         manifest
             .services
             .iter()

@@ -1,6 +1,6 @@
 //! Building the workspace binaries a manifest runs, so a stack never starts stale code.
 
-use crate::error::Error;
+use crate::engine::error::Error;
 use crate::manifest::{Launch, Manifest};
 
 /// Runs `cargo build --bin …` for every `binary` service of the manifest (a no-op when they
@@ -25,7 +25,7 @@ pub fn cargo_binaries(manifest: &Manifest) -> Result<(), Error> {
     }
     // In a group of its own, registered: a signal to the harness stops the build too (a
     // terminal's Ctrl-C reaches only the harness's group, whose handler passes it on).
-    let status = crate::cleanup::status_in_own_group(&mut cmd)
+    let status = crate::engine::cleanup::status_in_own_group(&mut cmd)
         .map_err(|e| Error::io("running `cargo build`", e))?;
     if status.success() {
         Ok(())

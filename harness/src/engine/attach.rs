@@ -6,7 +6,7 @@
 //! manifest attaches to that stack instead of starting its own — what makes nextest, which
 //! runs every test in a process of its own, practical. `harness down` ends it.
 //!
-//! The state also records each service's [fingerprint](crate::fingerprint). Before a suite
+//! The state also records each service's [fingerprint](crate::engine::fingerprint). Before a suite
 //! attaches it compares them with what is on disk now; a service that changed (a rebuilt
 //! binary, an edited file, a new image, a changed manifest entry) is restarted in place by the
 //! stack's owner, asked over a control socket in its run directory, so an attached suite never
@@ -19,15 +19,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
-use crate::fingerprint::Fingerprinter;
+use crate::engine::error::Error;
+use crate::engine::fingerprint::Fingerprinter;
 use crate::manifest::Manifest;
-use crate::stack::Refreshed;
-pub use crate::state::State;
+use crate::engine::stack::Refreshed;
+pub use crate::engine::state::State;
 
 /// The target directory of the workspace around a manifest.
 pub fn target_dir(manifest: &Manifest) -> PathBuf {
-    crate::paths::bin_dir(manifest.dir())
+    crate::engine::paths::bin_dir(manifest.dir())
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("target"))
@@ -56,7 +56,7 @@ fn canonical(path: &Path) -> PathBuf {
 }
 
 /// Writes the state file of a stack this process owns; it is removed on teardown and on
-/// signals (registered with [`crate::cleanup`]).
+/// signals (registered with [`crate::engine::cleanup`]).
 pub fn write(stack: &crate::Stack) -> Result<PathBuf, Error> {
     let manifest = stack.manifest();
     let path = state_file(manifest);
@@ -95,7 +95,7 @@ pub fn write(stack: &crate::Stack) -> Result<PathBuf, Error> {
     std::fs::write(&tmp, text).map_err(|e| Error::io(format!("writing {}", tmp.display()), e))?;
     std::fs::rename(&tmp, &path)
         .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
-    crate::cleanup::register_dir(&path);
+    crate::engine::cleanup::register_dir(&path);
     Ok(path)
 }
 
@@ -156,7 +156,7 @@ pub async fn refreshed(
     let now = Fingerprinter::from_known(&state.files)
         .planned(manifest, &state.plan(manifest))
         .await;
-    let changed = crate::fingerprint::changes(&state.fingerprints, &now);
+    let changed = crate::engine::fingerprint::changes(&state.fingerprints, &now);
     if changed.is_empty() {
         return Ok((state, Vec::new()));
     }

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::Error;
+use crate::engine::error::Error;
 use crate::graph::Graph;
 use crate::manifest::Manifest;
 

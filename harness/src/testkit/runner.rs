@@ -28,8 +28,8 @@ use std::sync::Arc;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::manifest::Kind;
-use crate::report::{Outcome, TrialRecord};
-use crate::stack::{Stack, StackOptions};
+use crate::testkit::report::{Outcome, TrialRecord};
+use crate::engine::stack::{Stack, StackOptions};
 use crate::{exit_code, Manifest};
 
 type TrialFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -186,7 +186,7 @@ impl Suite {
     /// Parses the command line, starts the stack if any trial is selected, runs the trials,
     /// tears the stack down, writes the reports, and returns the exit code.
     pub fn run(mut self) -> ExitCode {
-        crate::cleanup::install_signal_handler();
+        crate::engine::cleanup::install_signal_handler();
         let mut args = Arguments::from_args();
         if self.sequential && args.test_threads.is_none() {
             args.test_threads = Some(1);
@@ -367,15 +367,15 @@ fn attempts(
     outcome.map_err(Failed::from)
 }
 
-/// One attempt, with its panics and notes captured ([`crate::capture`]): they are shown with
+/// One attempt, with its panics and notes captured ([`crate::testkit::capture`]): they are shown with
 /// the failure message, and not at all when the attempt passes. A panic fails the attempt
 /// (with its message, location and backtrace) instead of unwinding through the runner.
 fn run_captured(run: &mut impl FnMut() -> Result<(), String>) -> Result<(), String> {
-    let (outcome, output) = crate::capture::output_of(|| {
+    let (outcome, output) = crate::testkit::capture::output_of(|| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut *run)).unwrap_or_else(|p| {
             Err(format!(
                 "panicked: {}",
-                crate::capture::payload_text(p.as_ref())
+                crate::testkit::capture::payload_text(p.as_ref())
             ))
         })
     });
@@ -459,13 +459,13 @@ fn parse_shard(v: &str) -> Option<(u64, u64)> {
 
 /// The 1-based shard a trial belongs to out of `count`, by a stable hash of its name.
 pub fn shard_of(name: &str, count: u64) -> u64 {
-    crate::attach::fnv1a(name.as_bytes()) % count.max(1) + 1
+    crate::engine::attach::fnv1a(name.as_bytes()) % count.max(1) + 1
 }
 
 fn write_timeline(stack: &Stack, suite: &str) {
-    let dir = crate::attach::target_dir(stack.manifest()).join("harness");
+    let dir = crate::engine::attach::target_dir(stack.manifest()).join("harness");
     let path = dir.join(format!("timeline-{suite}.svg"));
-    let svg = crate::report::timeline_svg(
+    let svg = crate::testkit::report::timeline_svg(
         stack.graph(),
         stack.timings(),
         &format!("startup of `{}` for suite `{suite}`", stack.manifest().name),
@@ -483,19 +483,19 @@ fn write_timeline(stack: &Stack, suite: &str) {
 fn finish(
     suite: &str,
     records: &Records,
-    timings: &[crate::scheduler::Timing],
+    timings: &[crate::engine::scheduler::Timing],
     manifest: Option<&std::path::Path>,
 ) {
     let mut records = records.lock().unwrap_or_else(|p| p.into_inner()).clone();
     records.sort_by(|a, b| a.name.cmp(&b.name));
-    eprint!("{}", crate::report::summary(&records, timings));
+    eprint!("{}", crate::testkit::report::summary(&records, timings));
     let path = match std::env::var_os("HARNESS_JUNIT") {
         Some(p) => std::path::PathBuf::from(p),
         None => {
             let manifest = manifest
                 .map(std::path::Path::to_path_buf)
                 .unwrap_or_else(crate::default_manifest_path);
-            let dir = crate::paths::bin_dir(manifest.parent().unwrap_or(std::path::Path::new(".")));
+            let dir = crate::engine::paths::bin_dir(manifest.parent().unwrap_or(std::path::Path::new(".")));
             dir.parent()
                 .unwrap_or(std::path::Path::new("target"))
                 .join("harness")
@@ -503,7 +503,7 @@ fn finish(
                 .join(format!("{suite}.xml"))
         }
     };
-    let xml = crate::report::junit(suite, &records);
+    let xml = crate::testkit::report::junit(suite, &records);
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
@@ -546,11 +546,11 @@ async fn start_stack(
     let mut manifest = Manifest::load(&path)?;
     let mut built = false;
     if attachable {
-        if let Some(state) = crate::attach::find(&manifest) {
+        if let Some(state) = crate::engine::attach::find(&manifest) {
             // Built first, so the fingerprints compared are those of the code as it is now.
-            crate::build::cargo_binaries(&manifest)?;
+            crate::testkit::build::cargo_binaries(&manifest)?;
             built = true;
-            match crate::attach::refreshed(&manifest, state).await {
+            match crate::engine::attach::refreshed(&manifest, state).await {
                 Ok((state, refreshed)) => {
                     for r in &refreshed {
                         eprintln!("{r}");
@@ -571,7 +571,7 @@ async fn start_stack(
         hook(&mut manifest)?;
     }
     if !built {
-        crate::build::cargo_binaries(&manifest)?;
+        crate::testkit::build::cargo_binaries(&manifest)?;
     }
     Stack::start(
         manifest,
@@ -670,12 +670,12 @@ mod tests {
     fn a_trials_output_goes_with_its_failure_only() {
         let records: Records = Arc::default();
         let passed = attempts("s::quiet", 0, &records, || {
-            crate::capture::note("said by a passing trial");
+            crate::testkit::capture::note("said by a passing trial");
             Ok(())
         });
         assert!(passed.is_ok());
         let _ = attempts("s::loud", 0, &records, || {
-            crate::capture::note("said before failing");
+            crate::testkit::capture::note("said before failing");
             Err("it failed".into())
         });
         let _ = attempts("s::panics", 0, &records, || panic!("boom {}", 7));

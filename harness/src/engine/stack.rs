@@ -8,16 +8,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::backend::mixed::Plan;
-use crate::backend::{self, Backend, BackendKind, Instance, StartRequest};
-use crate::cleanup::{self, RunDir};
-use crate::endpoint::Endpoint;
-use crate::error::{Error, StartupError};
-use crate::fingerprint::{Fingerprinter, Fingerprints};
+use crate::engine::backend::mixed::Plan;
+use crate::engine::backend::{self, Backend, BackendKind, Instance, StartRequest};
+use crate::engine::cleanup::{self, RunDir};
+use crate::model::endpoint::Endpoint;
+use crate::engine::error::{Error, StartupError};
+use crate::engine::fingerprint::{Fingerprinter, Fingerprints};
 use crate::graph::Graph;
 use crate::manifest::{Manifest, Service};
-use crate::probe;
-use crate::scheduler::{self, Failure, Launcher, Phase, Timing};
+use crate::engine::probe;
+use crate::engine::scheduler::{self, Failure, Launcher, Phase, Timing};
 
 /// Lines of a service's log shown when it fails.
 pub const LOG_TAIL_LINES: usize = 20;
@@ -57,7 +57,7 @@ pub struct Stack {
     attached: Option<u32>,
     /// Credentials each service was started with (kept for a refresh in place).
     credentials: BTreeMap<String, Creds>,
-    /// What each service was started from (see [`crate::fingerprint`]).
+    /// What each service was started from (see [`crate::engine::fingerprint`]).
     fingerprints: Fingerprints,
     fingerprinter: Fingerprinter,
 }
@@ -433,8 +433,8 @@ impl Stack {
         })
     }
 
-    /// A handle on a stack another process started (see [`crate::attach`]).
-    pub fn attach(manifest: Manifest, state: crate::state::State) -> Result<Stack, Error> {
+    /// A handle on a stack another process started (see [`crate::engine::attach`]).
+    pub fn attach(manifest: Manifest, state: crate::engine::state::State) -> Result<Stack, Error> {
         let graph = Graph::new(&manifest)
             .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
         let mut instances = BTreeMap::new();
@@ -445,7 +445,7 @@ impl Stack {
                     service.name
                 ))
             })?;
-            let instance: Box<dyn Instance> = Box::new(crate::backend::external::RemoteInstance::new(
+            let instance: Box<dyn Instance> = Box::new(crate::engine::backend::external::RemoteInstance::new(
                 &service.name,
                 endpoint,
                 state.logs.get(&service.name).cloned(),
@@ -481,7 +481,7 @@ impl Stack {
     }
 
     /// The files hashed for the fingerprints, with what identified their content.
-    pub fn known_files(&self) -> Vec<crate::fingerprint::KnownFile> {
+    pub fn known_files(&self) -> Vec<crate::engine::fingerprint::KnownFile> {
         self.fingerprinter.known()
     }
 
@@ -525,7 +525,7 @@ impl Stack {
             .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
         let now = self.fingerprinter.planned(&manifest, &self.plan).await;
         let mut why: BTreeMap<String, String> =
-            crate::fingerprint::changes(&self.fingerprints, &now)
+            crate::engine::fingerprint::changes(&self.fingerprints, &now)
                 .into_iter()
                 .collect();
         let mut refreshed = Vec::new();
@@ -613,7 +613,7 @@ impl Stack {
     }
 
     /// Where each service's output can be read.
-    pub fn log_sources(&self) -> BTreeMap<String, crate::logs::LogSource> {
+    pub fn log_sources(&self) -> BTreeMap<String, crate::engine::logs::LogSource> {
         self.instances
             .iter()
             .filter_map(|(name, i)| Some((name.clone(), i.try_lock().ok()?.log_source()?)))

@@ -12,7 +12,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::endpoint::Endpoint;
+use crate::model::endpoint::Endpoint;
 use crate::graph::Graph;
 use crate::manifest::Condition;
 

@@ -66,9 +66,9 @@ pub(crate) use servers::{
 use servers::{data_dir, typical_boot};
 
 use super::{Backend, BackendKind, Instance, StartRequest};
-use crate::cleanup::{self, RunDir, RUN_ID_ENV};
-use crate::endpoint::Endpoint;
-use crate::error::Error;
+use crate::engine::cleanup::{self, RunDir, RUN_ID_ENV};
+use crate::model::endpoint::Endpoint;
+use crate::engine::error::Error;
 use crate::manifest::Manifest;
 
 /// CPU weight of the containers on the (estimated) critical path until they are ready; others
@@ -223,7 +223,7 @@ impl Container {
             password: req.password.clone(),
             database: req.database.clone(),
         };
-        let render = |t: &crate::template::Template| {
+        let render = |t: &crate::model::template::Template| {
             t.render(|name| {
                 if name == "self" {
                     Some(&internal)

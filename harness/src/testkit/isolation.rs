@@ -18,7 +18,7 @@ use anyhow::{anyhow, Context as _};
 use sqlx::Connection as _;
 
 use crate::manifest::Kind;
-use crate::stack::Stack;
+use crate::engine::stack::Stack;
 
 /// Clones kept made ahead of use.
 pub const POOL_SIZE: usize = 4;
