@@ -31,6 +31,7 @@
 //! - [`cleanup`]: teardown on signals and of runs that died.
 //! - [`contract`]: consumer-driven contracts verified against a running stack.
 //! - [`capture`]: a trial's output, shown only when it fails.
+//! - [`events`]: what the engine reports, and the sinks it goes to (nothing by default).
 //! - [`bench`]: startup measurements.
 
 #![forbid(unsafe_code)]
@@ -48,6 +49,7 @@ pub mod cleanup;
 pub mod contract;
 pub mod endpoint;
 pub mod error;
+pub mod events;
 pub mod fingerprint;
 pub mod graph;
 pub mod isolation;

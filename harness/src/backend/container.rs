@@ -325,10 +325,10 @@ pub fn plan(manifest: &Manifest, env: &dyn Fn(&str) -> Option<String>) -> Result
     })
 }
 
-/// [`mounted_binaries`] as this process's environment decides them.
-pub fn planned_mounts(manifest: &Manifest) -> BTreeMap<String, PathBuf> {
+/// [`mounted_binaries`] as this process's environment decides them, of the binaries in `bins`.
+pub fn planned_mounts(manifest: &Manifest, bins: &Path) -> BTreeMap<String, PathBuf> {
     plan(manifest, &process_env)
-        .map(|p| mounted_binaries(manifest, &p, &process_env))
+        .map(|p| mounted_binaries(manifest, &p, &process_env, bins))
         .unwrap_or_default()
 }
 
@@ -345,11 +345,11 @@ pub fn mounted_binaries(
     manifest: &Manifest,
     plan: &ImagePlan,
     env: &dyn Fn(&str) -> Option<String>,
+    bins: &Path,
 ) -> BTreeMap<String, PathBuf> {
     if env("HARNESS_MOUNT_BINARIES").is_some_and(|v| v.trim() == "0") {
         return BTreeMap::new();
     }
-    let bins = crate::backend::native::bin_dir(manifest.dir());
     manifest
         .services
         .iter()
@@ -801,12 +801,15 @@ pub struct Container {
     critical: BTreeSet<String>,
     shared: Arc<Shared>,
     hook: u64,
+    /// Where the workspace's binaries it mounts are.
+    bin_dir: PathBuf,
 }
 
 impl Container {
     /// A container backend for one run. It registers a cleanup hook that removes the run's
-    /// containers and network on Ctrl-C.
-    pub fn new(run: &RunDir, manifest: &Manifest) -> Container {
+    /// containers and network on Ctrl-C. The workspace's binaries it mounts are those in
+    /// `bin_dir`.
+    pub fn new(run: &RunDir, manifest: &Manifest, bin_dir: &Path) -> Container {
         let shared = Arc::new(Shared::default());
         let hook = {
             let shared = shared.clone();
@@ -841,6 +844,7 @@ impl Container {
             critical: estimated_critical_path(manifest),
             shared,
             hook,
+            bin_dir: bin_dir.to_path_buf(),
         }
     }
 
@@ -1186,7 +1190,7 @@ impl Backend for Container {
         }
         network?;
         *self.mounts.lock().unwrap_or_else(|p| p.into_inner()) =
-            mounted_binaries(manifest, &plan, &process_env);
+            mounted_binaries(manifest, &plan, &process_env, &self.bin_dir);
         *self.bare.lock().unwrap_or_else(|p| p.into_inner()) =
             bare_base_services(docker, manifest, &plan).await;
         *self.images.lock().unwrap_or_else(|p| p.into_inner()) =

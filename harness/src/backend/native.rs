@@ -46,12 +46,12 @@ pub struct Native {
 }
 
 impl Native {
-    /// A native backend for one run.
-    pub fn new(run: &RunDir, manifest_dir: &Path) -> Native {
+    /// A native backend for one run, running the workspace's binaries from `bin_dir`.
+    pub fn new(run: &RunDir, manifest_dir: &Path, bin_dir: &Path) -> Native {
         Native {
             run_id: run.id.clone(),
             run_dir: run.path.clone(),
-            bin_dir: bin_dir(manifest_dir),
+            bin_dir: bin_dir.to_path_buf(),
             project_dir: manifest_dir.to_path_buf(),
         }
     }
@@ -60,6 +60,15 @@ impl Native {
 /// Where cargo puts this workspace's binaries: `HARNESS_BIN_DIR`, else `CARGO_TARGET_DIR/debug`,
 /// else `target/debug` of the workspace around the manifest.
 pub fn bin_dir(manifest_dir: &Path) -> PathBuf {
+    bin_dir_or(None, manifest_dir)
+}
+
+/// `explicit` when given (a caller's own directory, [`crate::StackOptions::bin_dir`]), else
+/// [`bin_dir`].
+pub fn bin_dir_or(explicit: Option<&Path>, manifest_dir: &Path) -> PathBuf {
+    if let Some(d) = explicit {
+        return d.to_path_buf();
+    }
     if let Some(d) = std::env::var_os("HARNESS_BIN_DIR") {
         return PathBuf::from(d);
     }
