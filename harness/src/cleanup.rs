@@ -74,15 +74,22 @@ pub fn install_signal_handler_with(sink: std::sync::Arc<dyn crate::events::Sink>
         let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
             return;
         };
-        let _ = std::thread::Builder::new().name("harness-signals".into()).spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-                let (groups, dirs, hooks) = with(|r| (r.groups.len(), r.dirs.len(), r.hooks.len()));
-                sink.event(&crate::events::Event::Interrupted { groups, dirs, hooks });
-                emergency_cleanup();
-                std::process::exit(128 + signal);
-            }
-        });
+        let _ = std::thread::Builder::new()
+            .name("harness-signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let (groups, dirs, hooks) =
+                        with(|r| (r.groups.len(), r.dirs.len(), r.hooks.len()));
+                    sink.event(&crate::events::Event::Interrupted {
+                        groups,
+                        dirs,
+                        hooks,
+                    });
+                    emergency_cleanup();
+                    std::process::exit(128 + signal);
+                }
+            });
     });
 }
 

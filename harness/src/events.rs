@@ -374,7 +374,9 @@ mod tests {
                 duration: Duration::ZERO,
             }));
         }
-        trials.event(&Event::TrialStarted { name: "s::c".into() });
+        trials.event(&Event::TrialStarted {
+            name: "s::c".into(),
+        });
         let names: Vec<_> = trials.records().into_iter().map(|r| r.name).collect();
         assert_eq!(names, ["s::b", "s::a"]);
     }

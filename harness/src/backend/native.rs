@@ -184,7 +184,9 @@ impl Backend for Native {
                 base: &base,
                 run_id: &self.run_id,
             };
-            let target = endpoint.target().map_err(|e| Error::service(&service.name, e))?;
+            let target = endpoint
+                .target()
+                .map_err(|e| Error::service(&service.name, e))?;
             let processes = server
                 .native(&host, &target)
                 .await

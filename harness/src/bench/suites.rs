@@ -235,9 +235,12 @@ async fn warm_and_refreshed(
                 break;
             }
         }
-        let (m, b, bins) = (manifest.clone(), binary.to_path_buf(), scratch.to_path_buf());
-        let mut run =
-            tokio::task::spawn_blocking(move || run_once(&b, &m, Some(&bins), backend));
+        let (m, b, bins) = (
+            manifest.clone(),
+            binary.to_path_buf(),
+            scratch.to_path_buf(),
+        );
+        let mut run = tokio::task::spawn_blocking(move || run_once(&b, &m, Some(&bins), backend));
         let outcome = loop {
             tokio::select! {
                 r = &mut run => break r,
