@@ -204,7 +204,7 @@ pub enum Detached {
         /// Where that process's output goes.
         log: PathBuf,
         /// Its state, as it recorded it once the stack was ready.
-        state: State,
+        state: Box<State>,
     },
 }
 
@@ -247,7 +247,7 @@ pub async fn start_detached(
             return Ok(Detached::Started {
                 pid,
                 log: log_path,
-                state: s,
+                state: Box::new(s),
             });
         }
         if let Ok(Some(status)) = child.try_wait() {
