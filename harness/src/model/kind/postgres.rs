@@ -87,12 +87,7 @@ fn program(name: &'static str) -> Program {
 
 /// The key of a cached initialised cluster: the server's identity (its `--version`, path,
 /// size and modification time), the superuser's name, the initdb arguments and the settings.
-fn cluster_key(
-    server_identity: &str,
-    user: &str,
-    initdb_args: &[&str],
-    settings: &[&str],
-) -> String {
+fn cluster_key(server_identity: &str, user: &str, initdb_args: &[&str], settings: &[&str]) -> String {
     let text = format!(
         "format {CLUSTER_FORMAT}\nserver {server_identity}\nuser {user}\ninitdb {}\nsettings {}\n",
         initdb_args.join(" "),
@@ -138,9 +133,7 @@ async fn publish_cluster(host: &dyn NativeHost, data: &Path, cached: &Path) -> R
     std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
     let tmp = parent.join(format!(".new-{:016x}", rand::random::<u64>()));
     std::fs::create_dir(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
-    let copied = host
-        .run(copy_tree(data, &tmp.join("data")), None, None)
-        .await;
+    let copied = host.run(copy_tree(data, &tmp.join("data")), None, None).await;
     let renamed = copied.and_then(|_| {
         std::fs::rename(&tmp, cached).or_else(|e| {
             if cached.join("data").is_dir() {
@@ -181,9 +174,7 @@ async fn set_credentials(
         .arg(data)
         .args(["-c", "fsync=off", MAINTENANCE])
         .current_dir(host.dir());
-    let out = host
-        .run(cmd, user, Some(credentials_sql(role, password)))
-        .await?;
+    let out = host.run(cmd, user, Some(credentials_sql(role, password))).await?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -191,9 +182,7 @@ async fn set_credentials(
     );
     // The single-user backend reports a failed statement and still exits 0.
     if text.contains("ERROR:") || text.contains("FATAL:") {
-        return Err(format!(
-            "setting the credentials of `{role}` failed:\n{text}"
-        ));
+        return Err(format!("setting the credentials of `{role}` failed:\n{text}"));
     }
     Ok(())
 }
@@ -220,9 +209,7 @@ async fn initdb(host: &dyn NativeHost, user: Option<&User>, data: &Path) -> Resu
 
 async fn connect(target: &Target, database: &str) -> Result<sqlx::PgConnection, String> {
     let url = super::url(super::Kind::Postgres, target, Some(database));
-    sqlx::PgConnection::connect(&url)
-        .await
-        .map_err(|e| e.to_string())
+    sqlx::PgConnection::connect(&url).await.map_err(|e| e.to_string())
 }
 
 #[async_trait]
@@ -257,12 +244,7 @@ impl Server for Postgres {
 
     fn credentials(&self, given: &Credentials, random: &dyn Fn(usize) -> String) -> Credentials {
         Credentials {
-            user: Some(
-                given
-                    .user
-                    .clone()
-                    .unwrap_or_else(|| format!("u{}", random(8))),
-            ),
+            user: Some(given.user.clone().unwrap_or_else(|| format!("u{}", random(8)))),
             password: Some(given.password.clone().unwrap_or_else(|| random(24))),
             database: Some(
                 given
@@ -370,16 +352,8 @@ impl Server for Postgres {
             .ok_or_else(|| format!("SELECT 1 returned {one}"))
     }
 
-    async fn create_databases(
-        &self,
-        target: &Target,
-        wanted: &[&str],
-    ) -> Result<Vec<String>, String> {
-        let wanted: Vec<&str> = wanted
-            .iter()
-            .copied()
-            .filter(|d| *d != MAINTENANCE)
-            .collect();
+    async fn create_databases(&self, target: &Target, wanted: &[&str]) -> Result<Vec<String>, String> {
+        let wanted: Vec<&str> = wanted.iter().copied().filter(|d| *d != MAINTENANCE).collect();
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
@@ -435,31 +409,16 @@ mod tests {
             "the same server and settings must find the same cluster"
         );
         let upgraded = SERVER.replace("15.18", "15.19");
-        assert_ne!(
-            key,
-            cluster_key(&upgraded, "postgres", &INITDB_ARGS, &NATIVE_SETTINGS)
-        );
+        assert_ne!(key, cluster_key(&upgraded, "postgres", &INITDB_ARGS, &NATIVE_SETTINGS));
         let rebuilt = SERVER.replace(" 1", " 2");
-        assert_ne!(
-            key,
-            cluster_key(&rebuilt, "postgres", &INITDB_ARGS, &NATIVE_SETTINGS)
-        );
-        assert_ne!(
-            key,
-            cluster_key(SERVER, "admin", &INITDB_ARGS, &NATIVE_SETTINGS)
-        );
+        assert_ne!(key, cluster_key(&rebuilt, "postgres", &INITDB_ARGS, &NATIVE_SETTINGS));
+        assert_ne!(key, cluster_key(SERVER, "admin", &INITDB_ARGS, &NATIVE_SETTINGS));
         let mut initdb = INITDB_ARGS.to_vec();
         initdb[4] = "--locale=C.UTF-8";
-        assert_ne!(
-            key,
-            cluster_key(SERVER, "postgres", &initdb, &NATIVE_SETTINGS)
-        );
+        assert_ne!(key, cluster_key(SERVER, "postgres", &initdb, &NATIVE_SETTINGS));
         let mut settings = NATIVE_SETTINGS.to_vec();
         settings.push("max_locks_per_transaction=128");
-        assert_ne!(
-            key,
-            cluster_key(SERVER, "postgres", &INITDB_ARGS, &settings)
-        );
+        assert_ne!(key, cluster_key(SERVER, "postgres", &INITDB_ARGS, &settings));
     }
 
     #[test]

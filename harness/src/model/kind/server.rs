@@ -153,11 +153,7 @@ pub trait Server: Send + Sync + std::fmt::Debug {
     /// One attempt of its protocol's readiness check.
     async fn probe(&self, target: &Target) -> Result<(), String>;
     /// Creates those of `wanted` that do not exist yet, once the server is ready; the created ones.
-    async fn create_databases(
-        &self,
-        target: &Target,
-        wanted: &[&str],
-    ) -> Result<Vec<String>, String> {
+    async fn create_databases(&self, target: &Target, wanted: &[&str]) -> Result<Vec<String>, String> {
         let _ = (target, wanted);
         Ok(Vec::new())
     }
