@@ -12,11 +12,12 @@
 //! A run that is killed outright (`kill -9`) cannot clean up after itself; every run therefore
 //! owns a directory under [`runs_root`] holding its owner (`owner`: pid and start time) and its
 //! record (`processes`: pid, process group and start time of every process it started, appended
-//! right after each spawn). [`reap_dead_runs`] (called when a process that owns its run starts a stack) finds runs whose owner is
-//! gone and kills what their record lists (when the start time still matches, so a reused pid
-//! is spared), the rest of those process groups, and every process whose working directory is
-//! inside the run's directory (servers' own helpers that left the group, and anything started
-//! in the instant between spawn and record); then it removes the directory.
+//! right after each spawn). [`reap_dead_runs`] (called before a stack starts in a process that
+//! owns its run: `harness`, a suite runner) finds runs whose owner is gone and kills what their
+//! record lists (when the start time still matches, so a reused pid is spared), the rest of
+//! those process groups, and every process whose working directory is inside the run's
+//! directory (servers' own helpers that left the group, and anything started in the instant
+//! between spawn and record); then it removes the directory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

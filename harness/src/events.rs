@@ -224,10 +224,12 @@ impl Terminal {
             } => {
                 let width = services.iter().map(String::len).max().unwrap_or(NAME_WIDTH);
                 self.width.store(width, Ordering::Relaxed);
-                progress(format!(
-                    "starting stack `{stack}` ({} services, {backends})",
-                    services.len()
-                ))
+                self.progress.then(|| {
+                    format!(
+                        "starting stack `{stack}` ({} services, {backends})",
+                        services.len()
+                    )
+                })
             }
             Event::ServiceStarting { service, at, .. } => line(service, at, "starting"),
             Event::ServiceProbing { service, at } => line(service, at, "launched, probing"),
