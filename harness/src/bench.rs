@@ -154,9 +154,10 @@ pub async fn startup(
         } else {
             [false, true]
         } {
+            // A command's bench: it owns the process, as `harness up` does.
             let options = StackOptions {
                 max_parallel: sequential.then_some(1),
-                ..StackOptions::default()
+                ..StackOptions::owning_the_process(false)
             };
             let t0 = Instant::now();
             let stack = Stack::start(manifest.clone(), options).await?;

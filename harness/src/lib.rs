@@ -48,7 +48,7 @@ pub mod manifest;
 pub mod model;
 pub mod testkit;
 
-pub use engine::{attach, backend, cleanup, error, fingerprint, logs, paths, probe, scheduler, stack, state};
+pub use engine::{attach, backend, cleanup, error, events, fingerprint, logs, paths, probe, scheduler, stack, state};
 pub use model::{endpoint, template};
 pub use testkit::{affected, amqp, build, capture, isolation, journey, loopback, report, runner, snapshot};
 

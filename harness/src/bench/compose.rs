@@ -464,7 +464,8 @@ async fn harness_run(manifest: &Manifest, sequential: bool) -> Result<HarnessRun
     let options = StackOptions {
         backend: Some(BackendKind::Container),
         max_parallel: sequential.then_some(1),
-        ..StackOptions::default()
+        // A command's bench: it owns the process, as `harness up` does.
+        ..StackOptions::owning_the_process(false)
     };
     let t0 = Instant::now();
     let stack = Stack::start(manifest.clone(), options).await?;

@@ -45,15 +45,22 @@ fn test_binary(manifest: &Manifest, suite: &str) -> Result<PathBuf, Error> {
         .ok_or_else(|| Error::Usage(format!("the suites package has no test target `{suite}`")))
 }
 
-/// One run: (time to the first trial, total time, passed).
+/// One run: (time to the first trial, total time, passed). With `bin_dir` the suite attaches
+/// to the running stack that runs the binaries there; without, it starts its own.
 fn run_once(
     binary: &Path,
     manifest: &Manifest,
-    attach: bool,
+    bin_dir: Option<&Path>,
     backend: Option<BackendKind>,
 ) -> Result<(Duration, Duration, bool), Error> {
+    let attach = bin_dir.is_some();
     let t0 = Instant::now();
     let mut cmd = Command::new(binary);
+    if let Some(dir) = bin_dir {
+        // The suite compares the stack's fingerprints with these binaries, and finds the
+        // stack's state file beside them.
+        cmd.env("HARNESS_BIN_DIR", dir);
+    }
     cmd.env("HARNESS_MANIFEST", &manifest.path)
         .env("HARNESS_QUIET", "1")
         .env("HARNESS_ATTACH", if attach { "1" } else { "0" })
@@ -127,7 +134,7 @@ pub async fn suites(
     let mut failures = 0;
     for _ in 0..runs {
         let (m, b) = (manifest.clone(), binary.clone());
-        let (f, t, ok) = tokio::task::spawn_blocking(move || run_once(&b, &m, false, backend))
+        let (f, t, ok) = tokio::task::spawn_blocking(move || run_once(&b, &m, None, backend))
             .await
             .map_err(|e| Error::service("bench", e.to_string()))??;
         cold_first.push(f);
@@ -200,12 +207,13 @@ async fn warm_and_refreshed(
             "the manifest has no `binary` service to rebuild".into(),
         ));
     };
-    std::env::set_var("HARNESS_BIN_DIR", scratch);
     let mut stack = Stack::start(
         manifest.clone(),
         StackOptions {
             backend,
-            ..StackOptions::default()
+            bin_dir: Some(scratch.to_path_buf()),
+            // A command's bench: it owns the process, as `harness up` does.
+            ..StackOptions::owning_the_process(false)
         },
     )
     .await?;
@@ -227,8 +235,12 @@ async fn warm_and_refreshed(
                 break;
             }
         }
-        let (m, b) = (manifest.clone(), binary.to_path_buf());
-        let mut run = tokio::task::spawn_blocking(move || run_once(&b, &m, true, backend));
+        let (m, b, bins) = (
+            manifest.clone(),
+            binary.to_path_buf(),
+            scratch.to_path_buf(),
+        );
+        let mut run = tokio::task::spawn_blocking(move || run_once(&b, &m, Some(&bins), backend));
         let outcome = loop {
             tokio::select! {
                 r = &mut run => break r,
@@ -257,7 +269,6 @@ async fn warm_and_refreshed(
     }
     drop(control);
     stack.down().await;
-    std::env::remove_var("HARNESS_BIN_DIR");
     let _ = std::fs::remove_file(&state);
     crate::engine::cleanup::unregister_dir(&state);
     result?;

@@ -236,15 +236,6 @@ fn load(cli_manifest: &Option<PathBuf>) -> Result<Manifest, Error> {
     Ok(Manifest::load(&path)?)
 }
 
-/// Where `harness up` records the running stack for `harness down`.
-fn state_file(manifest: &Manifest) -> PathBuf {
-    harness::paths::bin_dir(manifest.dir())
-        .parent()
-        .unwrap_or(Path::new("target"))
-        .join("harness")
-        .join("stack.json")
-}
-
 async fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
         Command::Check {
@@ -315,8 +306,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
                 StackOptions {
                     backend: backend.default,
                     service_backends: backend.services,
-                    progress: true,
-                    ..StackOptions::default()
+                    ..StackOptions::owning_the_process(true)
                 },
             )
             .await?;
@@ -351,7 +341,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Env { services } => env(&load(&cli.manifest)?, &services),
         Command::Down { all } => {
             let m = load(&cli.manifest)?;
-            let code = down(&state_file(&m)).await?;
+            let code = down(&harness::attach::state_file(&m)).await?;
             if all {
                 remove_all().await?;
             }
@@ -532,51 +522,26 @@ fn write_timeline(stack: &Stack) {
     }
 }
 
-/// `harness up --detach`: runs `harness up` as a background process of its own (its own
-/// process group, so the terminal's Ctrl-C does not reach it) and waits until its state file
-/// says the stack is ready.
+/// `harness up --detach`: this command's `harness up` in the background (see
+/// [`harness::attach::start_detached`]), shown once the stack is ready.
 async fn up_detached(m: &Manifest, backend: Option<BackendChoice>) -> Result<u8, Error> {
-    let state = harness::attach::state_file(m);
-    if let Some(running) = harness::attach::find(m) {
-        println!(
-            "a stack of this manifest is already up (process {}); `harness down` ends it",
-            running.pid
-        );
-        return Ok(exit_code::OK);
-    }
-    let dir = state.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
-    let log_path = dir.join("up.log");
-    let log = std::fs::File::create(&log_path)
-        .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
-    let log2 = log
-        .try_clone()
-        .map_err(|e| Error::io("opening the log", e))?;
     let exe = std::env::current_exe().map_err(|e| Error::io("finding the harness binary", e))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["up", "--no-build", "--manifest"]).arg(&m.path);
     if let Some(b) = backend {
         cmd.arg("--backend").arg(b.to_string());
     }
-    use std::os::unix::process::CommandExt as _;
-    let mut child = cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .process_group(0)
-        .spawn()
-        .map_err(|e| Error::io("starting `harness up` in the background", e))?;
-    let pid = child.id();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    loop {
-        if let Some(s) = harness::attach::read(&state).filter(|s| s.pid == pid) {
+    match harness::attach::start_detached(m, cmd, Duration::from_secs(300)).await? {
+        harness::attach::Detached::AlreadyUp { pid } => println!(
+            "a stack of this manifest is already up (process {pid}); `harness down` ends it"
+        ),
+        harness::attach::Detached::Started { pid, log, state } => {
             println!(
                 "the stack is up in the background (process {pid}; log: {})",
-                log_path.display()
+                log.display()
             );
             println!("\n  {:<16} {:<24} url", "service", "address");
-            for (name, ep) in &s.endpoints {
+            for (name, ep) in &state.endpoints {
                 println!(
                     "  {name:<16} {:<24} {}",
                     ep.address().unwrap_or_default(),
@@ -584,27 +549,9 @@ async fn up_detached(m: &Manifest, backend: Option<BackendChoice>) -> Result<u8,
                 );
             }
             println!("\nsuites attach to it; `harness down` stops it");
-            return Ok(exit_code::OK);
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            let tail = harness::logs::file_tail(&log_path, 30).join("\n  | ");
-            return Err(Error::Service {
-                service: "stack".into(),
-                message: format!("`harness up` ended ({status}) before the stack was ready; its log:\n  | {tail}"),
-            });
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            return Err(Error::service(
-                "stack",
-                format!("not ready after 300 s; see {}", log_path.display()),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    Ok(exit_code::OK)
 }
 
 /// The main job: one stack for every suite that can share it, the suites run against it,
@@ -625,14 +572,7 @@ async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
         });
     }
     let started = std::time::Instant::now();
-    let stack = Stack::start(
-        m.clone(),
-        StackOptions {
-            progress: true,
-            ..StackOptions::default()
-        },
-    )
-    .await?;
+    let stack = Stack::start(m.clone(), StackOptions::owning_the_process(true)).await?;
     let state = harness::attach::write(&stack)?;
     write_timeline(&stack);
     let control = harness::attach::Control::bind(&stack)?;

@@ -27,15 +27,23 @@ pub use crate::engine::state::State;
 
 /// The target directory of the workspace around a manifest.
 pub fn target_dir(manifest: &Manifest) -> PathBuf {
-    crate::engine::paths::bin_dir(manifest.dir())
-        .parent()
+    target_dir_of(&crate::engine::paths::bin_dir(manifest.dir()))
+}
+
+/// The target directory that holds a directory of binaries (`target/debug`).
+fn target_dir_of(bins: &Path) -> PathBuf {
+    bins.parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("target"))
 }
 
 /// The state file for stacks of a manifest.
 pub fn state_file(manifest: &Manifest) -> PathBuf {
-    target_dir(manifest).join("harness").join("stack.json")
+    state_file_in(&target_dir(manifest))
+}
+
+fn state_file_in(target: &Path) -> PathBuf {
+    target.join("harness").join("stack.json")
 }
 
 /// A stable hash of a file's content (FNV-1a, hex).
@@ -59,7 +67,8 @@ fn canonical(path: &Path) -> PathBuf {
 /// signals (registered with [`crate::engine::cleanup`]).
 pub fn write(stack: &crate::Stack) -> Result<PathBuf, Error> {
     let manifest = stack.manifest();
-    let path = state_file(manifest);
+    // Beside the binaries the stack runs, where the suites that run them look for it.
+    let path = state_file_in(&target_dir_of(stack.bin_dir()));
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -123,6 +132,92 @@ pub fn find(manifest: &Manifest) -> Option<State> {
     let state = read(&state_file(manifest))?;
     let same = state.manifest == canonical(&manifest.path);
     (same && alive(state.pid) && state.pid != std::process::id()).then_some(state)
+}
+
+/// What [`start_detached`] found or started.
+#[derive(Debug)]
+pub enum Detached {
+    /// A stack of this manifest was up already.
+    AlreadyUp {
+        /// The process that owns it.
+        pid: u32,
+    },
+    /// The stack is up in the background.
+    Started {
+        /// The background process that owns it.
+        pid: u32,
+        /// Where that process's output goes.
+        log: PathBuf,
+        /// Its state, as it recorded it once the stack was ready.
+        state: Box<State>,
+    },
+}
+
+/// Runs `owner` (a command that starts the manifest's stack and records it in the state file,
+/// `harness up`) in the background, in a process group of its own (so the terminal's Ctrl-C
+/// does not reach it) with its output in `up.log` beside the state file, and waits until the
+/// state file says the stack is ready, the process ends (an error with the log's end), or
+/// `timeout` passes (the process is stopped). A stack of the manifest already up is left as
+/// it is.
+pub async fn start_detached(
+    manifest: &Manifest,
+    mut owner: std::process::Command,
+    timeout: std::time::Duration,
+) -> Result<Detached, Error> {
+    if let Some(running) = find(manifest) {
+        return Ok(Detached::AlreadyUp { pid: running.pid });
+    }
+    let state = state_file(manifest);
+    let dir = state.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let log_path = dir.join("up.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| Error::io(format!("creating {}", log_path.display()), e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| Error::io("opening the log", e))?;
+    use std::os::unix::process::CommandExt as _;
+    let mut child = owner
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io("starting `harness up` in the background", e))?;
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(s) = read(&state).filter(|s| s.pid == pid) {
+            return Ok(Detached::Started {
+                pid,
+                log: log_path,
+                state: Box::new(s),
+            });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = crate::engine::logs::file_tail(&log_path, 30).join("\n  | ");
+            return Err(Error::Service {
+                service: "stack".into(),
+                message: format!("`harness up` ended ({status}) before the stack was ready; its log:\n  | {tail}"),
+            });
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            return Err(Error::service(
+                "stack",
+                format!(
+                    "not ready after {} s; see {}",
+                    timeout.as_secs(),
+                    log_path.display()
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Where the owner of a stack listens for refresh requests: in its run directory (short

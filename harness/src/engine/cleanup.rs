@@ -12,11 +12,12 @@
 //! A run that is killed outright (`kill -9`) cannot clean up after itself; every run therefore
 //! owns a directory under [`runs_root`] holding its owner (`owner`: pid and start time) and its
 //! record (`processes`: pid, process group and start time of every process it started, appended
-//! right after each spawn). [`reap_dead_runs`] (called at every start) finds runs whose owner is
-//! gone and kills what their record lists (when the start time still matches, so a reused pid
-//! is spared), the rest of those process groups, and every process whose working directory is
-//! inside the run's directory (servers' own helpers that left the group, and anything started
-//! in the instant between spawn and record); then it removes the directory.
+//! right after each spawn). [`reap_dead_runs`] (called before a stack starts in a process that
+//! owns its run: `harness`, a suite runner) finds runs whose owner is gone and kills what their
+//! record lists (when the start time still matches, so a reused pid is spared), the rest of
+//! those process groups, and every process whose working directory is inside the run's
+//! directory (servers' own helpers that left the group, and anything started in the instant
+//! between spawn and record); then it removes the directory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -60,26 +61,36 @@ fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
     f(guard.get_or_insert_with(Registry::default))
 }
 
-/// Installs the signal handler thread (once per process).
+/// Installs the signal handler thread (once per process), reporting the teardown on the
+/// terminal.
 pub fn install_signal_handler() {
+    install_signal_handler_with(std::sync::Arc::new(crate::engine::events::Terminal::new()));
+}
+
+/// Installs the signal handler thread (once per process; the first call's `sink` is the one
+/// told of an interrupt, [`crate::engine::events::Event::Interrupted`]).
+pub fn install_signal_handler_with(sink: std::sync::Arc<dyn crate::engine::events::Sink>) {
     INSTALL.call_once(|| {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
             return;
         };
-        let _ = std::thread::Builder::new().name("harness-signals".into()).spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-                let (groups, dirs, hooks) = with(|r| (r.groups.len(), r.dirs.len(), r.hooks.len()));
-                if hooks > 0 {
-                    eprintln!("\nharness: interrupted; stopping {groups} process group(s), removing {dirs} director(ies) and running {hooks} cleanup hook(s)");
-                } else if groups + dirs > 0 {
-                    eprintln!("\nharness: interrupted; stopping {groups} process group(s) and removing {dirs} director(ies)");
+        let _ = std::thread::Builder::new()
+            .name("harness-signals".into())
+            .spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let (groups, dirs, hooks) =
+                        with(|r| (r.groups.len(), r.dirs.len(), r.hooks.len()));
+                    sink.event(&crate::engine::events::Event::Interrupted {
+                        groups,
+                        dirs,
+                        hooks,
+                    });
+                    emergency_cleanup();
+                    std::process::exit(128 + signal);
                 }
-                emergency_cleanup();
-                std::process::exit(128 + signal);
-            }
-        });
+            });
     });
 }
 

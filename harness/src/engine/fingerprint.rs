@@ -71,6 +71,8 @@ pub fn changes(recorded: &Fingerprints, now: &Fingerprints) -> Vec<(String, Stri
 #[derive(Debug, Default)]
 pub struct Fingerprinter {
     files: BTreeMap<PathBuf, (Stamp, u64)>,
+    /// Where the workspace's binaries are; `None`: [`crate::engine::paths::bin_dir`].
+    bin_dir: Option<PathBuf>,
 }
 
 /// What identifies a file's content without reading it: size, modification time (ns since the
@@ -114,7 +116,15 @@ impl Fingerprinter {
                 .iter()
                 .map(|k| (k.path.clone(), (k.stamp, k.hash)))
                 .collect(),
+            bin_dir: None,
         }
+    }
+
+    /// Fingerprints the workspace's binaries in `bin_dir` (a stack's own, see
+    /// [`crate::StackOptions::bin_dir`]).
+    pub fn with_bin_dir(mut self, bin_dir: PathBuf) -> Fingerprinter {
+        self.bin_dir = Some(bin_dir);
+        self
     }
 
     /// The files hashed so far, for [`Fingerprinter::from_known`].
@@ -145,14 +155,14 @@ impl Fingerprinter {
 
     /// Fingerprints of every service of `manifest` as `backend` runs them.
     pub async fn all(&mut self, manifest: &Manifest, backend: BackendKind) -> Fingerprints {
+        let bins = crate::engine::paths::bin_dir_or(self.bin_dir.as_deref(), manifest.dir());
         let (images, mounts) = match backend {
             BackendKind::Container => (
                 crate::engine::backend::container::image_ids(manifest).await,
-                crate::engine::backend::container::planned_mounts(manifest),
+                crate::engine::backend::container::planned_mounts(manifest, &bins),
             ),
             _ => (BTreeMap::new(), BTreeMap::new()),
         };
-        let bins = crate::engine::paths::bin_dir(manifest.dir());
         manifest
             .services
             .iter()

@@ -9,6 +9,7 @@ pub mod attach;
 pub mod backend;
 pub mod cleanup;
 pub mod error;
+pub mod events;
 pub mod fingerprint;
 pub mod logs;
 pub mod paths;

@@ -6,6 +6,15 @@ use std::path::{Path, PathBuf};
 /// Where cargo puts this workspace's binaries: `HARNESS_BIN_DIR`, else `CARGO_TARGET_DIR/debug`,
 /// else `target/debug` of the workspace around the manifest.
 pub fn bin_dir(manifest_dir: &Path) -> PathBuf {
+    bin_dir_or(None, manifest_dir)
+}
+
+/// `explicit` when given (a caller's own directory, [`crate::StackOptions::bin_dir`]), else
+/// [`bin_dir`].
+pub fn bin_dir_or(explicit: Option<&Path>, manifest_dir: &Path) -> PathBuf {
+    if let Some(d) = explicit {
+        return d.to_path_buf();
+    }
     if let Some(d) = std::env::var_os("HARNESS_BIN_DIR") {
         return PathBuf::from(d);
     }

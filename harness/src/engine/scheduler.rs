@@ -122,12 +122,13 @@ enum Step<H> {
 /// Runs the graph: starts everything, or stops what started and reports the first failure.
 ///
 /// `max_parallel` bounds how many services launch at once (`None`: unbounded); `1` gives a
-/// sequential start, used to measure solo ready times.
+/// sequential start, used to measure solo ready times. `on_phase` hears of every service's
+/// phases as they change, with the failure when one fails.
 pub async fn run<L: Launcher>(
     graph: &Graph,
     launcher: &L,
     max_parallel: Option<usize>,
-    mut on_phase: impl FnMut(&str, Phase, Duration),
+    mut on_phase: impl FnMut(&str, Phase, Duration, Option<&Failure>),
 ) -> Result<Started<L::Handle>, StartError> {
     let t0 = Instant::now();
     let (abort_tx, abort_rx) = watch::channel(false);
@@ -158,7 +159,7 @@ pub async fn run<L: Launcher>(
                     break;
                 }
                 pending.remove(&service);
-                on_phase(&service, Phase::Starting, t0.elapsed());
+                on_phase(&service, Phase::Starting, t0.elapsed(), None);
                 let deps: BTreeMap<String, Endpoint> = graph
                     .dependencies(&service)
                     .iter()
@@ -185,7 +186,7 @@ pub async fn run<L: Launcher>(
                     handles.push((service, handle, endpoint));
                     continue;
                 }
-                on_phase(&service, Phase::Probing, t0.elapsed());
+                on_phase(&service, Phase::Probing, t0.elapsed(), None);
                 probing += 1;
                 let mut abort = abort_rx.clone();
                 in_flight.push(Box::pin(async move {
@@ -199,7 +200,7 @@ pub async fn run<L: Launcher>(
                 }));
             }
             Step::Launched(service, Err(f), _) => {
-                on_phase(&service, Phase::Failed, t0.elapsed());
+                on_phase(&service, Phase::Failed, t0.elapsed(), Some(&f));
                 if failure.is_none() {
                     failure = Some((service, f));
                     let _ = abort_tx.send(true);
@@ -213,7 +214,7 @@ pub async fn run<L: Launcher>(
                     .unwrap_or_else(unreachable_endpoint);
                 match result {
                     Ok(()) if failure.is_none() => {
-                        on_phase(&service, Phase::Ready, t0.elapsed());
+                        on_phase(&service, Phase::Ready, t0.elapsed(), None);
                         let (s, l) = launched_at.get(&service).copied().unwrap_or_default();
                         timings.push(Timing {
                             service: service.clone(),
@@ -223,14 +224,14 @@ pub async fn run<L: Launcher>(
                         });
                         ready.insert(service.clone());
                     }
-                    Ok(()) => on_phase(&service, Phase::Cancelled, t0.elapsed()),
+                    Ok(()) => on_phase(&service, Phase::Cancelled, t0.elapsed(), None),
                     Err(f) => {
                         if failure.is_none() {
-                            on_phase(&service, Phase::Failed, t0.elapsed());
+                            on_phase(&service, Phase::Failed, t0.elapsed(), Some(&f));
                             failure = Some((service.clone(), f));
                             let _ = abort_tx.send(true);
                         } else {
-                            on_phase(&service, Phase::Cancelled, t0.elapsed());
+                            on_phase(&service, Phase::Cancelled, t0.elapsed(), None);
                         }
                     }
                 }
@@ -366,7 +367,7 @@ mod tests {
             fail: None,
             log: Mutex::new(Vec::new()),
         };
-        let out = run(&g, &fake, None, |_, _, _| {}).await.unwrap();
+        let out = run(&g, &fake, None, |_, _, _, _| {}).await.unwrap();
         let t: BTreeMap<_, _> = out
             .timings
             .iter()
@@ -390,7 +391,7 @@ mod tests {
             fail: None,
             log: Mutex::new(Vec::new()),
         };
-        let out = run(&g, &fake, None, |_, _, _| {}).await.unwrap();
+        let out = run(&g, &fake, None, |_, _, _, _| {}).await.unwrap();
         let app = out.timings.iter().find(|t| t.service == "app").unwrap();
         assert_eq!(ms(app.started), 20);
         assert_eq!(ms(app.ready), 30);
@@ -404,7 +405,7 @@ mod tests {
             fail: None,
             log: Mutex::new(Vec::new()),
         };
-        let out = run(&g, &fake, Some(1), |_, _, _| {}).await.unwrap();
+        let out = run(&g, &fake, Some(1), |_, _, _, _| {}).await.unwrap();
         let last = out.timings.iter().map(|t| t.ready).max().unwrap();
         assert_eq!(ms(last), 300);
     }
@@ -430,7 +431,7 @@ mod tests {
             log: Mutex::new(Vec::new()),
         };
         let mut phases = Vec::new();
-        let err = run(&g, &fake, None, |s, p, at| {
+        let err = run(&g, &fake, None, |s, p, at, _| {
             phases.push((s.to_string(), p, ms(at)))
         })
         .await

@@ -2,7 +2,8 @@
 //! handle whichever backend runs it, so suites never know which one did.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, RwLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use crate::engine::backend::{self, Backend, BackendKind, Instance, StartRequest}
 use crate::engine::cleanup::{self, RunDir};
 use crate::model::endpoint::Endpoint;
 use crate::engine::error::{Error, StartupError};
+use crate::engine::events::{Discard, Event, Sink, Terminal};
 use crate::engine::fingerprint::{Fingerprinter, Fingerprints};
 use crate::graph::Graph;
 use crate::manifest::{Manifest, Service};
@@ -23,7 +25,7 @@ use crate::engine::scheduler::{self, Failure, Launcher, Phase, Timing};
 pub const LOG_TAIL_LINES: usize = 20;
 
 /// How a stack is started.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct StackOptions {
     /// The backend; `None` picks one from `HARNESS_BACKEND`, else detects one (see
     /// [`backend::detect`]).
@@ -33,8 +35,68 @@ pub struct StackOptions {
     pub service_backends: BTreeMap<String, BackendKind>,
     /// Launch at most this many services at once (`Some(1)`: sequential).
     pub max_parallel: Option<usize>,
-    /// Print a line per service and phase to stderr.
-    pub progress: bool,
+    /// Where the progress of the start, warnings and the teardown are reported (see
+    /// [`crate::engine::events`]); the default drops everything.
+    pub sink: Arc<dyn Sink>,
+    /// Installs the process-wide handler of SIGINT, SIGTERM and SIGHUP that tears down
+    /// everything the process started and exits (see [`cleanup::install_signal_handler_with`]),
+    /// reporting to `sink`. Without it a signal ends the process the default way and what the
+    /// stack started stays until a later run reaps it. For whoever owns the process: a command,
+    /// a test runner.
+    pub handle_signals: bool,
+    /// Before starting, kills the processes and removes the directories of runs on this
+    /// machine whose owner has died (see [`cleanup::reap_dead_runs`]). It touches other
+    /// processes' leftovers, so it is for whoever owns the run: a command, a test runner.
+    pub reap_dead_runs: bool,
+    /// Where the workspace's binaries are, beating `HARNESS_BIN_DIR` and the rest of
+    /// [`crate::engine::paths::bin_dir`]; `None` looks there.
+    pub bin_dir: Option<PathBuf>,
+}
+
+impl Default for StackOptions {
+    /// A stack that leaves the process alone: no signal handler, no reaping, nothing printed.
+    fn default() -> StackOptions {
+        StackOptions {
+            backend: None,
+            service_backends: BTreeMap::new(),
+            max_parallel: None,
+            sink: Arc::new(Discard),
+            handle_signals: false,
+            reap_dead_runs: false,
+            bin_dir: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for StackOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackOptions")
+            .field("backend", &self.backend)
+            .field("service_backends", &self.service_backends)
+            .field("max_parallel", &self.max_parallel)
+            .field("handle_signals", &self.handle_signals)
+            .field("reap_dead_runs", &self.reap_dead_runs)
+            .field("bin_dir", &self.bin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StackOptions {
+    /// The options of a process that owns its run (a command, a test runner): progress and
+    /// warnings on the terminal (`progress: false`: without the start line by line), the
+    /// signal handler installed, dead runs reaped.
+    pub fn owning_the_process(progress: bool) -> StackOptions {
+        StackOptions {
+            sink: Arc::new(if progress {
+                Terminal::new()
+            } else {
+                Terminal::quiet()
+            }),
+            handle_signals: true,
+            reap_dead_runs: true,
+            ..StackOptions::default()
+        }
+    }
 }
 
 /// A running stack.
@@ -60,6 +122,10 @@ pub struct Stack {
     /// What each service was started from (see [`crate::engine::fingerprint`]).
     fingerprints: Fingerprints,
     fingerprinter: Fingerprinter,
+    /// Where the workspace's binaries are, as resolved when it started.
+    bin_dir: PathBuf,
+    /// Where the teardown reports (see [`StackOptions::sink`]).
+    sink: Arc<dyn Sink>,
 }
 
 type Creds = (Option<String>, Option<String>, Option<String>);
@@ -129,6 +195,7 @@ struct StackLauncher<'a> {
     launched: Mutex<BTreeMap<String, Instant>>,
     credentials: Mutex<BTreeMap<String, Creds>>,
     created: Mutex<BTreeMap<String, Vec<String>>>,
+    sink: &'a dyn Sink,
 }
 
 #[async_trait]
@@ -193,7 +260,7 @@ impl Launcher for StackLauncher<'_> {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name);
         if let Some(dbs) = created {
-            drop_databases(name, &instance.endpoint(), &dbs).await;
+            drop_databases(name, &instance.endpoint(), &dbs, self.sink).await;
         }
         instance.remove().await;
     }
@@ -297,7 +364,7 @@ async fn after_ready(service: &Service, endpoint: &Endpoint) -> Result<Vec<Strin
 }
 
 /// Drops the databases the harness created on an external server.
-async fn drop_databases(service: &str, endpoint: &Endpoint, dbs: &[String]) {
+async fn drop_databases(service: &str, endpoint: &Endpoint, dbs: &[String], sink: &dyn Sink) {
     let Some(server) = endpoint.kind.server() else {
         return;
     };
@@ -307,57 +374,76 @@ async fn drop_databases(service: &str, endpoint: &Endpoint, dbs: &[String]) {
     };
     if let Err(e) = result {
         // Teardown goes on; the leftover is named so it can be removed by hand.
-        eprintln!(
+        sink.event(&Event::Warning(format!(
             "harness: the databases it created on the external `{service}` ({}) were not all dropped: {e}",
             dbs.join(", ")
-        );
+        )));
     }
 }
 
-fn print_phase(
+/// The event of a service's phase; `started` keeps when each service began, for the time it
+/// took to become ready.
+fn phase_event(
     service: &str,
     phase: Phase,
     at: Duration,
-    width: usize,
+    failure: Option<&Failure>,
+    plan: &Plan,
     started: &mut BTreeMap<String, Duration>,
-) {
-    let t = format!("{:>7.3}s", at.as_secs_f64());
-    let what = match phase {
+) -> Event {
+    let service = service.to_string();
+    match phase {
         Phase::Starting => {
-            started.insert(service.to_string(), at);
-            "starting".to_string()
+            started.insert(service.clone(), at);
+            Event::ServiceStarting {
+                backend: plan.of(&service),
+                service,
+                at,
+            }
         }
-        Phase::Probing => "launched, probing".to_string(),
+        Phase::Probing => Event::ServiceProbing { service, at },
         Phase::Ready => {
-            let since = started.get(service).copied().unwrap_or_default();
-            format!("ready in {} ms", (at - since).as_millis())
+            let since = started.get(&service).copied().unwrap_or_default();
+            Event::ServiceReady {
+                service,
+                at,
+                waited: at - since,
+            }
         }
-        Phase::Failed => "FAILED".to_string(),
-        Phase::Cancelled => "cancelled".to_string(),
-    };
-    eprintln!("  {t}  {service:<width$}  {what}");
+        Phase::Failed => Event::ServiceFailed {
+            service,
+            at,
+            message: failure.map(|f| f.message.clone()).unwrap_or_default(),
+        },
+        Phase::Cancelled => Event::ServiceCancelled { service, at },
+    }
 }
 
 impl Stack {
     /// Validates prerequisites, starts every service in dependency order and waits until all
     /// are ready. On failure everything started is stopped again before this returns.
     pub async fn start(manifest: Manifest, options: StackOptions) -> Result<Stack, Error> {
-        cleanup::install_signal_handler();
-        let reaped = cleanup::reap_dead_runs();
-        if options.progress && !reaped.is_empty() {
-            eprintln!("removed what {} dead run(s) left behind", reaped.len());
+        let began = Instant::now();
+        let sink = options.sink.clone();
+        if options.handle_signals {
+            cleanup::install_signal_handler_with(sink.clone());
         }
+        if options.reap_dead_runs {
+            let runs = cleanup::reap_dead_runs().len();
+            sink.event(&Event::Reaped { runs });
+        }
+        let bin_dir = crate::engine::paths::bin_dir_or(options.bin_dir.as_deref(), manifest.dir());
         let graph = Graph::new(&manifest)
             .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
         let plan =
             backend::mixed::plan(&manifest, options.backend, &options.service_backends).await?;
         let kind = plan.main(&manifest);
         let run = RunDir::create().map_err(|e| Error::io("creating the run directory", e))?;
-        let backend = backend::create_plan(&plan, &run, &manifest);
+        let backend = backend::create_plan(&plan, &run, &manifest, &bin_dir);
         backend.preflight(&manifest).await?;
         // Taken before anything launches: a change made while the stack starts is seen by the
         // next attach, never missed.
-        let mut fingerprinter = Fingerprinter::new();
+        let mut fingerprinter = Fingerprinter::new().with_bin_dir(bin_dir.clone());
         let fingerprints = fingerprinter.planned(&manifest, &plan).await;
         let launcher = StackLauncher {
             manifest: &manifest,
@@ -366,27 +452,22 @@ impl Stack {
             launched: Mutex::new(BTreeMap::new()),
             credentials: Mutex::new(BTreeMap::new()),
             created: Mutex::new(BTreeMap::new()),
+            sink: sink.as_ref(),
         };
-        let width = manifest
-            .services
-            .iter()
-            .map(|s| s.name.len())
-            .max()
-            .unwrap_or(8);
         let mut phase_start = BTreeMap::new();
-        if options.progress {
-            eprintln!(
-                "starting stack `{}` ({} services, {})",
-                manifest.name,
-                manifest.services.len(),
-                plan.describe(&manifest)
-            );
-        }
-        let result = scheduler::run(&graph, &launcher, options.max_parallel, |s, p, at| {
-            if options.progress && !cleanup::interrupted() {
-                print_phase(s, p, at, width, &mut phase_start);
-            }
-        })
+        sink.event(&Event::StackStarting {
+            stack: manifest.name.clone(),
+            services: manifest.services.iter().map(|s| s.name.clone()).collect(),
+            backends: plan.describe(&manifest),
+        });
+        let result = scheduler::run(
+            &graph,
+            &launcher,
+            options.max_parallel,
+            |s, p, at, failure| {
+                sink.event(&phase_event(s, p, at, failure, &plan, &mut phase_start));
+            },
+        )
         .await;
         let started = match result {
             Ok(s) => s,
@@ -415,6 +496,10 @@ impl Stack {
             .created
             .into_inner()
             .unwrap_or_else(|p| p.into_inner());
+        sink.event(&Event::StackReady {
+            stack: manifest.name.clone(),
+            elapsed: began.elapsed(),
+        });
         Ok(Stack {
             manifest,
             graph,
@@ -430,11 +515,14 @@ impl Stack {
             credentials,
             fingerprints,
             fingerprinter,
+            bin_dir,
+            sink,
         })
     }
 
     /// A handle on a stack another process started (see [`crate::engine::attach`]).
-    pub fn attach(manifest: Manifest, state: crate::engine::state::State) -> Result<Stack, Error> {
+    pub fn attach(manifest: Manifest, state: crate::engine::attach::State) -> Result<Stack, Error> {
+        let manifest_dir = manifest.dir().to_path_buf();
         let graph = Graph::new(&manifest)
             .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
         let mut instances = BTreeMap::new();
@@ -472,6 +560,8 @@ impl Stack {
             credentials: BTreeMap::new(),
             fingerprinter: Fingerprinter::from_known(&state.files),
             fingerprints: state.fingerprints,
+            bin_dir: crate::engine::paths::bin_dir(manifest_dir.as_path()),
+            sink: Arc::new(Discard),
         })
     }
 
@@ -483,6 +573,11 @@ impl Stack {
     /// The files hashed for the fingerprints, with what identified their content.
     pub fn known_files(&self) -> Vec<crate::engine::fingerprint::KnownFile> {
         self.fingerprinter.known()
+    }
+
+    /// Where the workspace's binaries are for this stack (see [`StackOptions::bin_dir`]).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
     }
 
     /// The run directory of a stack this process owns.
@@ -762,9 +857,12 @@ impl Stack {
             if let Some(instance) = self.instances.get(name) {
                 let mut instance = instance.lock().await;
                 if let Some(dbs) = self.created.remove(name) {
-                    drop_databases(name, &instance.endpoint(), &dbs).await;
+                    drop_databases(name, &instance.endpoint(), &dbs, self.sink.as_ref()).await;
                 }
                 instance.remove().await;
+                self.sink.event(&Event::ServiceStopped {
+                    service: name.clone(),
+                });
             }
         }
         self.instances.clear();

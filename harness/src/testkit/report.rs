@@ -25,7 +25,7 @@ pub enum Outcome {
 }
 
 /// One trial's record.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrialRecord {
     /// Full trial name.
     pub name: String,

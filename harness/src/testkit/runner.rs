@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
+use crate::engine::events::{Event, Fanout, Report, Sink, Terminal, Trials};
 use crate::manifest::Kind;
 use crate::testkit::report::{Outcome, TrialRecord};
 use crate::engine::stack::{Stack, StackOptions};
@@ -186,7 +187,15 @@ impl Suite {
     /// Parses the command line, starts the stack if any trial is selected, runs the trials,
     /// tears the stack down, writes the reports, and returns the exit code.
     pub fn run(mut self) -> ExitCode {
-        crate::engine::cleanup::install_signal_handler();
+        let terminal: Arc<dyn Sink> = Arc::new(if std::env::var_os("HARNESS_QUIET").is_none() {
+            Terminal::new()
+        } else {
+            Terminal::quiet()
+        });
+        crate::engine::cleanup::install_signal_handler_with(terminal.clone());
+        let trials_seen = Arc::new(Trials::default());
+        let sink: Arc<dyn Sink> = Arc::new(Fanout(vec![terminal.clone(), trials_seen.clone()]));
+        let fatal = |e: &dyn std::fmt::Display| terminal.event(&Event::Fatal(e.to_string()));
         let mut args = Arguments::from_args();
         if self.sequential && args.test_threads.is_none() {
             args.test_threads = Some(1);
@@ -194,7 +203,7 @@ impl Suite {
         let selection = match Selection::from_env() {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("{e}");
+                fatal(&e);
                 return ExitCode::from(e.exit_code());
             }
         };
@@ -219,21 +228,20 @@ impl Suite {
         {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("error: cannot start the async runtime: {e}");
+                fatal(&format!("error: cannot start the async runtime: {e}"));
                 return ExitCode::from(exit_code::INTERNAL);
             }
         };
         let handle = runtime.handle().clone();
-        let records: Records = Arc::default();
         let retries = selection.retries;
         let local: Vec<Trial> = self
             .local
             .iter()
             .map(|(name, f, ignored)| {
-                let (f, handle, records, name2) =
-                    (f.clone(), handle.clone(), records.clone(), name.clone());
+                let (f, handle, sink, name2) =
+                    (f.clone(), handle.clone(), sink.clone(), name.clone());
                 Trial::test(name.clone(), move || {
-                    attempts(&name2, retries, &records, || {
+                    attempts(&name2, retries, sink.as_ref(), || {
                         handle.block_on(f()).map_err(|e| format!("{e:#}"))
                     })
                 })
@@ -250,7 +258,13 @@ impl Suite {
                 .chain(local)
                 .collect();
             let conclusion = libtest_mimic::run(&args, trials);
-            finish(&self.name, &records, &[], self.manifest.as_deref());
+            finish(
+                &self.name,
+                &trials_seen,
+                &[],
+                self.manifest.as_deref(),
+                terminal.as_ref(),
+            );
             return conclusion.exit_code();
         }
         let attachable = !self.sequential && self.manifest_hooks.is_empty();
@@ -258,15 +272,16 @@ impl Suite {
             self.manifest.clone(),
             &self.manifest_hooks,
             attachable,
+            terminal.clone(),
         )) {
             Ok(s) => Arc::new(s),
             Err(e) => {
-                eprintln!("{e}");
+                fatal(&e);
                 return ExitCode::from(e.exit_code());
             }
         };
         if stack.attached_to().is_none() {
-            write_timeline(&stack, &self.name);
+            write_timeline(&stack, &self.name, terminal.as_ref());
         }
         let mut needs_logs = std::mem::take(&mut self.needs_logs);
         let trials = self
@@ -277,13 +292,13 @@ impl Suite {
                     stack: stack.clone(),
                     name: name.clone(),
                 });
-                let (handle, records) = (handle.clone(), records.clone());
+                let (handle, sink) = (handle.clone(), sink.clone());
                 let reads = needs_logs.remove(&name).unwrap_or_default();
                 Trial::ignorable_test(name.clone(), move || {
                     if let Some(reason) = handle.block_on(logs_missing(&ctx.stack, &reads)) {
                         return Ok(libtest_mimic::Completion::ignored_with(reason));
                     }
-                    attempts(&name, retries, &records, || {
+                    attempts(&name, retries, sink.as_ref(), || {
                         let (ctx, f) = (ctx.clone(), f.clone());
                         handle.block_on(async move {
                             let stack = ctx.stack.clone();
@@ -310,21 +325,28 @@ impl Suite {
             Ok(stack) => runtime.block_on(stack.down()),
             Err(stack) => drop(stack),
         }
-        finish(&self.name, &records, &timings, Some(&manifest_path));
+        finish(
+            &self.name,
+            &trials_seen,
+            &timings,
+            Some(&manifest_path),
+            terminal.as_ref(),
+        );
         conclusion.exit_code()
     }
 }
 
-type Records = Arc<std::sync::Mutex<Vec<TrialRecord>>>;
-
-/// Runs a trial up to `1 + retries` times and records how it ended; a pass after a failure
-/// is recorded (and reported) as flaky.
+/// Runs a trial up to `1 + retries` times and reports how it ended to `sink`
+/// ([`Event::TrialFinished`]); a pass after a failure is reported as flaky.
 fn attempts(
     name: &str,
     retries: u32,
-    records: &Records,
+    sink: &dyn Sink,
     mut run: impl FnMut() -> Result<(), String>,
 ) -> Result<(), Failed> {
+    sink.event(&Event::TrialStarted {
+        name: name.to_string(),
+    });
     let started = std::time::Instant::now();
     let mut first_failure = None;
     let mut outcome = Err(String::new());
@@ -336,10 +358,11 @@ fn attempts(
             Ok(()) => break,
             Err(e) => {
                 if attempt <= retries {
-                    eprintln!(
-                        "harness: `{name}` failed on attempt {attempt}; retrying ({} left)",
-                        retries + 1 - attempt
-                    );
+                    sink.event(&Event::TrialRetrying {
+                        name: name.to_string(),
+                        attempt,
+                        left: retries + 1 - attempt,
+                    });
                 }
                 first_failure.get_or_insert_with(|| e.clone());
             }
@@ -347,23 +370,17 @@ fn attempts(
     }
     let record = match (&outcome, first_failure) {
         (Ok(()), None) => Outcome::Passed,
-        (Ok(()), Some(first)) => {
-            eprintln!("harness: FLAKY `{name}`: failed, then passed on attempt {passed_on}");
-            Outcome::Flaky {
-                passed_on,
-                first_failure: first,
-            }
-        }
+        (Ok(()), Some(first)) => Outcome::Flaky {
+            passed_on,
+            first_failure: first,
+        },
         (Err(e), _) => Outcome::Failed(e.clone()),
     };
-    records
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(TrialRecord {
-            name: name.to_string(),
-            outcome: record,
-            duration: started.elapsed(),
-        });
+    sink.event(&Event::TrialFinished(TrialRecord {
+        name: name.to_string(),
+        outcome: record,
+        duration: started.elapsed(),
+    }));
     outcome.map_err(Failed::from)
 }
 
@@ -462,7 +479,7 @@ pub fn shard_of(name: &str, count: u64) -> u64 {
     crate::engine::attach::fnv1a(name.as_bytes()) % count.max(1) + 1
 }
 
-fn write_timeline(stack: &Stack, suite: &str) {
+fn write_timeline(stack: &Stack, suite: &str, sink: &dyn Sink) {
     let dir = crate::engine::attach::target_dir(stack.manifest()).join("harness");
     let path = dir.join(format!("timeline-{suite}.svg"));
     let svg = crate::testkit::report::timeline_svg(
@@ -474,21 +491,25 @@ fn write_timeline(stack: &Stack, suite: &str) {
         .and_then(|()| std::fs::write(&path, svg))
         .is_ok()
     {
-        eprintln!("startup timeline: {}", path.display());
+        sink.event(&Event::ReportWritten {
+            report: Report::Timeline,
+            path,
+        });
     }
 }
 
-/// Prints the summary and writes the JUnit report (`HARNESS_JUNIT`, else
-/// `target/harness/junit/<suite>.xml`).
+/// Reports the summary of the trials `trials` saw finish and writes the JUnit report
+/// (`HARNESS_JUNIT`, else `target/harness/junit/<suite>.xml`).
 fn finish(
     suite: &str,
-    records: &Records,
+    trials: &Trials,
     timings: &[crate::engine::scheduler::Timing],
     manifest: Option<&std::path::Path>,
+    sink: &dyn Sink,
 ) {
-    let mut records = records.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut records = trials.records();
     records.sort_by(|a, b| a.name.cmp(&b.name));
-    eprint!("{}", crate::testkit::report::summary(&records, timings));
+    sink.event(&Event::Summary(crate::testkit::report::summary(&records, timings)));
     let path = match std::env::var_os("HARNESS_JUNIT") {
         Some(p) => std::path::PathBuf::from(p),
         None => {
@@ -508,11 +529,14 @@ fn finish(
         let _ = std::fs::create_dir_all(dir);
     }
     match std::fs::write(&path, xml) {
-        Ok(()) => eprintln!("junit report: {}", path.display()),
-        Err(e) => eprintln!(
+        Ok(()) => sink.event(&Event::ReportWritten {
+            report: Report::Junit,
+            path,
+        }),
+        Err(e) => sink.event(&Event::Warning(format!(
             "warning: cannot write the junit report {}: {e}",
             path.display()
-        ),
+        ))),
     }
 }
 
@@ -541,6 +565,7 @@ async fn start_stack(
     manifest: Option<std::path::PathBuf>,
     hooks: &[ManifestHook],
     attachable: bool,
+    sink: Arc<dyn Sink>,
 ) -> Result<Stack, crate::Error> {
     let path = manifest.unwrap_or_else(crate::default_manifest_path);
     let mut manifest = Manifest::load(&path)?;
@@ -552,18 +577,18 @@ async fn start_stack(
             built = true;
             match crate::engine::attach::refreshed(&manifest, state).await {
                 Ok((state, refreshed)) => {
-                    for r in &refreshed {
-                        eprintln!("{r}");
+                    for r in refreshed {
+                        sink.event(&Event::Refreshed(r));
                     }
-                    eprintln!(
-                        "attached to the running stack of process {} ({} backend)",
-                        state.pid, state.backend
-                    );
+                    sink.event(&Event::Attached {
+                        pid: state.pid,
+                        backend: state.backend,
+                    });
                     return Stack::attach(manifest, state);
                 }
-                Err(why) => eprintln!(
+                Err(why) => sink.event(&Event::Warning(format!(
                     "not attaching to the running stack: {why}; starting a stack of its own"
-                ),
+                ))),
             }
         }
     }
@@ -576,7 +601,9 @@ async fn start_stack(
     Stack::start(
         manifest,
         StackOptions {
-            progress: std::env::var_os("HARNESS_QUIET").is_none(),
+            sink,
+            handle_signals: true,
+            reap_dead_runs: true,
             ..StackOptions::default()
         },
     )
@@ -668,18 +695,18 @@ mod tests {
 
     #[test]
     fn a_trials_output_goes_with_its_failure_only() {
-        let records: Records = Arc::default();
-        let passed = attempts("s::quiet", 0, &records, || {
+        let trials = Trials::default();
+        let passed = attempts("s::quiet", 0, &trials, || {
             crate::testkit::capture::note("said by a passing trial");
             Ok(())
         });
         assert!(passed.is_ok());
-        let _ = attempts("s::loud", 0, &records, || {
+        let _ = attempts("s::loud", 0, &trials, || {
             crate::testkit::capture::note("said before failing");
             Err("it failed".into())
         });
-        let _ = attempts("s::panics", 0, &records, || panic!("boom {}", 7));
-        let records = records.lock().unwrap().clone();
+        let _ = attempts("s::panics", 0, &trials, || panic!("boom {}", 7));
+        let records = trials.records();
         assert_eq!(records[0].outcome, Outcome::Passed);
         let Outcome::Failed(loud) = &records[1].outcome else {
             panic!("{:?}", records[1].outcome)
@@ -700,9 +727,9 @@ mod tests {
 
     #[test]
     fn a_pass_after_a_failure_is_flaky_not_green() {
-        let records: Records = Arc::default();
+        let trials = Trials::default();
         let mut calls = 0;
-        let r = attempts("s::t", 2, &records, || {
+        let r = attempts("s::t", 2, &trials, || {
             calls += 1;
             if calls == 1 {
                 Err("boom".into())
@@ -711,7 +738,7 @@ mod tests {
             }
         });
         assert!(r.is_ok());
-        let rec = records.lock().unwrap()[0].clone();
+        let rec = trials.records()[0].clone();
         assert_eq!(
             rec.outcome,
             Outcome::Flaky {
@@ -719,10 +746,10 @@ mod tests {
                 first_failure: "boom".into()
             }
         );
-        let r = attempts("s::u", 1, &records, || Err("always".into()));
+        let r = attempts("s::u", 1, &trials, || Err("always".into()));
         assert!(r.is_err());
         assert_eq!(
-            records.lock().unwrap()[1].outcome,
+            trials.records()[1].outcome,
             Outcome::Failed("always".into())
         );
     }

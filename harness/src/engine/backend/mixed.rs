@@ -259,13 +259,18 @@ pub struct Mixed {
 
 impl Mixed {
     /// Creates the backends the plan uses, each given its part of the manifest.
-    pub fn new(plan: Plan, run: &crate::engine::cleanup::RunDir, manifest: &Manifest) -> Mixed {
+    pub fn new(
+        plan: Plan,
+        run: &crate::engine::cleanup::RunDir,
+        manifest: &Manifest,
+        bin_dir: &std::path::Path,
+    ) -> Mixed {
         let backends = plan
             .kinds()
             .into_iter()
             .map(|kind| {
                 let part = manifest.only(|s| plan.of(&s.name) == kind);
-                (kind, (super::create(kind, run, &part), part))
+                (kind, (super::create(kind, run, &part, bin_dir), part))
             })
             .collect();
         Mixed {

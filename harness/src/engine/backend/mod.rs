@@ -188,11 +188,12 @@ pub fn create(
     kind: BackendKind,
     run: &crate::engine::cleanup::RunDir,
     manifest: &Manifest,
+    bin_dir: &std::path::Path,
 ) -> Box<dyn Backend> {
     match kind {
-        BackendKind::Native => Box::new(native::Native::new(run, manifest.dir())),
+        BackendKind::Native => Box::new(native::Native::new(run, manifest.dir(), bin_dir)),
         BackendKind::External => Box::new(external::External),
-        BackendKind::Container => Box::new(container::Container::new(run, manifest)),
+        BackendKind::Container => Box::new(container::Container::new(run, manifest, bin_dir)),
     }
 }
 
@@ -201,11 +202,12 @@ pub fn create_plan(
     plan: &mixed::Plan,
     run: &crate::engine::cleanup::RunDir,
     manifest: &Manifest,
+    bin_dir: &std::path::Path,
 ) -> Box<dyn Backend> {
     let kinds = plan.kinds();
     match kinds.iter().next() {
-        Some(kind) if kinds.len() == 1 => create(*kind, run, manifest),
-        _ => Box::new(mixed::Mixed::new(plan.clone(), run, manifest)),
+        Some(kind) if kinds.len() == 1 => create(*kind, run, manifest, bin_dir),
+        _ => Box::new(mixed::Mixed::new(plan.clone(), run, manifest, bin_dir)),
     }
 }
 

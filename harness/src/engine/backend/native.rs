@@ -46,12 +46,12 @@ pub struct Native {
 }
 
 impl Native {
-    /// A native backend for one run.
-    pub fn new(run: &RunDir, manifest_dir: &Path) -> Native {
+    /// A native backend for one run, running the workspace's binaries from `bin_dir`.
+    pub fn new(run: &RunDir, manifest_dir: &Path, bin_dir: &Path) -> Native {
         Native {
             run_id: run.id.clone(),
             run_dir: run.path.clone(),
-            bin_dir: crate::engine::paths::bin_dir(manifest_dir),
+            bin_dir: bin_dir.to_path_buf(),
             project_dir: manifest_dir.to_path_buf(),
         }
     }
@@ -158,7 +158,9 @@ impl Backend for Native {
                 base: &base,
                 run_id: &self.run_id,
             };
-            let target = endpoint.target().map_err(|e| Error::service(&service.name, e))?;
+            let target = endpoint
+                .target()
+                .map_err(|e| Error::service(&service.name, e))?;
             let processes = server
                 .native(&host, &target)
                 .await

@@ -2,7 +2,7 @@
 //! making sure the images are there (inspecting, pulling per the policy) before a stack starts.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
 use testcontainers::bollard::query_parameters::CreateImageOptionsBuilder;
@@ -139,10 +139,10 @@ pub fn plan(manifest: &Manifest, env: &dyn Fn(&str) -> Option<String>) -> Result
     })
 }
 
-/// [`mounted_binaries`] as this process's environment decides them.
-pub fn planned_mounts(manifest: &Manifest) -> BTreeMap<String, PathBuf> {
+/// [`mounted_binaries`] as this process's environment decides them, of the binaries in `bins`.
+pub fn planned_mounts(manifest: &Manifest, bins: &Path) -> BTreeMap<String, PathBuf> {
     plan(manifest, &process_env)
-        .map(|p| mounted_binaries(manifest, &p, &process_env))
+        .map(|p| mounted_binaries(manifest, &p, &process_env, bins))
         .unwrap_or_default()
 }
 
@@ -159,11 +159,11 @@ pub fn mounted_binaries(
     manifest: &Manifest,
     plan: &ImagePlan,
     env: &dyn Fn(&str) -> Option<String>,
+    bins: &Path,
 ) -> BTreeMap<String, PathBuf> {
     if env("HARNESS_MOUNT_BINARIES").is_some_and(|v| v.trim() == "0") {
         return BTreeMap::new();
     }
-    let bins = crate::engine::paths::bin_dir(manifest.dir());
     manifest
         .services
         .iter()

@@ -32,7 +32,7 @@ mod reaper;
 mod servers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -112,12 +112,14 @@ pub struct Container {
     critical: BTreeSet<String>,
     shared: Arc<Shared>,
     hook: u64,
+    /// Where the workspace's binaries it mounts are.
+    bin_dir: PathBuf,
 }
 
 impl Container {
     /// A container backend for one run. It registers a cleanup hook that removes the run's
     /// containers and network on Ctrl-C.
-    pub fn new(run: &RunDir, manifest: &Manifest) -> Container {
+    pub fn new(run: &RunDir, manifest: &Manifest, bin_dir: &Path) -> Container {
         let shared = Arc::new(Shared::default());
         let hook = {
             let shared = shared.clone();
@@ -152,6 +154,7 @@ impl Container {
             critical: estimated_critical_path(manifest),
             shared,
             hook,
+            bin_dir: bin_dir.to_path_buf(),
         }
     }
 
@@ -381,7 +384,7 @@ impl Backend for Container {
         }
         network?;
         *self.mounts.lock().unwrap_or_else(|p| p.into_inner()) =
-            mounted_binaries(manifest, &plan, &process_env);
+            mounted_binaries(manifest, &plan, &process_env, &self.bin_dir);
         *self.bare.lock().unwrap_or_else(|p| p.into_inner()) =
             bare_base_services(docker, manifest, &plan).await;
         *self.images.lock().unwrap_or_else(|p| p.into_inner()) =
