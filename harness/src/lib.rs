@@ -40,7 +40,9 @@
 #![deny(missing_debug_implementations)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "cli")]
 pub mod bench;
+#[cfg(feature = "contracts")]
 pub mod contract;
 pub mod engine;
 pub mod graph;
@@ -50,7 +52,13 @@ pub mod testkit;
 
 pub use engine::{attach, backend, cleanup, error, events, fingerprint, logs, paths, probe, scheduler, stack, state};
 pub use model::{endpoint, template};
-pub use testkit::{affected, amqp, build, capture, isolation, journey, loopback, report, runner, snapshot};
+pub use testkit::{affected, build, capture, report, runner};
+#[cfg(feature = "journeys")]
+pub use testkit::{amqp, isolation, journey};
+#[cfg(feature = "contracts")]
+pub use testkit::loopback;
+#[cfg(feature = "snapshots")]
+pub use testkit::snapshot;
 
 pub use engine::error::{exit_code, Error};
 pub use engine::stack::{Stack, StackOptions};

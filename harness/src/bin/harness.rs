@@ -236,7 +236,52 @@ fn load(cli_manifest: &Option<PathBuf>) -> Result<Manifest, Error> {
     Ok(Manifest::load(&path)?)
 }
 
-async fn run(cli: Cli) -> Result<u8, Error> {
+/// What a command can fail with: the engine's errors and, for `verify`, the contracts'.
+#[derive(Debug)]
+enum Failure {
+    Engine(Error),
+    Contract(harness::contract::Error),
+}
+
+impl Failure {
+    /// The one place where a failure becomes an exit code.
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Engine(e) => e.exit_code(),
+            Failure::Contract(e) => e.exit_code(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Engine(e) => e.fmt(f),
+            Failure::Contract(e) => e.fmt(f),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure::Engine(e)
+    }
+}
+
+impl From<harness::contract::Error> for Failure {
+    fn from(e: harness::contract::Error) -> Failure {
+        Failure::Contract(e)
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    if let Command::Verify(args) = cli.command {
+        return verify(&cli.manifest, *args);
+    }
+    commands(cli).await.map_err(Failure::from)
+}
+
+async fn commands(cli: Cli) -> Result<u8, Error> {
     match cli.command {
         Command::Check {
             suites,
@@ -440,12 +485,12 @@ async fn run(cli: Cli) -> Result<u8, Error> {
             print!("{}", report.render());
             Ok(exit_code::OK)
         }
-        Command::Verify(args) => verify(&cli.manifest, *args),
+        Command::Verify(_) => unreachable!("`run` handles verify"),
     }
 }
 
 /// `harness verify`: the request for the suite binary, checked before anything is built.
-fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Error> {
+fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Failure> {
     use harness::contract::{SuiteTarget, VerifyRequest, VerifySettings};
     let m = load(cli_manifest)?;
     let settings = VerifySettings {

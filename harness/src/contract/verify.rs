@@ -341,7 +341,10 @@ impl Contracts {
         let hook = request.clone();
         let contracts = self.clone();
         suite
-            .configure_manifest(move |m| Ok(hook.apply_candidate(m)?))
+            .configure_manifest(move |m| {
+                hook.apply_candidate(m)
+                    .map_err(|e| crate::Error::Usage(e.to_string()))
+            })
             .trial(&name, move |ctx| {
                 let (contracts, request) = (contracts.clone(), request.clone());
                 async move {

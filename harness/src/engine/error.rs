@@ -60,9 +60,6 @@ pub enum Error {
         /// Why: `unavailable on the external backend`.
         reason: String,
     },
-    /// Contracts could not be verified (see [`crate::contract::Error`] for the kinds).
-    #[error("error: {0}")]
-    Contract(Box<crate::contract::Error>),
     /// An I/O fault inside the harness.
     #[error("error: {context}: {source}")]
     Io {
@@ -81,7 +78,6 @@ impl Error {
             Error::Prerequisite { .. } => exit_code::PREREQUISITE_MISSING,
             Error::Startup(_) => exit_code::STARTUP_FAILED,
             Error::Service { .. } | Error::LogsUnavailable { .. } => exit_code::SERVICE_FAILED,
-            Error::Contract(e) => e.exit_code(),
             Error::Io { .. } => exit_code::INTERNAL,
         }
     }
@@ -103,12 +99,6 @@ impl Error {
     }
 }
 
-// Boxed: a contract error may itself hold an `Error` (the stack's).
-impl From<crate::contract::Error> for Error {
-    fn from(e: crate::contract::Error) -> Error {
-        Error::Contract(Box::new(e))
-    }
-}
 
 /// A service that did not start or become ready, and what was done about it.
 #[derive(Debug)]

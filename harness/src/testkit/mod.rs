@@ -4,12 +4,17 @@
 //! [`build`] of the workspace's service binaries before a suite.
 
 pub mod affected;
+#[cfg(feature = "journeys")]
 pub mod amqp;
 pub mod build;
 pub mod capture;
+#[cfg(feature = "journeys")]
 pub mod isolation;
+#[cfg(feature = "journeys")]
 pub mod journey;
+#[cfg(feature = "contracts")]
 pub mod loopback;
 pub mod report;
 pub mod runner;
+#[cfg(feature = "snapshots")]
 pub mod snapshot;

@@ -722,7 +722,7 @@ mod tests {
         };
         // The message, and where it panicked.
         assert!(panicked.starts_with("panicked: boom 7"), "{panicked}");
-        assert!(panicked.contains("src/runner.rs:"), "{panicked}");
+        assert!(panicked.contains("src/testkit/runner.rs:"), "{panicked}");
     }
 
     #[test]

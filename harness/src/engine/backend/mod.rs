@@ -7,6 +7,10 @@
 //! `HARNESS_BACKEND`, else [`detect`]ed. Each service can have a backend of its own
 //! ([`mixed`]): CI service containers as `external`, the team's services native.
 
+#[cfg(feature = "containers")]
+pub mod container;
+#[cfg(not(feature = "containers"))]
+#[path = "no_container.rs"]
 pub mod container;
 pub mod external;
 pub mod mixed;
