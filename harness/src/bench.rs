@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::model::endpoint::Endpoint;
 use crate::engine::error::Error;
-use crate::manifest::{Kind, Manifest, ProbeSpec};
 use crate::engine::stack::{Stack, StackOptions};
+use crate::manifest::{Kind, Manifest, ProbeSpec};
+use crate::model::endpoint::Endpoint;
 use crate::Graph;
 
 /// Results of a startup benchmark.

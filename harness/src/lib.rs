@@ -50,15 +50,18 @@ pub mod manifest;
 pub mod model;
 pub mod testkit;
 
-pub use engine::{attach, backend, cleanup, error, events, fingerprint, logs, paths, probe, scheduler, stack, state};
+pub use engine::{
+    attach, backend, cleanup, error, events, fingerprint, logs, paths, probe, scheduler, stack,
+    state,
+};
 pub use model::{endpoint, template};
-pub use testkit::{affected, build, capture, report, runner};
-#[cfg(feature = "journeys")]
-pub use testkit::{amqp, isolation, journey};
 #[cfg(feature = "contracts")]
 pub use testkit::loopback;
 #[cfg(feature = "snapshots")]
 pub use testkit::snapshot;
+pub use testkit::{affected, build, capture, report, runner};
+#[cfg(feature = "journeys")]
+pub use testkit::{amqp, isolation, journey};
 
 pub use engine::error::{exit_code, Error};
 pub use engine::stack::{Stack, StackOptions};

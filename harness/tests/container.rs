@@ -206,21 +206,29 @@ async fn servers_in_containers_answer_on_loopback_survive_faults_and_leave_nothi
     let redis_ep = stack.endpoint("redis").unwrap();
     stack.pause("redis").await.unwrap();
     assert!(
-        harness::probe::check(&ProbeSpec::Protocol(harness::manifest::Kind::Redis), &redis_ep)
-            .await
-            .is_err(),
+        harness::probe::check(
+            &ProbeSpec::Protocol(harness::manifest::Kind::Redis),
+            &redis_ep
+        )
+        .await
+        .is_err(),
         "a paused redis answered PING"
     );
     stack.unpause("redis").await.unwrap();
-    harness::probe::check(&ProbeSpec::Protocol(harness::manifest::Kind::Redis), &redis_ep)
-        .await
-        .unwrap();
+    harness::probe::check(
+        &ProbeSpec::Protocol(harness::manifest::Kind::Redis),
+        &redis_ep,
+    )
+    .await
+    .unwrap();
 
     // Stop PostgreSQL: the probe fails; start it again: ready on its (new) port, data kept.
     stack.stop("postgres").await.unwrap();
-    assert!(harness::probe::check(&ProbeSpec::Protocol(harness::manifest::Kind::Postgres), &pg)
-        .await
-        .is_err());
+    assert!(
+        harness::probe::check(&ProbeSpec::Protocol(harness::manifest::Kind::Postgres), &pg)
+            .await
+            .is_err()
+    );
     stack.start_service("postgres").await.unwrap();
     let pg_again = stack.endpoint("postgres").unwrap();
     let published = docker(&[
@@ -244,13 +252,19 @@ async fn servers_in_containers_answer_on_loopback_survive_faults_and_leave_nothi
 
     // Kill Redis outright and start it again.
     stack.kill("redis").await.unwrap();
-    assert!(harness::probe::check(&ProbeSpec::Protocol(harness::manifest::Kind::Redis), &redis_ep)
-        .await
-        .is_err());
+    assert!(harness::probe::check(
+        &ProbeSpec::Protocol(harness::manifest::Kind::Redis),
+        &redis_ep
+    )
+    .await
+    .is_err());
     stack.start_service("redis").await.unwrap();
-    harness::probe::check(&ProbeSpec::Protocol(harness::manifest::Kind::Redis), &stack.endpoint("redis").unwrap())
-        .await
-        .unwrap();
+    harness::probe::check(
+        &ProbeSpec::Protocol(harness::manifest::Kind::Redis),
+        &stack.endpoint("redis").unwrap(),
+    )
+    .await
+    .unwrap();
 
     // Logs come from the containers' stdout and stderr.
     let logs = stack.logs("postgres", 100).await.unwrap();

@@ -58,16 +58,28 @@ async fn a_mariadb_stack_is_ready_with_its_databases(backend: BackendKind) {
     assert_eq!(client(&stack, "SELECT 1").unwrap().trim(), "1");
     let databases = client(&stack, "SHOW DATABASES").unwrap();
     for wanted in ["app", "reports"] {
-        assert!(databases.lines().any(|l| l == wanted), "{wanted} missing: {databases}");
+        assert!(
+            databases.lines().any(|l| l == wanted),
+            "{wanted} missing: {databases}"
+        );
     }
-    client(&stack, "CREATE TABLE reports.t (x INT); INSERT INTO reports.t VALUES (7)").unwrap();
-    assert_eq!(client(&stack, "SELECT x FROM reports.t").unwrap().trim(), "7");
+    client(
+        &stack,
+        "CREATE TABLE reports.t (x INT); INSERT INTO reports.t VALUES (7)",
+    )
+    .unwrap();
+    assert_eq!(
+        client(&stack, "SELECT x FROM reports.t").unwrap().trim(),
+        "7"
+    );
     // The probe is a real login: a wrong password is refused by the server.
     let mut ep = stack.endpoint("db").unwrap();
     ep.password = Some("wrong".into());
     let refused = harness::probe::check(&ProbeSpec::Protocol(Kind::Mariadb), &ep).await;
     assert!(
-        refused.as_ref().is_err_and(|e| e.contains("authentication failed")),
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("authentication failed")),
         "{refused:?}"
     );
     stack.down().await;

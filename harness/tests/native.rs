@@ -110,18 +110,27 @@ async fn real_servers_start_answer_survive_faults_and_leave_nothing() {
     // Pause Redis: its probe fails; unpause: it passes again.
     let redis_ep = stack.endpoint("redis").unwrap();
     stack.pause("redis").await.unwrap();
-    let paused = harness::probe::check(&ProbeSpec::Protocol(harness::manifest::Kind::Redis), &redis_ep).await;
+    let paused = harness::probe::check(
+        &ProbeSpec::Protocol(harness::manifest::Kind::Redis),
+        &redis_ep,
+    )
+    .await;
     assert!(paused.is_err(), "a paused redis answered PING");
     stack.unpause("redis").await.unwrap();
-    harness::probe::check(&ProbeSpec::Protocol(harness::manifest::Kind::Redis), &redis_ep)
-        .await
-        .unwrap();
+    harness::probe::check(
+        &ProbeSpec::Protocol(harness::manifest::Kind::Redis),
+        &redis_ep,
+    )
+    .await
+    .unwrap();
 
     // Stop PostgreSQL: the probe fails; start it again: ready, data kept.
     stack.stop("postgres").await.unwrap();
-    assert!(harness::probe::check(&ProbeSpec::Protocol(harness::manifest::Kind::Postgres), &pg)
-        .await
-        .is_err());
+    assert!(
+        harness::probe::check(&ProbeSpec::Protocol(harness::manifest::Kind::Postgres), &pg)
+            .await
+            .is_err()
+    );
     stack.start_service("postgres").await.unwrap();
     let mut conn = sqlx::PgConnection::connect(&stack.url("postgres").unwrap())
         .await

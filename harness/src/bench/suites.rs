@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use crate::engine::backend::BackendKind;
 use crate::engine::error::Error;
-use crate::manifest::Manifest;
 use crate::engine::stack::{Stack, StackOptions};
+use crate::manifest::Manifest;
 
 /// Builds the suite's test binary and returns its path.
 fn test_binary(manifest: &Manifest, suite: &str) -> Result<PathBuf, Error> {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::report::VerifyReport;
-use super::request_env::ENV_REPORT;
+use super::verify::ENV_REPORT;
 use super::verify::{Candidate, VerifyRequest};
 use super::Error;
 
@@ -69,10 +69,11 @@ pub fn run_verify_command(
     let what = format!("`cargo test -p {} --test {}`", target.package, target.test);
     // In a group of its own, registered: a signal to `harness verify` reaches the suite, whose
     // own handler then stops its stack.
-    let status = crate::engine::cleanup::status_in_own_group(&mut cmd).map_err(|cause| Error::Command {
-        context: format!("running {what}"),
-        cause,
-    })?;
+    let status =
+        crate::engine::cleanup::status_in_own_group(&mut cmd).map_err(|cause| Error::Command {
+            context: format!("running {what}"),
+            cause,
+        })?;
     let report = std::fs::read(&report_path)
         .ok()
         .and_then(|bytes| serde_json::from_slice::<VerifyReport>(&bytes).ok());

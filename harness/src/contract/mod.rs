@@ -35,6 +35,7 @@
 mod command;
 mod error;
 mod message_server;
+mod mismatch;
 mod pacts;
 mod report;
 mod request_env;

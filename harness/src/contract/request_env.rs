@@ -17,8 +17,6 @@ const ENV_VERSION: &str = "HARNESS_VERIFY_PROVIDER_VERSION";
 const ENV_BRANCH: &str = "HARNESS_VERIFY_BRANCH";
 const ENV_BUILD_URL: &str = "HARNESS_VERIFY_BUILD_URL";
 const ENV_PUBLISH: &str = "HARNESS_VERIFY_PUBLISH";
-/// Where the suite binary writes its [`VerifyReport`](super::VerifyReport) as JSON for `harness verify`.
-pub(crate) const ENV_REPORT: &str = "HARNESS_VERIFY_REPORT";
 
 impl VerifyRequest {
     /// The environment that carries this request to a suite binary.

@@ -11,8 +11,8 @@ use pact_verifier::{
 use serde_json::Value;
 
 use super::message_server::MessageServer;
+use super::mismatch::render_mismatch;
 use super::pacts::Target;
-use super::report::render_mismatch;
 use super::states::StateExecutor;
 use super::{Contracts, Error, REQUEST_TIMEOUT};
 use crate::Stack;

@@ -10,13 +10,15 @@ use pact_verifier::{FilterInfo, PactSource, PublishOptions};
 use serde_json::Value;
 
 use super::report::VerifyReport;
-use super::request_env::ENV_REPORT;
 use super::verifier::{provider_target, Verification};
 use super::{Contracts, Error};
 use crate::manifest::Launch;
-use crate::testkit::runner::Suite;
 use crate::model::template::Template;
+use crate::testkit::runner::Suite;
 use crate::{Manifest, Stack};
+
+/// Where the suite binary writes its [`VerifyReport`](super::VerifyReport) as JSON for `harness verify`.
+pub(crate) const ENV_REPORT: &str = "HARNESS_VERIFY_REPORT";
 
 /// Where pacts come from when not from the directory: a Pact Broker.
 #[derive(Clone, Default, PartialEq)]

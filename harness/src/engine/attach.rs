@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::error::Error;
 use crate::engine::fingerprint::Fingerprinter;
-use crate::manifest::Manifest;
 use crate::engine::stack::Refreshed;
 pub use crate::engine::state::State;
+use crate::manifest::Manifest;
 
 /// The target directory of the workspace around a manifest.
 pub fn target_dir(manifest: &Manifest) -> PathBuf {

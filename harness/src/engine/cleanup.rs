@@ -48,13 +48,8 @@ static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 /// Held while something is started and while the emergency cleanup runs (see [`guarded`]).
 static STARTS: Mutex<()> = Mutex::new(());
 static INSTALL: Once = Once::new();
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Whether a signal arrived and the process is being torn down; callers should stay quiet
-/// (what they see failing is the teardown) and let the handler exit.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
-}
+pub use crate::engine::interrupt::interrupted;
 
 fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
     let mut guard = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
@@ -79,7 +74,7 @@ pub fn install_signal_handler_with(sink: std::sync::Arc<dyn crate::engine::event
             .name("harness-signals".into())
             .spawn(move || {
                 if let Some(signal) = signals.forever().next() {
-                    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+                    crate::engine::interrupt::set();
                     let (groups, dirs, hooks) =
                         with(|r| (r.groups.len(), r.dirs.len(), r.hooks.len()));
                     sink.event(&crate::engine::events::Event::Interrupted {

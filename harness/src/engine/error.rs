@@ -99,7 +99,6 @@ impl Error {
     }
 }
 
-
 /// A service that did not start or become ready, and what was done about it.
 #[derive(Debug)]
 pub struct StartupError {

@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::engine::backend::BackendKind;
+use crate::manifest::BackendKind;
 use crate::testkit::report::TrialRecord;
-use crate::engine::stack::Refreshed;
 
 /// Something the engine or the test kit reports.
 #[derive(Debug, Clone, PartialEq)]
@@ -205,7 +204,7 @@ impl Terminal {
     pub fn render(&self, event: &Event) -> Option<String> {
         let progress = |text: String| {
             // Once a signal arrived, what fails is the teardown: the handler says so instead.
-            (self.progress && !crate::engine::cleanup::interrupted()).then_some(text)
+            (self.progress && !crate::engine::interrupt::interrupted()).then_some(text)
         };
         let width = self.width.load(Ordering::Relaxed);
         let line = |service: &str, at: &Duration, what: &str| {
@@ -333,6 +332,27 @@ impl Sink for Fanout {
         for sink in &self.0 {
             sink.event(event);
         }
+    }
+}
+
+/// One service a refresh restarted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Refreshed {
+    /// The service.
+    pub service: String,
+    /// Why: `binary changed`, `config and files changed`, `dependency payments moved`.
+    pub reason: String,
+    /// How long the restart and probe took.
+    pub millis: u64,
+}
+
+impl std::fmt::Display for Refreshed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "refreshed {}: {} ({} ms)",
+            self.service, self.reason, self.millis
+        )
     }
 }
 

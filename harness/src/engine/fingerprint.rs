@@ -12,7 +12,7 @@
 //!   container runs a workspace binary mounted from the host.
 //!
 //! The stack's owner records them when the stack starts (in the state file); an attaching suite
-//! computes them again and asks the owner to refresh what differs (see [`crate::engine::attach`]).
+//! computes them again and asks the owner to refresh what differs (see the `attach` module).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::backend::BackendKind;
-use crate::model::digest::{content_hash, Hasher};
 use crate::manifest::{Launch, Manifest, Service};
+use crate::model::digest::{content_hash, Hasher};
 
 /// The parts of one service's fingerprint, by name (`config`, `binary`, `files`, ...).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

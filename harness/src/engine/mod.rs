@@ -11,6 +11,7 @@ pub mod cleanup;
 pub mod error;
 pub mod events;
 pub mod fingerprint;
+pub mod interrupt;
 pub mod logs;
 pub mod paths;
 pub mod probe;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::model::endpoint::Endpoint;
 use crate::manifest::ProbeSpec;
+use crate::model::endpoint::Endpoint;
 
 /// Interval between TCP connects while a port is still closed.
 pub const PORT_POLL: Duration = Duration::from_millis(5);

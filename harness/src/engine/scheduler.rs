@@ -12,9 +12,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::model::endpoint::Endpoint;
 use crate::graph::Graph;
 use crate::manifest::Condition;
+use crate::model::endpoint::Endpoint;
 
 /// Why one service failed to start or become ready.
 #[derive(Debug, Clone)]

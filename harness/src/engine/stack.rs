@@ -12,14 +12,14 @@ use tokio::time::Instant;
 use crate::engine::backend::mixed::Plan;
 use crate::engine::backend::{self, Backend, BackendKind, Instance, StartRequest};
 use crate::engine::cleanup::{self, RunDir};
-use crate::model::endpoint::Endpoint;
 use crate::engine::error::{Error, StartupError};
 use crate::engine::events::{Discard, Event, Sink, Terminal};
 use crate::engine::fingerprint::{Fingerprinter, Fingerprints};
-use crate::graph::Graph;
-use crate::manifest::{Manifest, Service};
 use crate::engine::probe;
 use crate::engine::scheduler::{self, Failure, Launcher, Phase, Timing};
+use crate::graph::Graph;
+use crate::manifest::{Manifest, Service};
+use crate::model::endpoint::Endpoint;
 
 /// Lines of a service's log shown when it fails.
 pub const LOG_TAIL_LINES: usize = 20;
@@ -130,26 +130,7 @@ pub struct Stack {
 
 type Creds = (Option<String>, Option<String>, Option<String>);
 
-/// One service a refresh restarted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Refreshed {
-    /// The service.
-    pub service: String,
-    /// Why: `binary changed`, `config and files changed`, `dependency payments moved`.
-    pub reason: String,
-    /// How long the restart and probe took.
-    pub millis: u64,
-}
-
-impl std::fmt::Display for Refreshed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "refreshed {}: {} ({} ms)",
-            self.service, self.reason, self.millis
-        )
-    }
-}
+pub use crate::engine::events::Refreshed;
 
 fn random_token(len: usize) -> String {
     use rand::Rng;
@@ -439,7 +420,7 @@ impl Stack {
             backend::mixed::plan(&manifest, options.backend, &options.service_backends).await?;
         let kind = plan.main(&manifest);
         let run = RunDir::create().map_err(|e| Error::io("creating the run directory", e))?;
-        let backend = backend::create_plan(&plan, &run, &manifest, &bin_dir);
+        let backend = backend::mixed::create(&plan, &run, &manifest, &bin_dir);
         backend.preflight(&manifest).await?;
         // Taken before anything launches: a change made while the stack starts is seen by the
         // next attach, never missed.
@@ -520,8 +501,8 @@ impl Stack {
         })
     }
 
-    /// A handle on a stack another process started (see [`crate::engine::attach`]).
-    pub fn attach(manifest: Manifest, state: crate::engine::attach::State) -> Result<Stack, Error> {
+    /// A handle on a stack another process started (see the `attach` module).
+    pub fn attach(manifest: Manifest, state: crate::engine::state::State) -> Result<Stack, Error> {
         let manifest_dir = manifest.dir().to_path_buf();
         let graph = Graph::new(&manifest)
             .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;

@@ -1,4 +1,4 @@
-//! What the state file of attach mode records about a running stack (see [`crate::engine::attach`]),
+//! What the state file of attach mode records about a running stack (see the `attach` module),
 //! and so what a handle on that stack is built from. Below the stack: it names no handle.
 
 use std::collections::BTreeMap;
@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::backend::BackendKind;
-use crate::model::endpoint::Endpoint;
 use crate::engine::fingerprint::{Fingerprints, KnownFile};
 use crate::engine::logs::LogSource;
-use crate::manifest::Manifest;
 use crate::engine::scheduler::Timing;
+use crate::manifest::Manifest;
+use crate::model::endpoint::Endpoint;
 
 /// What a state file records about a running stack.
 #[derive(Debug, Clone, Serialize, Deserialize)]

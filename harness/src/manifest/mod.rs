@@ -129,9 +129,10 @@ pub enum ProbeSpec {
 impl fmt::Display for ProbeSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProbeSpec::Protocol(kind) => {
-                f.write_str(kind.server().map_or("connection", |s| s.probe_description()))
-            }
+            ProbeSpec::Protocol(kind) => f.write_str(
+                kind.server()
+                    .map_or("connection", |s| s.probe_description()),
+            ),
             ProbeSpec::Http { path, port } => write!(f, "http GET {path} (port `{port}`)"),
             ProbeSpec::Tcp { port } => write!(f, "tcp connect (port `{port}`)"),
             ProbeSpec::None => f.write_str("none"),

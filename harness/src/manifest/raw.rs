@@ -130,15 +130,20 @@ impl TryFrom<String> for RawProbeKind {
             "http" => Ok(RawProbeKind::Http),
             "tcp" => Ok(RawProbeKind::Tcp),
             "none" => Ok(RawProbeKind::None),
-            _ => Kind::of_protocol(&name).map(RawProbeKind::Protocol).ok_or_else(|| {
-                let protocols: Vec<String> = Kind::ALL
-                    .iter()
-                    .filter_map(|k| k.server())
-                    .map(|s| format!("`{}`", s.protocol()))
-                    .chain(["`http`", "`tcp`", "`none`"].map(String::from))
-                    .collect();
-                format!("unknown probe type `{name}`, expected one of {}", protocols.join(", "))
-            }),
+            _ => Kind::of_protocol(&name)
+                .map(RawProbeKind::Protocol)
+                .ok_or_else(|| {
+                    let protocols: Vec<String> = Kind::ALL
+                        .iter()
+                        .filter_map(|k| k.server())
+                        .map(|s| format!("`{}`", s.protocol()))
+                        .chain(["`http`", "`tcp`", "`none`"].map(String::from))
+                        .collect();
+                    format!(
+                        "unknown probe type `{name}`, expected one of {}",
+                        protocols.join(", ")
+                    )
+                }),
         }
     }
 }

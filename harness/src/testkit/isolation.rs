@@ -17,8 +17,8 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context as _};
 use sqlx::Connection as _;
 
-use crate::manifest::Kind;
 use crate::engine::stack::Stack;
+use crate::manifest::Kind;
 
 /// Clones kept made ahead of use.
 pub const POOL_SIZE: usize = 4;

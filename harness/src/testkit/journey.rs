@@ -41,8 +41,8 @@ use lapin::types::FieldTable;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::manifest::Kind;
 use crate::engine::stack::Stack;
+use crate::manifest::Kind;
 
 /// A W3C trace context: a fresh 32-hex trace id per journey.
 #[derive(Debug, Clone)]
@@ -296,7 +296,10 @@ impl Journey {
     /// A connection to the stack's RabbitMQ service.
     pub async fn amqp(&self) -> anyhow::Result<lapin::Connection> {
         let name = self.service_of_kind(Kind::Rabbitmq)?;
-        Ok(lapin::Connection::connect(&self.stack.url(&name)?, crate::testkit::amqp::properties()).await?)
+        Ok(
+            lapin::Connection::connect(&self.stack.url(&name)?, crate::testkit::amqp::properties())
+                .await?,
+        )
     }
 
     /// Starts capturing messages published to the topic `exchange` with `routing_key` on a

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::graph::Graph;
 use crate::engine::scheduler::Timing;
+use crate::graph::Graph;
 
 /// How one trial ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::engine::events::{Event, Fanout, Report, Sink, Terminal, Trials};
+use crate::engine::stack::{Stack, StackOptions};
 use crate::manifest::Kind;
 use crate::testkit::report::{Outcome, TrialRecord};
-use crate::engine::stack::{Stack, StackOptions};
 use crate::{exit_code, Manifest};
 
 type TrialFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -509,14 +509,18 @@ fn finish(
 ) {
     let mut records = trials.records();
     records.sort_by(|a, b| a.name.cmp(&b.name));
-    sink.event(&Event::Summary(crate::testkit::report::summary(&records, timings)));
+    sink.event(&Event::Summary(crate::testkit::report::summary(
+        &records, timings,
+    )));
     let path = match std::env::var_os("HARNESS_JUNIT") {
         Some(p) => std::path::PathBuf::from(p),
         None => {
             let manifest = manifest
                 .map(std::path::Path::to_path_buf)
                 .unwrap_or_else(crate::default_manifest_path);
-            let dir = crate::engine::paths::bin_dir(manifest.parent().unwrap_or(std::path::Path::new(".")));
+            let dir = crate::engine::paths::bin_dir(
+                manifest.parent().unwrap_or(std::path::Path::new(".")),
+            );
             dir.parent()
                 .unwrap_or(std::path::Path::new("target"))
                 .join("harness")

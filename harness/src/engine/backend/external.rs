@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendKind, Instance, StartRequest};
-use crate::model::endpoint::Endpoint;
+use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::error::Error;
+use crate::manifest::BackendKind;
 use crate::manifest::{Manifest, Service};
+use crate::model::endpoint::Endpoint;
 
 /// Endpoints from the environment.
 #[derive(Debug)]

@@ -22,14 +22,15 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendKind, Instance, StartRequest};
-use crate::model::endpoint::Endpoint;
+use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::error::Error;
+use crate::manifest::BackendKind;
 use crate::manifest::{Kind, Manifest};
+use crate::model::endpoint::Endpoint;
 
 /// The name a container reaches the host at: every container of a run gets it as an extra
 /// host mapped to the engine's `host-gateway`.
-pub const HOST_GATEWAY: &str = "host.docker.internal";
+pub use super::interface::HOST_GATEWAY;
 
 /// `--backend` on the command line: a backend for the stack, and backends for some services
 /// (`native`, `postgres=external,redis=external`, `native,postgres=external`).
@@ -371,6 +372,20 @@ impl Backend for Mixed {
                 },
             );
         Ok(instance)
+    }
+}
+
+/// Creates what runs a plan: its one backend, or a [`Mixed`] one over several.
+pub fn create(
+    plan: &Plan,
+    run: &crate::engine::cleanup::RunDir,
+    manifest: &Manifest,
+    bin_dir: &std::path::Path,
+) -> Box<dyn Backend> {
+    let kinds = plan.kinds();
+    match kinds.iter().next() {
+        Some(kind) if kinds.len() == 1 => super::create(*kind, run, manifest, bin_dir),
+        _ => Box::new(Mixed::new(plan.clone(), run, manifest, bin_dir)),
     }
 }
 

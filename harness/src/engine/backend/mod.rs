@@ -1,6 +1,6 @@
 //! Backends run services: as local processes ([`native`]), as containers on a private network
 //! ([`container`]), or not at all ([`external`]: endpoints come from the environment). Every
-//! backend produces [`Instance`]s, and the [`Stack`](crate::engine::stack::Stack) handle on top is the
+//! backend produces [`Instance`]s, and the `Stack` handle on top is the
 //! same for all of them.
 //!
 //! Which one runs a stack: `--backend` / [`StackOptions::backend`](crate::StackOptions), else
@@ -13,18 +13,15 @@ pub mod container;
 #[path = "no_container.rs"]
 pub mod container;
 pub mod external;
+pub mod interface;
 pub mod mixed;
 pub mod native;
 
-use std::collections::BTreeMap;
-use std::fmt;
+pub use interface::{Backend, Instance, StartRequest};
 
-use async_trait::async_trait;
-
-use crate::model::endpoint::Endpoint;
 use crate::engine::error::Error;
 pub use crate::manifest::BackendKind;
-use crate::manifest::{Manifest, Service};
+use crate::manifest::Manifest;
 
 impl BackendKind {
     /// The backend `HARNESS_BACKEND` asks for: `None` when it is unset, empty or `auto`.
@@ -113,72 +110,6 @@ pub fn choose(
     })
 }
 
-/// Everything a backend needs to start one service.
-#[derive(Debug)]
-pub struct StartRequest<'a> {
-    /// The service as the manifest describes it.
-    pub service: &'a Service,
-    /// Credentials for this run (fixed in the manifest or generated).
-    pub user: Option<String>,
-    /// Password for this run.
-    pub password: Option<String>,
-    /// Default database for this run.
-    pub database: Option<String>,
-    /// Endpoints of its started dependencies, as the service itself reaches them.
-    pub deps: &'a BTreeMap<String, Endpoint>,
-    /// Host ports to listen on again (a refresh in place keeps a native service's address, so
-    /// its dependents need no restart); `None` allocates new ones.
-    pub ports: Option<&'a BTreeMap<String, u16>>,
-}
-
-/// A backend: starts services of a manifest.
-#[async_trait]
-pub trait Backend: Send + Sync + fmt::Debug {
-    /// Which backend this is.
-    fn kind(&self) -> BackendKind;
-    /// Checks before anything starts that every service can be started (binaries installed,
-    /// images present), listing everything missing at once.
-    async fn preflight(&self, manifest: &Manifest) -> Result<(), Error>;
-    /// Starts one service; returns once it has been launched (not yet ready).
-    async fn start(&self, request: StartRequest<'_>) -> Result<Box<dyn Instance>, Error>;
-}
-
-/// One running service.
-#[async_trait]
-pub trait Instance: Send + Sync + fmt::Debug {
-    /// Where the host (probes, tests) reaches it.
-    fn endpoint(&self) -> Endpoint;
-    /// Where other services reach it.
-    fn internal_endpoint(&self) -> Endpoint;
-    /// Called once during stack-up, when the service passed its readiness probe.
-    async fn on_ready(&mut self) {}
-    /// `Some(description)` once the service has exited on its own.
-    fn exited(&mut self) -> Option<String>;
-    /// The last `n` lines of its output.
-    fn log_tail(&self, n: usize) -> Vec<String>;
-    /// Why its output cannot be read (`Some("unavailable on the external backend")`), or
-    /// `None` when [`Instance::log_tail`] reads it.
-    fn logs_unavailable(&self) -> Option<String> {
-        None
-    }
-    /// Where its output can be read by another process (for attached stacks).
-    fn log_source(&self) -> Option<crate::engine::logs::LogSource> {
-        None
-    }
-    /// Stops it gracefully (data kept, can be started again).
-    async fn stop(&mut self) -> Result<(), Error>;
-    /// Starts it again after [`Instance::stop`] or [`Instance::kill`].
-    async fn start(&mut self) -> Result<(), Error>;
-    /// Kills it at once (SIGKILL).
-    async fn kill(&mut self) -> Result<(), Error>;
-    /// Freezes it: it keeps its sockets but answers nothing.
-    async fn pause(&mut self) -> Result<(), Error>;
-    /// Resumes it after [`Instance::pause`].
-    async fn unpause(&mut self) -> Result<(), Error>;
-    /// Stops it and removes everything it created.
-    async fn remove(&mut self);
-}
-
 /// The last `n` lines of a log source, whichever backend's service wrote it.
 pub fn log_tail(source: &crate::engine::logs::LogSource, n: usize) -> Vec<String> {
     match source {
@@ -198,20 +129,6 @@ pub fn create(
         BackendKind::Native => Box::new(native::Native::new(run, manifest.dir(), bin_dir)),
         BackendKind::External => Box::new(external::External),
         BackendKind::Container => Box::new(container::Container::new(run, manifest, bin_dir)),
-    }
-}
-
-/// Creates what runs a plan: its one backend, or a [`mixed::Mixed`] one over several.
-pub fn create_plan(
-    plan: &mixed::Plan,
-    run: &crate::engine::cleanup::RunDir,
-    manifest: &Manifest,
-    bin_dir: &std::path::Path,
-) -> Box<dyn Backend> {
-    let kinds = plan.kinds();
-    match kinds.iter().next() {
-        Some(kind) if kinds.len() == 1 => create(*kind, run, manifest, bin_dir),
-        _ => Box::new(mixed::Mixed::new(plan.clone(), run, manifest, bin_dir)),
     }
 }
 

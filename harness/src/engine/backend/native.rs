@@ -24,11 +24,12 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::{Pid, User};
 use tokio::process::{Child, Command};
 
-use super::{Backend, BackendKind, Instance, StartRequest};
+use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::{self, RunDir, RUN_ID_ENV};
-use crate::model::endpoint::Endpoint;
 use crate::engine::error::Error;
+use crate::manifest::BackendKind;
 use crate::manifest::{Launch, Manifest, Service};
+use crate::model::endpoint::Endpoint;
 use crate::model::kind::server::find_program;
 use crate::model::kind::NativeHost;
 
@@ -56,7 +57,6 @@ impl Native {
         }
     }
 }
-
 
 /// Whether the native backend can run every service of a manifest: the servers installed and
 /// the service binaries built (in `bins`, see [`bin_dir`](crate::engine::paths::bin_dir)). Lists

@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
-use super::{Backend, BackendKind, Instance, StartRequest};
+use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::RunDir;
 use crate::engine::error::Error;
+use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
 
 const MISSING: &str = "the harness was built without its `containers` feature";

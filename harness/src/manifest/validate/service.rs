@@ -500,12 +500,12 @@ fn default_probe(kind: Kind, ports: &BTreeMap<String, u16>) -> ProbeSpec {
         return ProbeSpec::Protocol(kind);
     }
     match ports.keys().next() {
-            Some(_) if ports.contains_key("http") => ProbeSpec::Tcp {
-                port: "http".into(),
-            },
-            Some(first) => ProbeSpec::Tcp {
-                port: first.clone(),
-            },
-            None => ProbeSpec::None,
+        Some(_) if ports.contains_key("http") => ProbeSpec::Tcp {
+            port: "http".into(),
+        },
+        Some(first) => ProbeSpec::Tcp {
+            port: first.clone(),
+        },
+        None => ProbeSpec::None,
     }
 }

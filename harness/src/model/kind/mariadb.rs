@@ -44,7 +44,12 @@ fn program(name: &'static str, dir: &str) -> Program {
 }
 
 /// Runs a function or prints a list of the entrypoint script, sourced (it defines, runs nothing).
-async fn sourced(host: &dyn NativeHost, script: &Path, call: &str, args: &[&str]) -> Result<String, String> {
+async fn sourced(
+    host: &dyn NativeHost,
+    script: &Path,
+    call: &str,
+    args: &[&str],
+) -> Result<String, String> {
     let mut cmd = Command::new("bash");
     // `$0` is not the script: sourced under its own name, it would run as the entrypoint.
     cmd.arg("-c")
@@ -58,7 +63,10 @@ async fn sourced(host: &dyn NativeHost, script: &Path, call: &str, args: &[&str]
 }
 
 /// The install arguments and server settings of the entrypoint.
-async fn settings(host: &dyn NativeHost, script: &Path) -> Result<(Vec<String>, Vec<String>), String> {
+async fn settings(
+    host: &dyn NativeHost,
+    script: &Path,
+) -> Result<(Vec<String>, Vec<String>), String> {
     let text = sourced(
         host,
         script,
@@ -154,9 +162,19 @@ impl Server for Mariadb {
 
     fn credentials(&self, given: &Credentials, random: &dyn Fn(usize) -> String) -> Credentials {
         Credentials {
-            user: Some(given.user.clone().unwrap_or_else(|| format!("u{}", random(8)))),
+            user: Some(
+                given
+                    .user
+                    .clone()
+                    .unwrap_or_else(|| format!("u{}", random(8))),
+            ),
             password: Some(given.password.clone().unwrap_or_else(|| random(24))),
-            database: Some(given.database.clone().unwrap_or_else(|| DEFAULT_DATABASE.into())),
+            database: Some(
+                given
+                    .database
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_DATABASE.into()),
+            ),
         }
     }
 
@@ -169,7 +187,10 @@ impl Server for Mariadb {
         let user = if root { &None } else { &target.user };
         super::env_of(&[
             ("MARIADB_USER", user),
-            ("MARIADB_PASSWORD", if root { &None } else { &target.password }),
+            (
+                "MARIADB_PASSWORD",
+                if root { &None } else { &target.password },
+            ),
             ("MARIADB_DATABASE", &target.database),
             ("MARIADB_ROOT_PASSWORD", &target.password),
         ])
@@ -277,8 +298,14 @@ impl Server for Mariadb {
             .ok_or_else(|| format!("SELECT 1 returned {rows:?}"))
     }
 
-    async fn create_databases(&self, target: &Target, wanted: &[&str]) -> Result<Vec<String>, String> {
-        let mut root = as_root(target).await.map_err(|e| format!("creating databases: {e}"))?;
+    async fn create_databases(
+        &self,
+        target: &Target,
+        wanted: &[&str],
+    ) -> Result<Vec<String>, String> {
+        let mut root = as_root(target)
+            .await
+            .map_err(|e| format!("creating databases: {e}"))?;
         let mut created = Vec::new();
         for db in wanted {
             let found = root
@@ -290,7 +317,11 @@ impl Server for Mariadb {
             }
             let mut sql = vec![format!("CREATE DATABASE {}", ident(db))];
             if let Some(user) = target.user.as_deref().filter(|u| *u != ROOT) {
-                sql.push(format!("GRANT ALL PRIVILEGES ON {}.* TO {}@'%'", ident(db), literal(user)));
+                sql.push(format!(
+                    "GRANT ALL PRIVILEGES ON {}.* TO {}@'%'",
+                    ident(db),
+                    literal(user)
+                ));
             }
             for statement in sql {
                 root.query(&statement)

@@ -100,7 +100,10 @@ impl fmt::Display for Kind {
 pub fn url(kind: Kind, target: &Target, path: Option<&str>) -> String {
     let address = format!("{}:{}", target.host, target.port);
     let Some(server) = kind.server() else {
-        return format!("http://{address}{}", path.map(|p| format!("/{p}")).unwrap_or_default());
+        return format!(
+            "http://{address}{}",
+            path.map(|p| format!("/{p}")).unwrap_or_default()
+        );
     };
     let auth = match (&target.user, &target.password) {
         (Some(u), Some(p)) => format!("{}:{}@", encode(u), encode(p)),
@@ -109,7 +112,10 @@ pub fn url(kind: Kind, target: &Target, path: Option<&str>) -> String {
         (None, None) => String::new(),
     };
     let path = path
-        .or(target.database.as_deref().filter(|_| server.path_is_database()))
+        .or(target
+            .database
+            .as_deref()
+            .filter(|_| server.path_is_database()))
         .unwrap_or(server.default_path());
     let path = if server.encodes_path() {
         encode(path)

@@ -13,11 +13,11 @@ use nix::sys::signal::Signal;
 use nix::unistd::User;
 use tokio::process::Command;
 
-use super::wire::postgres::Client;
 use super::server::{
     cache_key, chown_tree, from_cache_or, need, server_identity, system_user, write, Credentials,
     Entrypoint, NativeHost, Process, Program, Server, Target,
 };
+use super::wire::postgres::Client;
 
 /// The database a postgres service's URL names when the manifest names none.
 pub const DEFAULT_DATABASE: &str = "app";
@@ -87,7 +87,12 @@ fn program(name: &'static str) -> Program {
 
 /// The key of a cached initialised cluster: the server's identity (its `--version`, path,
 /// size and modification time), the superuser's name, the initdb arguments and the settings.
-fn cluster_key(server_identity: &str, user: &str, initdb_args: &[&str], settings: &[&str]) -> String {
+fn cluster_key(
+    server_identity: &str,
+    user: &str,
+    initdb_args: &[&str],
+    settings: &[&str],
+) -> String {
     cache_key(&[
         ("format", CLUSTER_FORMAT.to_string()),
         ("server", server_identity.to_string()),
@@ -124,7 +129,9 @@ async fn set_credentials(
         .arg(data)
         .args(["-c", "fsync=off", MAINTENANCE])
         .current_dir(host.dir());
-    let out = host.run(cmd, user, Some(credentials_sql(role, password))).await?;
+    let out = host
+        .run(cmd, user, Some(credentials_sql(role, password)))
+        .await?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -132,7 +139,9 @@ async fn set_credentials(
     );
     // The single-user backend reports a failed statement and still exits 0.
     if text.contains("ERROR:") || text.contains("FATAL:") {
-        return Err(format!("setting the credentials of `{role}` failed:\n{text}"));
+        return Err(format!(
+            "setting the credentials of `{role}` failed:\n{text}"
+        ));
     }
     Ok(())
 }
@@ -218,7 +227,12 @@ impl Server for Postgres {
 
     fn credentials(&self, given: &Credentials, random: &dyn Fn(usize) -> String) -> Credentials {
         Credentials {
-            user: Some(given.user.clone().unwrap_or_else(|| format!("u{}", random(8)))),
+            user: Some(
+                given
+                    .user
+                    .clone()
+                    .unwrap_or_else(|| format!("u{}", random(8))),
+            ),
             password: Some(given.password.clone().unwrap_or_else(|| random(24))),
             database: Some(
                 given
@@ -307,7 +321,10 @@ impl Server for Postgres {
     async fn probe(&self, target: &Target) -> Result<(), String> {
         // The maintenance database always exists; the service's own may not yet.
         let mut client = connect(target, MAINTENANCE).await?;
-        let rows = client.simple_query("SELECT 1").await.map_err(|e| e.to_string());
+        let rows = client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| e.to_string());
         client.close().await;
         let rows = rows?;
         (rows == [vec![Some("1".to_string())]])
@@ -315,8 +332,16 @@ impl Server for Postgres {
             .ok_or_else(|| format!("SELECT 1 returned {rows:?}"))
     }
 
-    async fn create_databases(&self, target: &Target, wanted: &[&str]) -> Result<Vec<String>, String> {
-        let wanted: Vec<&str> = wanted.iter().copied().filter(|d| *d != MAINTENANCE).collect();
+    async fn create_databases(
+        &self,
+        target: &Target,
+        wanted: &[&str],
+    ) -> Result<Vec<String>, String> {
+        let wanted: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|d| *d != MAINTENANCE)
+            .collect();
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
@@ -327,7 +352,9 @@ impl Server for Postgres {
         for db in wanted {
             let literal = format!("'{}'", db.replace('\'', "''"));
             let found = client
-                .simple_query(&format!("SELECT 1 FROM pg_database WHERE datname = {literal}"))
+                .simple_query(&format!(
+                    "SELECT 1 FROM pg_database WHERE datname = {literal}"
+                ))
                 .await
                 .map_err(|e| format!("creating database `{db}`: {e}"))?;
             if found.is_empty() {
@@ -347,7 +374,10 @@ impl Server for Postgres {
         for db in dbs {
             // FORCE: a connection a trial left open must not keep them.
             client
-                .simple_query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(db)))
+                .simple_query(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    ident(db)
+                ))
                 .await
                 .map_err(|e| format!("dropping `{db}`: {e}"))?;
         }
@@ -371,16 +401,31 @@ mod tests {
             "the same server and settings must find the same cluster"
         );
         let upgraded = SERVER.replace("15.18", "15.19");
-        assert_ne!(key, cluster_key(&upgraded, "postgres", &INITDB_ARGS, &NATIVE_SETTINGS));
+        assert_ne!(
+            key,
+            cluster_key(&upgraded, "postgres", &INITDB_ARGS, &NATIVE_SETTINGS)
+        );
         let rebuilt = SERVER.replace(" 1", " 2");
-        assert_ne!(key, cluster_key(&rebuilt, "postgres", &INITDB_ARGS, &NATIVE_SETTINGS));
-        assert_ne!(key, cluster_key(SERVER, "admin", &INITDB_ARGS, &NATIVE_SETTINGS));
+        assert_ne!(
+            key,
+            cluster_key(&rebuilt, "postgres", &INITDB_ARGS, &NATIVE_SETTINGS)
+        );
+        assert_ne!(
+            key,
+            cluster_key(SERVER, "admin", &INITDB_ARGS, &NATIVE_SETTINGS)
+        );
         let mut initdb = INITDB_ARGS.to_vec();
         initdb[4] = "--locale=C.UTF-8";
-        assert_ne!(key, cluster_key(SERVER, "postgres", &initdb, &NATIVE_SETTINGS));
+        assert_ne!(
+            key,
+            cluster_key(SERVER, "postgres", &initdb, &NATIVE_SETTINGS)
+        );
         let mut settings = NATIVE_SETTINGS.to_vec();
         settings.push("max_locks_per_transaction=128");
-        assert_ne!(key, cluster_key(SERVER, "postgres", &INITDB_ARGS, &settings));
+        assert_ne!(
+            key,
+            cluster_key(SERVER, "postgres", &INITDB_ARGS, &settings)
+        );
     }
 
     #[test]

@@ -151,7 +151,12 @@ impl Server for Rabbitmq {
 
     fn credentials(&self, given: &Credentials, random: &dyn Fn(usize) -> String) -> Credentials {
         Credentials {
-            user: Some(given.user.clone().unwrap_or_else(|| format!("u{}", random(8)))),
+            user: Some(
+                given
+                    .user
+                    .clone()
+                    .unwrap_or_else(|| format!("u{}", random(8))),
+            ),
             password: Some(given.password.clone().unwrap_or_else(|| random(24))),
             database: given.database.clone(),
         }
@@ -216,7 +221,10 @@ impl Server for Rabbitmq {
             ("ERL_EPMD_PORT", epmd_port.to_string()),
             // The VM would otherwise run `epmd -daemon`, which leaves its group and outlives the
             // run; ours is already listening on ERL_EPMD_PORT.
-            ("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-start_epmd false".into()),
+            (
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-start_epmd false".into(),
+            ),
             ("RABBITMQ_NODENAME", format!("harness-{short}@localhost")),
             ("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".into()),
             ("RABBITMQ_NODE_PORT", target.port.to_string()),
@@ -303,7 +311,12 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["ra-2.1.0", "rabbit-3.10.8", "rabbit_common-3.10.8", "recon-2.5.2"]
+            [
+                "ra-2.1.0",
+                "rabbit-3.10.8",
+                "rabbit_common-3.10.8",
+                "recon-2.5.2"
+            ]
         );
     }
 }

@@ -69,8 +69,18 @@ impl Server for Redis {
         let port = target.port.to_string();
         let dir = host.dir().display().to_string();
         let args = [
-            "--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir",
-            &dir, "--daemonize", "no",
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir,
+            "--daemonize",
+            "no",
         ];
         Ok(vec![Process {
             program: need(&program())?,

@@ -161,7 +161,11 @@ pub trait Server: Send + Sync + std::fmt::Debug {
     /// One attempt of its protocol's readiness check.
     async fn probe(&self, target: &Target) -> Result<(), String>;
     /// Creates those of `wanted` that do not exist yet, once the server is ready; the created ones.
-    async fn create_databases(&self, target: &Target, wanted: &[&str]) -> Result<Vec<String>, String> {
+    async fn create_databases(
+        &self,
+        target: &Target,
+        wanted: &[&str],
+    ) -> Result<Vec<String>, String> {
         let _ = (target, wanted);
         Ok(Vec::new())
     }
@@ -264,7 +268,9 @@ async fn publish_cached(host: &dyn NativeHost, data: &Path, cached: &Path) -> Re
     std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
     let tmp = parent.join(format!(".new-{:016x}", rand::random::<u64>()));
     std::fs::create_dir(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?;
-    let copied = host.run(copy_tree(data, &tmp.join("data")), None, None).await;
+    let copied = host
+        .run(copy_tree(data, &tmp.join("data")), None, None)
+        .await;
     let renamed = copied.and_then(|_| {
         std::fs::rename(&tmp, cached).or_else(|e| {
             if cached.join("data").is_dir() {
@@ -281,12 +287,20 @@ async fn publish_cached(host: &dyn NativeHost, data: &Path, cached: &Path) -> Re
 /// The key of a cached data directory: a hash of every line that decides its content.
 pub fn cache_key(lines: &[(&str, String)]) -> String {
     let text: String = lines.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
-    format!("{:016x}", crate::model::digest::content_hash(text.as_bytes()))
+    format!(
+        "{:016x}",
+        crate::model::digest::content_hash(text.as_bytes())
+    )
 }
 
 /// Fills `data` from the cached copy under `cached`, or makes it with `make` and saves it there
 /// for later runs (a run without a cache still works, only slower next time).
-pub async fn from_cache_or<F>(host: &dyn NativeHost, cached: &Path, data: &Path, make: F) -> Result<(), String>
+pub async fn from_cache_or<F>(
+    host: &dyn NativeHost,
+    cached: &Path,
+    data: &Path,
+    make: F,
+) -> Result<(), String>
 where
     F: std::future::Future<Output = Result<(), String>> + Send,
 {
@@ -296,7 +310,12 @@ where
             .run(copy_tree(&cached.join("data"), data), None, None)
             .await
             .map(drop)
-            .map_err(|e| format!("copying the cached data directory {}: {e}", cached.display()));
+            .map_err(|e| {
+                format!(
+                    "copying the cached data directory {}: {e}",
+                    cached.display()
+                )
+            });
     }
     make.await?;
     let _ = publish_cached(host, data, cached).await;

@@ -18,10 +18,10 @@ use testcontainers::bollard::Docker;
 
 use super::engine::{blocking, status_of};
 use super::reaper::remove_container;
-use crate::engine::backend::Instance;
-use crate::model::endpoint::Endpoint;
+use crate::engine::backend::interface::Instance;
 use crate::engine::error::Error;
 use crate::engine::logs::LogSource;
+use crate::model::endpoint::Endpoint;
 
 /// How long `stop` lets a container shut down before the engine kills it.
 const STOP_GRACE_SECS: i32 = 10;

@@ -60,16 +60,15 @@ pub use reaper::{
     LABEL_SERVICE, LABEL_STARTED_AT,
 };
 use reaper::{reap_dead_runs_with, unix_now};
-pub(crate) use servers::{
-    base_entrypoint, builtin_env, default_args, BASE_RUNNER, ENTRYPOINT_ENV,
-};
+pub(crate) use servers::{base_entrypoint, builtin_env, default_args, BASE_RUNNER, ENTRYPOINT_ENV};
 use servers::{data_dir, typical_boot};
 
-use super::{Backend, BackendKind, Instance, StartRequest};
+use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::{self, RunDir, RUN_ID_ENV};
-use crate::model::endpoint::Endpoint;
 use crate::engine::error::Error;
+use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
+use crate::model::endpoint::Endpoint;
 
 /// CPU weight of the containers on the (estimated) critical path until they are ready; others
 /// keep the engine's default of 1024. Measured on two cores (PostgreSQL, Redis, RabbitMQ and a
@@ -308,7 +307,10 @@ impl Container {
                 network_mode: Some(self.network.clone()),
                 // Servers outside the engine (CI service containers, the external backend)
                 // are on the host: reached by this name (see `mixed::reach`).
-                extra_hosts: Some(vec![format!("{}:host-gateway", super::mixed::HOST_GATEWAY)]),
+                extra_hosts: Some(vec![format!(
+                    "{}:host-gateway",
+                    super::interface::HOST_GATEWAY
+                )]),
                 binds,
                 port_bindings: Some(bindings),
                 publish_all_ports: Some(false),

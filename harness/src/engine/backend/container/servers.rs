@@ -2,8 +2,8 @@
 //! directory, environment, entrypoint on a bare base image, default command), and how a bare
 //! base image runs that entrypoint.
 
-use crate::model::endpoint::Endpoint;
 use crate::manifest::Kind;
+use crate::model::endpoint::Endpoint;
 
 /// Typical seconds from launch to ready, per kind, to estimate the critical path before
 /// anything was measured.
