@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod fingerprint;
 pub mod interrupt;
+mod launch;
 pub mod logs;
 pub mod paths;
 pub mod probe;

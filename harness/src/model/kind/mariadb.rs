@@ -15,8 +15,8 @@ use nix::unistd::User;
 use tokio::process::Command;
 
 use super::server::{
-    cache_key, chown_tree, from_cache_or, need, server_identity, system_user, write, Credentials,
-    Entrypoint, NativeHost, Process, Program, Server, Target,
+    cache_key, chown_tree, from_cache_or, need, server_identity, system_user, with_random_user,
+    write, Credentials, Entrypoint, NativeHost, Process, Program, Server, Target,
 };
 use super::wire::mysql::Client;
 
@@ -161,21 +161,7 @@ impl Server for Mariadb {
     }
 
     fn credentials(&self, given: &Credentials, random: &dyn Fn(usize) -> String) -> Credentials {
-        Credentials {
-            user: Some(
-                given
-                    .user
-                    .clone()
-                    .unwrap_or_else(|| format!("u{}", random(8))),
-            ),
-            password: Some(given.password.clone().unwrap_or_else(|| random(24))),
-            database: Some(
-                given
-                    .database
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_DATABASE.into()),
-            ),
-        }
+        with_random_user(given, random, Some(DEFAULT_DATABASE))
     }
 
     fn holds_databases(&self) -> bool {

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 
 use super::server::{
-    chown_tree, create_dirs, need, system_user, write, Credentials, Entrypoint, NativeHost,
-    Process, Program, Server, Target,
+    chown_tree, create_dirs, need, system_user, with_random_user, write, Credentials, Entrypoint,
+    NativeHost, Process, Program, Server, Target,
 };
 
 /// RabbitMQ.
@@ -150,16 +150,7 @@ impl Server for Rabbitmq {
     }
 
     fn credentials(&self, given: &Credentials, random: &dyn Fn(usize) -> String) -> Credentials {
-        Credentials {
-            user: Some(
-                given
-                    .user
-                    .clone()
-                    .unwrap_or_else(|| format!("u{}", random(8))),
-            ),
-            password: Some(given.password.clone().unwrap_or_else(|| random(24))),
-            database: given.database.clone(),
-        }
+        with_random_user(given, random, None)
     }
 
     fn container_env(&self, target: &Target) -> Vec<(String, String)> {

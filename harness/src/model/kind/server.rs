@@ -321,3 +321,22 @@ where
     let _ = publish_cached(host, data, cached).await;
     Ok(())
 }
+
+/// Credentials of a server with users: the given ones, a random user `u<token>` and password
+/// where none is given, and `database` as the default database where none is given.
+pub fn with_random_user(
+    given: &Credentials,
+    random: &dyn Fn(usize) -> String,
+    database: Option<&str>,
+) -> Credentials {
+    Credentials {
+        user: Some(
+            given
+                .user
+                .clone()
+                .unwrap_or_else(|| format!("u{}", random(8))),
+        ),
+        password: Some(given.password.clone().unwrap_or_else(|| random(24))),
+        database: given.database.clone().or(database.map(str::to_string)),
+    }
+}
