@@ -542,11 +542,11 @@ async fn remove_all() -> Result<(), Error> {
             );
             Ok(())
         }
-        Err(e) if e.starts_with("no Docker engine") => {
+        Err(harness::backend::container::RemoveError::NoEngine(e)) => {
             println!("no Docker engine answers ({e}); nothing to remove there");
             Ok(())
         }
-        Err(e) => Err(Error::service("docker", e)),
+        Err(e) => Err(Error::service("docker", e.to_string())),
     }
 }
 

@@ -15,9 +15,11 @@ use crate::engine::error::Error;
 use crate::engine::events::{Event, Sink};
 use crate::engine::probe;
 use crate::engine::scheduler::{Failure, Launcher, Phase};
-use crate::engine::stack::LOG_TAIL_LINES;
 use crate::manifest::{Manifest, Service};
 use crate::model::endpoint::Endpoint;
+
+/// Lines of a service's log shown when it fails.
+pub const LOG_TAIL_LINES: usize = 20;
 
 pub(super) type Creds = (Option<String>, Option<String>, Option<String>);
 

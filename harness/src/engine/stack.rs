@@ -20,8 +20,7 @@ use crate::graph::Graph;
 use crate::manifest::Manifest;
 use crate::model::endpoint::Endpoint;
 
-/// Lines of a service's log shown when it fails.
-pub const LOG_TAIL_LINES: usize = 20;
+pub use crate::engine::launch::LOG_TAIL_LINES;
 
 /// How a stack is started.
 #[derive(Clone)]

@@ -56,7 +56,7 @@ pub use instance::log_tail;
 use instance::{ContainerInstance, Shared};
 pub use reaper::{
     reap_dead_runs, remove_all, remove_labelled, remove_run_blocking, run_alive, run_labels,
-    Removed, LABEL_HOST, LABEL_MANAGED, LABEL_OWNER_PID, LABEL_RUN_DIR, LABEL_RUN_ID,
+    RemoveError, Removed, LABEL_HOST, LABEL_MANAGED, LABEL_OWNER_PID, LABEL_RUN_DIR, LABEL_RUN_ID,
     LABEL_SERVICE, LABEL_STARTED_AT,
 };
 use reaper::{reap_dead_runs_with, unix_now};

@@ -196,9 +196,22 @@ pub fn remove_run_blocking(run_id: &str) -> Result<Removed, String> {
 
 /// Removes every container, network and volume of the harness (`org.harness.managed=true`),
 /// of live runs too (`harness down --all`).
-pub async fn remove_all() -> Result<Removed, String> {
-    let docker = connect().await?;
-    remove_labelled(&docker, &format!("{LABEL_MANAGED}=true"), true).await
+pub async fn remove_all() -> Result<Removed, RemoveError> {
+    let docker = connect().await.map_err(RemoveError::NoEngine)?;
+    remove_labelled(&docker, &format!("{LABEL_MANAGED}=true"), true)
+        .await
+        .map_err(RemoveError::Engine)
+}
+
+/// Why [`remove_all`] removed nothing, or not everything.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    /// No Docker engine answers: there is nothing of the harness there to remove.
+    #[error("{0}")]
+    NoEngine(String),
+    /// The engine answered, and refused or failed a removal.
+    #[error("{0}")]
+    Engine(String),
 }
 
 /// When a process started, in unix seconds (`None` if it is gone or a zombie).
