@@ -51,7 +51,7 @@ pub mod model;
 pub mod testkit;
 
 pub use engine::{
-    attach, backend, cleanup, error, events, fingerprint, logs, paths, probe, scheduler, stack,
+    attach, backend, cleanup, error, events, fingerprint, logs, probe, scheduler, settings, stack,
     state,
 };
 pub use model::{endpoint, template};
@@ -72,17 +72,5 @@ pub use model::endpoint::Endpoint;
 /// Finds the stack manifest: `HARNESS_MANIFEST`, else `stack.toml`, else `fixtures/stack.toml`,
 /// looked up from the current directory upwards.
 pub fn default_manifest_path() -> std::path::PathBuf {
-    if let Some(p) = std::env::var_os("HARNESS_MANIFEST") {
-        return p.into();
-    }
-    let cwd = std::env::current_dir().unwrap_or_default();
-    for dir in cwd.ancestors() {
-        for candidate in ["stack.toml", "fixtures/stack.toml"] {
-            let p = dir.join(candidate);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    "stack.toml".into()
+    engine::settings::Settings::from_env().manifest_path()
 }

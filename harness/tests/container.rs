@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use harness::backend::container::{self, LABEL_OWNER_PID, LABEL_RUN_ID};
 use harness::backend::{self, BackendKind};
 use harness::manifest::ProbeSpec;
+use harness::settings::Settings;
 use harness::{Error, Manifest, Stack, StackOptions};
 mod common;
 
@@ -62,7 +63,7 @@ fn setup() -> Manifest {
     if let Err(e) = block(container::connect()) {
         panic!("these tests need a Docker engine: {e}");
     }
-    if let Err(e) = block(container::available(&manifest)) {
+    if let Err(e) = block(container::available(&manifest, &Settings::from_env())) {
         panic!("images missing: {e}\n  run `fixtures/images/build.sh` first (it builds the harness-local/* images)");
     }
     manifest
@@ -376,7 +377,9 @@ command = ["true"]
     let mine = format!("{LABEL_OWNER_PID}={}", std::process::id());
     assert_eq!(leftovers(&mine), nothing());
     // Auto-detection does not pick containers for it.
-    assert!(container::available(&manifest).await.is_err());
+    assert!(container::available(&manifest, &Settings::from_env())
+        .await
+        .is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,13 +403,17 @@ async fn a_panic_while_the_stack_is_up_leaves_nothing() {
 async fn auto_detection_picks_containers_only_when_every_image_is_present() {
     let manifest = setup();
     assert_eq!(
-        backend::detect(&manifest).await.unwrap(),
+        backend::detect(&manifest, &Settings::from_env())
+            .await
+            .unwrap(),
         BackendKind::Container
     );
     // infra.toml's `web` is a python command with no image: the native backend runs it.
     let native_only = Manifest::load(&fixture("manifests/infra.toml")).unwrap();
     assert_eq!(
-        backend::detect(&native_only).await.unwrap(),
+        backend::detect(&native_only, &Settings::from_env())
+            .await
+            .unwrap(),
         BackendKind::Native
     );
 }

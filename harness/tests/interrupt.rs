@@ -388,7 +388,10 @@ fn engine_ready() -> bool {
             if let Err(e) = container::connect().await {
                 return Some(format!("no Docker engine: {e}"));
             }
-            container::available(&m).await.err().map(|e| e.to_string())
+            container::available(&m, &harness::settings::Settings::from_env())
+                .await
+                .err()
+                .map(|e| e.to_string())
         }),
     };
     match problem {

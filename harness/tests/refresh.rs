@@ -10,6 +10,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use harness::settings::Settings;
 use harness::{attach, Manifest, Stack};
 
 /// Answers GET with 200 and POST with `STATUS` (from the code, or from the environment when
@@ -95,11 +96,12 @@ impl Project {
     /// Attaches as a suite does: refresh what changed, then a handle on the stack.
     async fn attach(&self) -> (Stack, Vec<String>) {
         let manifest = Manifest::load(&self.manifest).unwrap();
-        let state = attach::find(&manifest).expect("the detached stack is found");
-        let (state, refreshed) = attach::refreshed(&manifest, state)
+        let state =
+            attach::find(&manifest, &Settings::from_env()).expect("the detached stack is found");
+        let (state, refreshed) = attach::refreshed(&manifest, state, &Settings::from_env())
             .await
             .unwrap_or_else(|e| panic!("the stack could not be refreshed: {e}"));
-        let stack = Stack::attach(manifest, state).unwrap();
+        let stack = Stack::attach(manifest, state, &Settings::from_env()).unwrap();
         (stack, refreshed.iter().map(|r| r.to_string()).collect())
     }
 }
@@ -379,14 +381,14 @@ fn up_watch_refreshes_a_rebuilt_binary_by_itself() {
         "{line}"
     );
     let manifest = Manifest::load(&p.manifest).unwrap();
-    let state = attach::find(&manifest).expect("the watched stack is found");
+    let state = attach::find(&manifest, &Settings::from_env()).expect("the watched stack is found");
     let status = raw_post(&state.endpoints["bin"].address().unwrap());
     assert_eq!(status, 203, "the watched stack runs the rebuilt binary");
     drop(stop);
     let status = up.wait().unwrap();
     assert_eq!(status.code(), Some(130), "Ctrl-C ends `up` with 130");
     assert!(
-        attach::find(&manifest).is_none(),
+        attach::find(&manifest, &Settings::from_env()).is_none(),
         "the state file is removed"
     );
 }

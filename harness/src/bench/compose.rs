@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use crate::engine::backend::container::{self, ImagePlan, LABEL_RUN_ID};
 use crate::engine::backend::BackendKind;
 use crate::engine::error::Error;
+use crate::engine::settings::Settings;
 use crate::engine::stack::{Stack, StackOptions};
 use crate::manifest::{Condition, Manifest, ProbeSpec, Service};
 use crate::model::endpoint::Endpoint;
@@ -509,13 +510,13 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
         })?;
     let graph = Graph::new(manifest)
         .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
-    if let Err(e) = container::available(manifest).await {
+    if let Err(e) = container::available(manifest, Settings::process()).await {
         return Err(Error::Prerequisite {
             what: format!("both sides need every image locally: {e}"),
             help: "build them with `fixtures/images/build.sh`, then `set -a; . fixtures/images/local.env; set +a`".into(),
         });
     }
-    let plan = container::plan(manifest, &container::process_env)?;
+    let plan = container::plan(manifest, Settings::process())?;
     let id = format!("{}-bench{:08x}", std::process::id(), rand::random::<u32>());
     let started_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -662,8 +663,7 @@ probe = { type = "http", path = "/env" }
 env = { DATABASE_URL = "{{ postgres.url }}" }
 "#;
         let manifest = Manifest::parse(Path::new("m.toml"), source).unwrap();
-        let env =
-            |name: &str| (name == "HARNESS_IMAGE_POSTGRES").then(|| "local/pg:15".to_string());
+        let env = Settings::from_pairs([("HARNESS_IMAGE_POSTGRES", "local/pg:15")]);
         let plan = container::plan(&manifest, &env).unwrap();
         let labels = BTreeMap::from([("org.harness.managed".to_string(), "true".to_string())]);
         let file: Value = serde_json::from_str(
@@ -713,7 +713,7 @@ env = { DATABASE_URL = "{{ postgres.url }}" }
         let source =
             "[services.postgres]\nkind = \"postgres\"\n\n[services.redis]\nkind = \"redis\"\n";
         let manifest = Manifest::parse(Path::new("m.toml"), source).unwrap();
-        let plan = container::plan(&manifest, &|_: &str| None).unwrap();
+        let plan = container::plan(&manifest, &Settings::default()).unwrap();
         let bare = std::collections::BTreeSet::from(["postgres".to_string()]);
         let text = compose_file(&manifest, &plan, &BTreeMap::new(), "250ms", &bare).unwrap();
         let file: Value = serde_json::from_str(&text).unwrap();

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use crate::engine::backend::BackendKind;
 use crate::engine::error::Error;
+use crate::engine::settings::Settings;
 use crate::engine::stack::{Stack, StackOptions};
 use crate::manifest::Manifest;
 
 /// Builds the suite's test binary and returns its path.
 fn test_binary(manifest: &Manifest, suite: &str) -> Result<PathBuf, Error> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
+    let out = Command::new(Settings::process().cargo())
         .args([
             "test",
             "-p",
@@ -94,7 +94,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 /// Copies every `binary` service's executable into `dir` (so the benchmark can "rebuild" one
 /// without touching the workspace's own `target/`).
 fn copy_binaries(manifest: &Manifest, dir: &Path) -> Result<Vec<String>, Error> {
-    let bins = crate::engine::paths::bin_dir(manifest.dir());
+    let bins = Settings::process().bin_dir(manifest.dir());
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let mut names = Vec::new();

@@ -204,7 +204,8 @@ enum Bench {
 fn main() -> ExitCode {
     // First of all: a signal at any later moment tears down what was started by then.
     harness::cleanup::install_signal_handler();
-    harness::contract::do_not_track();
+    // The Pact libraries report usage unless this is set; set before any thread exists.
+    std::env::set_var("PACT_DO_NOT_TRACK", "true");
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -232,8 +233,14 @@ fn main() -> ExitCode {
 fn load(cli_manifest: &Option<PathBuf>) -> Result<Manifest, Error> {
     let path = cli_manifest
         .clone()
-        .unwrap_or_else(harness::default_manifest_path);
+        .unwrap_or_else(|| settings().manifest_path());
     Ok(Manifest::load(&path)?)
+}
+
+/// The command's settings: its environment, read once (its flags go into the options they
+/// beat, [`StackOptions`]).
+fn settings() -> &'static harness::settings::Settings {
+    harness::settings::Settings::process()
 }
 
 /// What a command can fail with: the engine's errors and, for `verify`, the contracts'.
@@ -296,7 +303,7 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
                 graph.order().join(", ")
             );
             if suites {
-                let trials = harness::affected::list_trials(m.dir(), &suite_package)?;
+                let trials = harness::affected::list_trials(m.dir(), &suite_package, settings())?;
                 let warnings = harness::affected::unused_key_warnings(&m, &trials);
                 for w in &warnings {
                     eprintln!("{w}");
@@ -340,7 +347,7 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
         } => {
             let m = load(&cli.manifest)?;
             if !no_build {
-                harness::build::cargo_binaries(&m)?;
+                harness::build::cargo_binaries(&m, settings())?;
             }
             if detach {
                 return up_detached(&m, backend).await;
@@ -386,7 +393,7 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
         Command::Env { services } => env(&load(&cli.manifest)?, &services),
         Command::Down { all } => {
             let m = load(&cli.manifest)?;
-            let code = down(&harness::attach::state_file(&m)).await?;
+            let code = down(&harness::attach::state_file(&m, settings())).await?;
             if all {
                 remove_all().await?;
             }
@@ -410,7 +417,7 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
                     &std::fs::read_to_string(&file)
                         .map_err(|e| Error::io(format!("reading {}", file.display()), e))?,
                 ),
-                None => harness::affected::list_trials(m.dir(), &suite_package)?,
+                None => harness::affected::list_trials(m.dir(), &suite_package, settings())?,
             };
             let pacts = match contracts {
                 Some(dir) => harness::affected::read_pacts(&dir)?,
@@ -445,7 +452,7 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
                 },
         } => {
             let m = load(&cli.manifest)?;
-            harness::build::cargo_binaries(&m)?;
+            harness::build::cargo_binaries(&m, settings())?;
             let report = harness::bench::suites(&m, &suite, runs.max(1), backend).await?;
             print!("{report}");
             Ok(exit_code::OK)
@@ -460,7 +467,7 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
         } => {
             let m = load(&cli.manifest)?;
             if !no_build {
-                harness::build::cargo_binaries(&m)?;
+                harness::build::cargo_binaries(&m, settings())?;
             }
             let report = harness::bench::startup(&m, runs.max(1), lag_samples).await?;
             print!("{}", report.render());
@@ -493,7 +500,7 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
 fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Failure> {
     use harness::contract::{SuiteTarget, VerifyRequest, VerifySettings};
     let m = load(cli_manifest)?;
-    let settings = VerifySettings {
+    let verify_settings = VerifySettings {
         provider: args.provider,
         binary: args.binary,
         image: args.image,
@@ -506,13 +513,16 @@ fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Failur
         branch: args.branch,
         build_url: args.build_url,
     };
-    let request = VerifyRequest::from_settings(settings, &m)?;
+    let request = VerifyRequest::from_settings(verify_settings, &m)?;
     let target = SuiteTarget {
         package: args.suite_package,
         test: args.suite_test,
     };
     Ok(harness::contract::run_verify_command(
-        &request, &target, &m.path,
+        &request,
+        &target,
+        &m.path,
+        settings(),
     )?)
 }
 
@@ -551,9 +561,7 @@ async fn remove_all() -> Result<(), Error> {
 }
 
 fn write_timeline(stack: &Stack) {
-    let path = harness::attach::target_dir(stack.manifest())
-        .join("harness")
-        .join("timeline.svg");
+    let path = stack.target_dir().join("harness").join("timeline.svg");
     let svg = harness::report::timeline_svg(
         stack.graph(),
         stack.timings(),
@@ -576,7 +584,7 @@ async fn up_detached(m: &Manifest, backend: Option<BackendChoice>) -> Result<u8,
     if let Some(b) = backend {
         cmd.arg("--backend").arg(b.to_string());
     }
-    match harness::attach::start_detached(m, cmd, Duration::from_secs(300)).await? {
+    match harness::attach::start_detached(m, cmd, Duration::from_secs(300), settings()).await? {
         harness::attach::Detached::AlreadyUp { pid } => println!(
             "a stack of this manifest is already up (process {pid}); `harness down` ends it"
         ),
@@ -602,10 +610,9 @@ async fn up_detached(m: &Manifest, backend: Option<BackendChoice>) -> Result<u8,
 /// The main job: one stack for every suite that can share it, the suites run against it,
 /// the report, the teardown. Suites that break dependencies on purpose start their own.
 async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
-    harness::build::cargo_binaries(&m)?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    harness::build::cargo_binaries(&m, settings())?;
     let built = harness::cleanup::status_in_own_group(
-        std::process::Command::new(&cargo)
+        std::process::Command::new(settings().cargo())
             .args(["test", "-p", "suites", "--no-run", "--quiet"])
             .current_dir(m.dir()),
     )
@@ -622,7 +629,7 @@ async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
     write_timeline(&stack);
     let control = harness::attach::Control::bind(&stack)?;
     let mut stack = stack;
-    let (cargo2, dir, manifest_path) = (cargo.clone(), m.dir().to_path_buf(), m.path.clone());
+    let (cargo2, dir, manifest_path) = (settings().cargo(), m.dir().to_path_buf(), m.path.clone());
     let mut suites = tokio::task::spawn_blocking(move || {
         harness::cleanup::status_in_own_group(
             std::process::Command::new(&cargo2)
@@ -655,7 +662,7 @@ async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
         "main job {} in {:.1} s; JUnit reports in {}",
         if status.success() { "passed" } else { "FAILED" },
         started.elapsed().as_secs_f64(),
-        harness::attach::target_dir(&m)
+        harness::attach::target_dir(&m, settings())
             .join("harness/junit")
             .display()
     );
@@ -668,7 +675,7 @@ async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
 
 /// `harness env`: the running stack's endpoints as `KEY=VALUE` lines.
 fn env(m: &Manifest, only: &[String]) -> Result<u8, Error> {
-    let Some(state) = harness::attach::find(m) else {
+    let Some(state) = harness::attach::find(m, settings()) else {
         return Err(Error::Usage(format!(
             "no stack of {} is up; start one with `harness up --detach`",
             m.path.display()

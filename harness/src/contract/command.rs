@@ -7,6 +7,7 @@ use super::report::VerifyReport;
 use super::verify::ENV_REPORT;
 use super::verify::{Candidate, VerifyRequest};
 use super::Error;
+use crate::engine::settings::Settings;
 
 /// How `harness verify` runs a suite binary: which cargo package and test target hold the
 /// shop-specific state handlers and producers.
@@ -26,6 +27,7 @@ pub fn run_verify_command(
     request: &VerifyRequest,
     target: &SuiteTarget,
     manifest: &Path,
+    settings: &Settings,
 ) -> Result<u8, Error> {
     crate::engine::cleanup::install_signal_handler();
     request.validate()?;
@@ -44,8 +46,7 @@ pub fn run_verify_command(
         std::process::id()
     ));
     let _ = std::fs::remove_file(&report_path);
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
+    let mut cmd = std::process::Command::new(settings.cargo());
     // In verify mode the suite holds the one trial `<suite>::verify::<provider>`.
     cmd.args([
         "test",

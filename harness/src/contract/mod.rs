@@ -70,12 +70,6 @@ pub const PROVIDER_LOG_LINES: usize = 20;
 /// How long the verifier waits for the provider (and for a message producer) per request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Turns off the Pact libraries' usage reporting for this process. Call it first thing in
-/// `main`, before threads exist (setting the environment is only sound then).
-pub fn do_not_track() {
-    std::env::set_var("PACT_DO_NOT_TRACK", "true");
-}
-
 /// Pact files, provider-state handlers and message producers: everything needed to verify
 /// providers. Cheap to clone.
 #[derive(Clone)]
@@ -103,10 +97,11 @@ impl std::fmt::Debug for Contracts {
 }
 
 impl Contracts {
-    /// Contracts whose pact files are in `dir` (the `*.json` files directly in it). Also turns
-    /// off the Pact libraries' usage reporting ([`do_not_track`]): create it early in `main`.
+    /// Contracts whose pact files are in `dir` (the `*.json` files directly in it). The Pact
+    /// libraries report usage unless `PACT_DO_NOT_TRACK=true` is in the environment; the
+    /// library never changes the environment, so set it in the suite's `main` first thing
+    /// (before threads exist) or where the suite is run.
     pub fn new(dir: impl Into<PathBuf>) -> Contracts {
-        do_not_track();
         Contracts {
             dir: dir.into(),
             states: BTreeMap::new(),

@@ -1,6 +1,7 @@
 //! The `HARNESS_VERIFY_*` environment: how `harness verify` hands its request to the suite
 //! binary it runs, and how the suite binary hands its report back.
 
+use crate::engine::settings::Settings;
 use serde_json::Value;
 
 use super::verify::{BrokerSource, Candidate, Publish, VerifyRequest};
@@ -54,7 +55,12 @@ impl VerifyRequest {
 
     /// The request carried in the environment, if any (`HARNESS_VERIFY_PROVIDER` is set).
     pub fn from_env() -> Result<Option<VerifyRequest>, Error> {
-        Self::from_vars(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        Self::carried_in(&Settings::from_env())
+    }
+
+    /// The request carried in `settings`, if any (`HARNESS_VERIFY_PROVIDER` is set).
+    pub fn carried_in(settings: &Settings) -> Result<Option<VerifyRequest>, Error> {
+        Self::from_vars(|k| settings.get(k))
     }
 
     fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<VerifyRequest>, Error> {

@@ -12,6 +12,7 @@ use serde_json::Value;
 use super::report::VerifyReport;
 use super::verifier::{provider_target, Verification};
 use super::{Contracts, Error};
+use crate::engine::settings::Settings;
 use crate::manifest::Launch;
 use crate::model::template::Template;
 use crate::testkit::runner::Suite;
@@ -354,8 +355,8 @@ impl Contracts {
                     let report = contracts
                         .verify_provider(ctx.stack.clone(), &request)
                         .await?;
-                    if let Some(path) = std::env::var_os(ENV_REPORT) {
-                        write_report(&report, Path::new(&path))?;
+                    if let Some(path) = Settings::process().path(ENV_REPORT) {
+                        write_report(&report, &path)?;
                     }
                     println!("\n{}", report.table());
                     if let Some(p) = &request.publish {

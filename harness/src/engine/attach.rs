@@ -21,25 +21,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::error::Error;
 use crate::engine::fingerprint::Fingerprinter;
+use crate::engine::settings::Settings;
 use crate::engine::stack::Refreshed;
 pub use crate::engine::state::State;
 use crate::manifest::Manifest;
 
-/// The target directory of the workspace around a manifest.
-pub fn target_dir(manifest: &Manifest) -> PathBuf {
-    target_dir_of(&crate::engine::paths::bin_dir(manifest.dir()))
-}
-
-/// The target directory that holds a directory of binaries (`target/debug`).
-fn target_dir_of(bins: &Path) -> PathBuf {
-    bins.parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("target"))
+/// The target directory of the workspace around a manifest (that of
+/// [`Settings::bin_dir`]).
+pub fn target_dir(manifest: &Manifest, settings: &Settings) -> PathBuf {
+    settings.target_dir(manifest.dir())
 }
 
 /// The state file for stacks of a manifest.
-pub fn state_file(manifest: &Manifest) -> PathBuf {
-    state_file_in(&target_dir(manifest))
+pub fn state_file(manifest: &Manifest, settings: &Settings) -> PathBuf {
+    state_file_in(&target_dir(manifest, settings))
 }
 
 fn state_file_in(target: &Path) -> PathBuf {
@@ -68,7 +63,7 @@ fn canonical(path: &Path) -> PathBuf {
 pub fn write(stack: &crate::Stack) -> Result<PathBuf, Error> {
     let manifest = stack.manifest();
     // Beside the binaries the stack runs, where the suites that run them look for it.
-    let path = state_file_in(&target_dir_of(stack.bin_dir()));
+    let path = state_file_in(&stack.target_dir());
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -125,11 +120,11 @@ fn alive(pid: u32) -> bool {
 
 /// A live stack of this very manifest (same file; its content may have changed since) to
 /// attach to, unless `HARNESS_ATTACH=0`.
-pub fn find(manifest: &Manifest) -> Option<State> {
-    if std::env::var("HARNESS_ATTACH").is_ok_and(|v| v == "0") {
+pub fn find(manifest: &Manifest, settings: &Settings) -> Option<State> {
+    if !settings.attach() {
         return None;
     }
-    let state = read(&state_file(manifest))?;
+    let state = read(&state_file(manifest, settings))?;
     let same = state.manifest == canonical(&manifest.path);
     (same && alive(state.pid) && state.pid != std::process::id()).then_some(state)
 }
@@ -163,11 +158,12 @@ pub async fn start_detached(
     manifest: &Manifest,
     mut owner: std::process::Command,
     timeout: std::time::Duration,
+    settings: &Settings,
 ) -> Result<Detached, Error> {
-    if let Some(running) = find(manifest) {
+    if let Some(running) = find(manifest, settings) {
         return Ok(Detached::AlreadyUp { pid: running.pid });
     }
-    let state = state_file(manifest);
+    let state = state_file(manifest, settings);
     let dir = state.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
@@ -237,6 +233,7 @@ const REFRESH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300)
 pub async fn refreshed(
     manifest: &Manifest,
     state: State,
+    settings: &Settings,
 ) -> Result<(State, Vec<Refreshed>), String> {
     let running: Vec<&str> = state.endpoints.keys().map(String::as_str).collect();
     let wanted: std::collections::BTreeSet<&str> =
@@ -249,6 +246,7 @@ pub async fn refreshed(
         ));
     }
     let now = Fingerprinter::from_known(&state.files)
+        .with_settings(settings.clone())
         .planned(manifest, &state.plan(manifest))
         .await;
     let changed = crate::engine::fingerprint::changes(&state.fingerprints, &now);
@@ -284,8 +282,8 @@ pub async fn refreshed(
         Reply::Refreshed(r) => r,
         Reply::Failed(e) => return Err(format!("{what} changed; the refresh failed: {e}")),
     };
-    let state =
-        find(manifest).ok_or_else(|| "the stack ended while it was refreshed".to_string())?;
+    let state = find(manifest, settings)
+        .ok_or_else(|| "the stack ended while it was refreshed".to_string())?;
     Ok((state, refreshed))
 }
 

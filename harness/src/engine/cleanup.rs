@@ -330,8 +330,8 @@ const SHM_MIN_FREE: u64 = 1 << 30;
 pub fn runs_root() -> PathBuf {
     static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
-        if let Some(d) = std::env::var_os("HARNESS_RUNS_DIR") {
-            return PathBuf::from(d);
+        if let Some(d) = crate::engine::settings::Settings::process().path("HARNESS_RUNS_DIR") {
+            return d;
         }
         let shm = Path::new("/dev/shm");
         let roomy = nix::sys::statvfs::statvfs(shm)

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::backend::BackendKind;
+use crate::engine::settings::Settings;
 use crate::manifest::{Launch, Manifest, Service};
 use crate::model::digest::{content_hash, Hasher};
 
@@ -71,8 +72,10 @@ pub fn changes(recorded: &Fingerprints, now: &Fingerprints) -> Vec<(String, Stri
 #[derive(Debug, Default)]
 pub struct Fingerprinter {
     files: BTreeMap<PathBuf, (Stamp, u64)>,
-    /// Where the workspace's binaries are; `None`: [`crate::engine::paths::bin_dir`].
+    /// Where the workspace's binaries are; `None`: [`Settings::bin_dir`].
     bin_dir: Option<PathBuf>,
+    /// Which images and binaries the services run (see [`crate::engine::settings`]).
+    settings: Settings,
 }
 
 /// What identifies a file's content without reading it: size, modification time (ns since the
@@ -104,9 +107,9 @@ pub struct KnownFile {
 }
 
 impl Fingerprinter {
-    /// A fingerprinter with nothing remembered.
+    /// A fingerprinter with nothing remembered, with this process's settings.
     pub fn new() -> Fingerprinter {
-        Fingerprinter::default()
+        Fingerprinter::default().with_settings(Settings::from_env())
     }
 
     /// A fingerprinter that remembers `known` files (from [`Fingerprinter::known`]).
@@ -117,7 +120,15 @@ impl Fingerprinter {
                 .map(|k| (k.path.clone(), (k.stamp, k.hash)))
                 .collect(),
             bin_dir: None,
+            settings: Settings::from_env(),
         }
+    }
+
+    /// Fingerprints services as `settings` choose their images and binaries (a stack's own, see
+    /// [`crate::StackOptions::settings`]).
+    pub fn with_settings(mut self, settings: Settings) -> Fingerprinter {
+        self.settings = settings;
+        self
     }
 
     /// Fingerprints the workspace's binaries in `bin_dir` (a stack's own, see
@@ -155,11 +166,14 @@ impl Fingerprinter {
 
     /// Fingerprints of every service of `manifest` as `backend` runs them.
     pub async fn all(&mut self, manifest: &Manifest, backend: BackendKind) -> Fingerprints {
-        let bins = crate::engine::paths::bin_dir_or(self.bin_dir.as_deref(), manifest.dir());
+        let bins = self
+            .bin_dir
+            .clone()
+            .unwrap_or_else(|| self.settings.bin_dir(manifest.dir()));
         let (images, mounts) = match backend {
             BackendKind::Container => (
-                crate::engine::backend::container::image_ids(manifest).await,
-                crate::engine::backend::container::planned_mounts(manifest, &bins),
+                crate::engine::backend::container::image_ids(manifest, &self.settings).await,
+                crate::engine::backend::container::planned_mounts(manifest, &bins, &self.settings),
             ),
             _ => (BTreeMap::new(), BTreeMap::new()),
         };

@@ -3,7 +3,8 @@
 //! [`backend`]s run them (native processes, containers, external endpoints, or a mix), the
 //! [`probe`]s say when each is ready, the [`stack`] is the handle tests use, [`attach`] and
 //! [`fingerprint`] let a test attach to a running stack and refresh what changed, and
-//! [`cleanup`] removes everything a run created, after any ending.
+//! [`cleanup`] removes everything a run created, after any ending. [`settings`] are read
+//! once and passed down.
 
 pub mod attach;
 pub mod backend;
@@ -14,8 +15,8 @@ pub mod fingerprint;
 pub mod interrupt;
 mod launch;
 pub mod logs;
-pub mod paths;
 pub mod probe;
 pub mod scheduler;
+pub mod settings;
 pub mod stack;
 pub mod state;

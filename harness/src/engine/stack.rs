@@ -16,6 +16,7 @@ use crate::engine::events::{Discard, Event, Sink, Terminal};
 use crate::engine::fingerprint::{Fingerprinter, Fingerprints};
 use crate::engine::probe;
 use crate::engine::scheduler::{self, Timing};
+use crate::engine::settings::Settings;
 use crate::graph::Graph;
 use crate::manifest::Manifest;
 use crate::model::endpoint::Endpoint;
@@ -47,8 +48,11 @@ pub struct StackOptions {
     /// processes' leftovers, so it is for whoever owns the run: a command, a test runner.
     pub reap_dead_runs: bool,
     /// Where the workspace's binaries are, beating `HARNESS_BIN_DIR` and the rest of
-    /// [`crate::engine::paths::bin_dir`]; `None` looks there.
+    /// [`Settings::bin_dir`]; `None` looks there.
     pub bin_dir: Option<PathBuf>,
+    /// The settings (see [`crate::engine::settings`]); the default reads this process's
+    /// environment when the options are made. The fields above beat them.
+    pub settings: Settings,
 }
 
 impl Default for StackOptions {
@@ -62,6 +66,7 @@ impl Default for StackOptions {
             handle_signals: false,
             reap_dead_runs: false,
             bin_dir: None,
+            settings: Settings::from_env(),
         }
     }
 }
@@ -75,6 +80,7 @@ impl std::fmt::Debug for StackOptions {
             .field("handle_signals", &self.handle_signals)
             .field("reap_dead_runs", &self.reap_dead_runs)
             .field("bin_dir", &self.bin_dir)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -146,18 +152,28 @@ impl Stack {
             let runs = cleanup::reap_dead_runs().len();
             sink.event(&Event::Reaped { runs });
         }
-        let bin_dir = crate::engine::paths::bin_dir_or(options.bin_dir.as_deref(), manifest.dir());
+        let settings = options.settings;
+        let bin_dir = options
+            .bin_dir
+            .unwrap_or_else(|| settings.bin_dir(manifest.dir()));
         let graph = Graph::new(&manifest)
             .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
-        let plan =
-            backend::mixed::plan(&manifest, options.backend, &options.service_backends).await?;
+        let plan = backend::mixed::plan(
+            &manifest,
+            options.backend,
+            &options.service_backends,
+            &settings,
+        )
+        .await?;
         let kind = plan.main(&manifest);
         let run = RunDir::create().map_err(|e| Error::io("creating the run directory", e))?;
-        let backend = backend::mixed::create(&plan, &run, &manifest, &bin_dir);
+        let backend = backend::mixed::create(&plan, &run, &manifest, &bin_dir, &settings);
         backend.preflight(&manifest).await?;
         // Taken before anything launches: a change made while the stack starts is seen by the
         // next attach, never missed.
-        let mut fingerprinter = Fingerprinter::new().with_bin_dir(bin_dir.clone());
+        let mut fingerprinter = Fingerprinter::default()
+            .with_settings(settings.clone())
+            .with_bin_dir(bin_dir.clone());
         let fingerprints = fingerprinter.planned(&manifest, &plan).await;
         let launcher = StackLauncher {
             manifest: &manifest,
@@ -235,7 +251,11 @@ impl Stack {
     }
 
     /// A handle on a stack another process started (see the `attach` module).
-    pub fn attach(manifest: Manifest, state: crate::engine::state::State) -> Result<Stack, Error> {
+    pub fn attach(
+        manifest: Manifest,
+        state: crate::engine::state::State,
+        settings: &Settings,
+    ) -> Result<Stack, Error> {
         let manifest_dir = manifest.dir().to_path_buf();
         let graph = Graph::new(&manifest)
             .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
@@ -272,9 +292,9 @@ impl Stack {
             run: None,
             attached: Some(state.pid),
             credentials: BTreeMap::new(),
-            fingerprinter: Fingerprinter::from_known(&state.files),
+            fingerprinter: Fingerprinter::from_known(&state.files).with_settings(settings.clone()),
             fingerprints: state.fingerprints,
-            bin_dir: crate::engine::paths::bin_dir(manifest_dir.as_path()),
+            bin_dir: settings.bin_dir(manifest_dir.as_path()),
             sink: Arc::new(Discard),
         })
     }
@@ -292,6 +312,11 @@ impl Stack {
     /// Where the workspace's binaries are for this stack (see [`StackOptions::bin_dir`]).
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
+    }
+
+    /// The target directory around [`Stack::bin_dir`], where state, reports and timelines go.
+    pub fn target_dir(&self) -> PathBuf {
+        crate::engine::settings::target_dir_of(&self.bin_dir)
     }
 
     /// The run directory of a stack this process owns.

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::engine::error::Error;
+use crate::engine::settings::Settings;
 use crate::graph::Graph;
 use crate::manifest::Manifest;
 
@@ -198,8 +199,8 @@ pub fn find_pacts(manifest: &Manifest, repo: &Path) -> Result<Vec<Pact>, Error> 
 
 /// The trials of the built suite binaries of `package`: builds them (`cargo test --no-run`),
 /// then asks each binary for `--list --format terse`.
-pub fn list_trials(dir: &Path, package: &str) -> Result<Vec<String>, Error> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+pub fn list_trials(dir: &Path, package: &str, settings: &Settings) -> Result<Vec<String>, Error> {
+    let cargo = settings.cargo();
     let out = std::process::Command::new(&cargo)
         .args(["test", "-p", package, "--no-run", "--quiet"])
         .arg("--message-format=json")

@@ -1,11 +1,12 @@
 //! Building the workspace binaries a manifest runs, so a stack never starts stale code.
 
 use crate::engine::error::Error;
+use crate::engine::settings::Settings;
 use crate::manifest::{Launch, Manifest};
 
 /// Runs `cargo build --bin …` for every `binary` service of the manifest (a no-op when they
 /// are fresh). Skipped when `HARNESS_BIN_DIR` points at prebuilt binaries.
-pub fn cargo_binaries(manifest: &Manifest) -> Result<(), Error> {
+pub fn cargo_binaries(manifest: &Manifest, settings: &Settings) -> Result<(), Error> {
     let bins: Vec<&str> = manifest
         .services
         .iter()
@@ -14,11 +15,10 @@ pub fn cargo_binaries(manifest: &Manifest) -> Result<(), Error> {
             _ => None,
         })
         .collect();
-    if bins.is_empty() || std::env::var_os("HARNESS_BIN_DIR").is_some() {
+    if bins.is_empty() || settings.bins_given() {
         return Ok(());
     }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = std::process::Command::new(cargo);
+    let mut cmd = std::process::Command::new(settings.cargo());
     cmd.arg("build").arg("--quiet").current_dir(manifest.dir());
     for b in &bins {
         cmd.args(["--bin", b]);

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::engine::events::{Event, Fanout, Report, Sink, Terminal, Trials};
+use crate::engine::settings::Settings;
 use crate::engine::stack::{Stack, StackOptions};
 use crate::manifest::Kind;
 use crate::testkit::report::{Outcome, TrialRecord};
@@ -58,6 +59,7 @@ pub struct Suite {
     /// Trials that read services' logs, by full name: ignored, with the reason, where the
     /// logs cannot be read.
     needs_logs: std::collections::BTreeMap<String, Vec<String>>,
+    settings: Settings,
 }
 
 impl std::fmt::Debug for Suite {
@@ -87,7 +89,15 @@ impl Suite {
             local: Vec::new(),
             manifest_hooks: Vec::new(),
             needs_logs: std::collections::BTreeMap::new(),
+            settings: Settings::from_env(),
         }
+    }
+
+    /// Uses these settings instead of this process's environment (see
+    /// [`crate::engine::settings`]): selection, reports, backends, attaching.
+    pub fn settings(mut self, settings: Settings) -> Suite {
+        self.settings = settings;
+        self
     }
 
     /// Declares that trial `name` reads the logs of `services`: where one of them has none to
@@ -187,10 +197,10 @@ impl Suite {
     /// Parses the command line, starts the stack if any trial is selected, runs the trials,
     /// tears the stack down, writes the reports, and returns the exit code.
     pub fn run(mut self) -> ExitCode {
-        let terminal: Arc<dyn Sink> = Arc::new(if std::env::var_os("HARNESS_QUIET").is_none() {
-            Terminal::new()
-        } else {
+        let terminal: Arc<dyn Sink> = Arc::new(if self.settings.quiet() {
             Terminal::quiet()
+        } else {
+            Terminal::new()
         });
         crate::engine::cleanup::install_signal_handler_with(terminal.clone());
         let trials_seen = Arc::new(Trials::default());
@@ -200,7 +210,7 @@ impl Suite {
         if self.sequential && args.test_threads.is_none() {
             args.test_threads = Some(1);
         }
-        let selection = match Selection::from_env() {
+        let selection = match Selection::from_settings(&self.settings) {
             Ok(s) => s,
             Err(e) => {
                 fatal(&e);
@@ -264,6 +274,7 @@ impl Suite {
                 &[],
                 self.manifest.as_deref(),
                 terminal.as_ref(),
+                &self.settings,
             );
             return conclusion.exit_code();
         }
@@ -273,6 +284,7 @@ impl Suite {
             &self.manifest_hooks,
             attachable,
             terminal.clone(),
+            &self.settings,
         )) {
             Ok(s) => Arc::new(s),
             Err(e) => {
@@ -331,6 +343,7 @@ impl Suite {
             &timings,
             Some(&manifest_path),
             terminal.as_ref(),
+            &self.settings,
         );
         conclusion.exit_code()
     }
@@ -421,9 +434,9 @@ pub struct Selection {
 }
 
 impl Selection {
-    /// Reads `HARNESS_SHARD`, `HARNESS_ONLY` and `HARNESS_RETRIES`.
-    pub fn from_env() -> Result<Selection, crate::Error> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    /// Reads `HARNESS_SHARD`, `HARNESS_ONLY` and `HARNESS_RETRIES` of `settings`.
+    pub fn from_settings(settings: &Settings) -> Result<Selection, crate::Error> {
+        let var = |k: &str| settings.get(k);
         let shard = match var("HARNESS_SHARD") {
             None => None,
             Some(v) => Some(parse_shard(&v).ok_or_else(|| {
@@ -480,7 +493,7 @@ pub fn shard_of(name: &str, count: u64) -> u64 {
 }
 
 fn write_timeline(stack: &Stack, suite: &str, sink: &dyn Sink) {
-    let dir = crate::engine::attach::target_dir(stack.manifest()).join("harness");
+    let dir = stack.target_dir().join("harness");
     let path = dir.join(format!("timeline-{suite}.svg"));
     let svg = crate::testkit::report::timeline_svg(
         stack.graph(),
@@ -506,28 +519,20 @@ fn finish(
     timings: &[crate::engine::scheduler::Timing],
     manifest: Option<&std::path::Path>,
     sink: &dyn Sink,
+    settings: &Settings,
 ) {
     let mut records = trials.records();
     records.sort_by(|a, b| a.name.cmp(&b.name));
     sink.event(&Event::Summary(crate::testkit::report::summary(
         &records, timings,
     )));
-    let path = match std::env::var_os("HARNESS_JUNIT") {
-        Some(p) => std::path::PathBuf::from(p),
-        None => {
-            let manifest = manifest
-                .map(std::path::Path::to_path_buf)
-                .unwrap_or_else(crate::default_manifest_path);
-            let dir = crate::engine::paths::bin_dir(
-                manifest.parent().unwrap_or(std::path::Path::new(".")),
-            );
-            dir.parent()
-                .unwrap_or(std::path::Path::new("target"))
-                .join("harness")
-                .join("junit")
-                .join(format!("{suite}.xml"))
-        }
-    };
+    let manifest = manifest
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| settings.manifest_path());
+    let path = settings.junit(
+        suite,
+        manifest.parent().unwrap_or(std::path::Path::new(".")),
+    );
     let xml = crate::testkit::report::junit(suite, &records);
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -570,16 +575,17 @@ async fn start_stack(
     hooks: &[ManifestHook],
     attachable: bool,
     sink: Arc<dyn Sink>,
+    settings: &Settings,
 ) -> Result<Stack, crate::Error> {
-    let path = manifest.unwrap_or_else(crate::default_manifest_path);
+    let path = manifest.unwrap_or_else(|| settings.manifest_path());
     let mut manifest = Manifest::load(&path)?;
     let mut built = false;
     if attachable {
-        if let Some(state) = crate::engine::attach::find(&manifest) {
+        if let Some(state) = crate::engine::attach::find(&manifest, settings) {
             // Built first, so the fingerprints compared are those of the code as it is now.
-            crate::testkit::build::cargo_binaries(&manifest)?;
+            crate::testkit::build::cargo_binaries(&manifest, settings)?;
             built = true;
-            match crate::engine::attach::refreshed(&manifest, state).await {
+            match crate::engine::attach::refreshed(&manifest, state, settings).await {
                 Ok((state, refreshed)) => {
                     for r in refreshed {
                         sink.event(&Event::Refreshed(r));
@@ -588,7 +594,7 @@ async fn start_stack(
                         pid: state.pid,
                         backend: state.backend,
                     });
-                    return Stack::attach(manifest, state);
+                    return Stack::attach(manifest, state, settings);
                 }
                 Err(why) => sink.event(&Event::Warning(format!(
                     "not attaching to the running stack: {why}; starting a stack of its own"
@@ -600,7 +606,7 @@ async fn start_stack(
         hook(&mut manifest)?;
     }
     if !built {
-        crate::testkit::build::cargo_binaries(&manifest)?;
+        crate::testkit::build::cargo_binaries(&manifest, settings)?;
     }
     Stack::start(
         manifest,
@@ -608,6 +614,7 @@ async fn start_stack(
             sink,
             handle_signals: true,
             reap_dead_runs: true,
+            settings: settings.clone(),
             ..StackOptions::default()
         },
     )

@@ -36,7 +36,8 @@ fn contracts_dir() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    harness::contract::do_not_track();
+    // The Pact libraries report usage unless told not to; set before any thread exists.
+    std::env::set_var("PACT_DO_NOT_TRACK", "true");
     let contracts = provider::register(Contracts::new(contracts_dir()));
     // One trial at a time: provider verifications of the same interaction (the broker and the
     // proxy trials repeat some) share its idempotency keys and rows in the provider's stores.

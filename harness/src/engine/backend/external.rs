@@ -6,6 +6,7 @@
 //! `HARNESS_<SERVICE>_USER`, `_PASSWORD`, `_DATABASE`. `<SERVICE>` is the name upper-cased with
 //! `-` as `_`.
 
+use crate::engine::settings::Settings;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
@@ -16,9 +17,9 @@ use crate::manifest::BackendKind;
 use crate::manifest::{Manifest, Service};
 use crate::model::endpoint::Endpoint;
 
-/// Endpoints from the environment.
+/// Endpoints from the environment (the settings' `HARNESS_<SERVICE>_*`).
 #[derive(Debug)]
-pub struct External;
+pub struct External(pub Settings);
 
 fn var_name(service: &str, field: &str) -> String {
     format!(
@@ -56,8 +57,8 @@ pub fn variables(service: &str, endpoint: &Endpoint) -> Vec<(String, String)> {
     vars
 }
 
-fn endpoint(service: &Service, missing: &mut Vec<String>) -> Endpoint {
-    endpoint_from(service, &|v| std::env::var(v).ok(), missing)
+fn endpoint(service: &Service, settings: &Settings, missing: &mut Vec<String>) -> Endpoint {
+    endpoint_from(service, &|v| settings.get(v), missing)
 }
 
 fn endpoint_from(
@@ -94,10 +95,10 @@ fn endpoint_from(
 }
 
 /// Whether every service's endpoint is given in the environment; lists every variable missing.
-pub fn check(manifest: &Manifest) -> Result<(), Error> {
+pub fn check(manifest: &Manifest, settings: &Settings) -> Result<(), Error> {
     let mut missing = Vec::new();
     for s in &manifest.services {
-        endpoint(s, &mut missing);
+        endpoint(s, settings, &mut missing);
     }
     if missing.is_empty() {
         return Ok(());
@@ -118,12 +119,12 @@ impl Backend for External {
     }
 
     async fn preflight(&self, manifest: &Manifest) -> Result<(), Error> {
-        check(manifest)
+        check(manifest, &self.0)
     }
 
     async fn start(&self, req: StartRequest<'_>) -> Result<Box<dyn Instance>, Error> {
         let mut missing = Vec::new();
-        let endpoint = endpoint(req.service, &mut missing);
+        let endpoint = endpoint(req.service, &self.0, &mut missing);
         if !missing.is_empty() {
             return Err(Error::service(
                 &req.service.name,

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 
 use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::error::Error;
+use crate::engine::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::{Kind, Manifest};
 use crate::model::endpoint::Endpoint;
@@ -150,12 +151,12 @@ impl Plan {
 }
 
 /// The backend of each service as far as flags, environment and manifest decide it (see the
-/// module docs); `None` is left to detection. `env` reads a variable.
+/// module docs); `None` is left to detection.
 pub fn assign(
     manifest: &Manifest,
     default: Option<BackendKind>,
     services: &BTreeMap<String, BackendKind>,
-    env: &dyn Fn(&str) -> Option<String>,
+    settings: &Settings,
 ) -> Result<BTreeMap<String, Option<BackendKind>>, Error> {
     for name in services.keys() {
         if manifest.service(name).is_none() {
@@ -169,12 +170,12 @@ pub fn assign(
             )));
         }
     }
-    let stack_env = super::parse_backend(env("HARNESS_BACKEND").as_deref())?;
+    let stack_env = BackendKind::from_settings(settings)?;
     let mut out = BTreeMap::new();
     for s in &manifest.services {
         let var = service_var(&s.name);
-        let from_env = match env(&var).as_deref().map(str::trim) {
-            None | Some("") | Some("auto") => None,
+        let from_env = match settings.get(&var).as_deref() {
+            None | Some("auto") => None,
             Some(v) => Some(BackendKind::parse(v).ok_or_else(|| {
                 Error::Usage(format!(
                     "{var} is `{v}`; use {}, or `auto`",
@@ -199,8 +200,9 @@ pub async fn plan(
     manifest: &Manifest,
     default: Option<BackendKind>,
     services: &BTreeMap<String, BackendKind>,
+    settings: &Settings,
 ) -> Result<Plan, Error> {
-    let assigned = assign(manifest, default, services, &|v| std::env::var(v).ok())?;
+    let assigned = assign(manifest, default, services, settings)?;
     let open: BTreeSet<&String> = assigned
         .iter()
         .filter(|(_, k)| k.is_none())
@@ -209,7 +211,7 @@ pub async fn plan(
     let detected = if open.is_empty() {
         None
     } else {
-        Some(super::detect(&manifest.only(|s| open.contains(&s.name))).await?)
+        Some(super::detect(&manifest.only(|s| open.contains(&s.name)), settings).await?)
     };
     Ok(Plan {
         services: assigned
@@ -265,13 +267,17 @@ impl Mixed {
         run: &crate::engine::cleanup::RunDir,
         manifest: &Manifest,
         bin_dir: &std::path::Path,
+        settings: &Settings,
     ) -> Mixed {
         let backends = plan
             .kinds()
             .into_iter()
             .map(|kind| {
                 let part = manifest.only(|s| plan.of(&s.name) == kind);
-                (kind, (super::create(kind, run, &part, bin_dir), part))
+                (
+                    kind,
+                    (super::create(kind, run, &part, bin_dir, settings), part),
+                )
             })
             .collect();
         Mixed {
@@ -381,11 +387,12 @@ pub fn create(
     run: &crate::engine::cleanup::RunDir,
     manifest: &Manifest,
     bin_dir: &std::path::Path,
+    settings: &Settings,
 ) -> Box<dyn Backend> {
     let kinds = plan.kinds();
     match kinds.iter().next() {
-        Some(kind) if kinds.len() == 1 => super::create(*kind, run, manifest, bin_dir),
-        _ => Box::new(Mixed::new(plan.clone(), run, manifest, bin_dir)),
+        Some(kind) if kinds.len() == 1 => super::create(*kind, run, manifest, bin_dir, settings),
+        _ => Box::new(Mixed::new(plan.clone(), run, manifest, bin_dir, settings)),
     }
 }
 
@@ -517,12 +524,7 @@ env = { DATABASE_URL = "{{ postgres.url.orders }}", REDIS_URL = "{{ redis.url }}
     fn the_services_own_setting_beats_the_stacks_and_flags_beat_the_environment() {
         let m = shop();
         let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                pairs
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
+            Settings::from_pairs(pairs.iter().copied())
         };
         let none = BTreeMap::new();
         // The manifest's `backend = "external"` for redis; the rest left to detection.

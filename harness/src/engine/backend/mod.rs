@@ -20,13 +20,15 @@ pub mod native;
 pub use interface::{Backend, Instance, StartRequest};
 
 use crate::engine::error::Error;
+use crate::engine::settings::Settings;
 pub use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
 
 impl BackendKind {
-    /// The backend `HARNESS_BACKEND` asks for: `None` when it is unset, empty or `auto`.
-    pub fn from_env() -> Result<Option<BackendKind>, Error> {
-        parse_backend(std::env::var("HARNESS_BACKEND").ok().as_deref())
+    /// The backend `HARNESS_BACKEND` asks for in `settings`: `None` when it is unset, empty or
+    /// `auto`.
+    pub fn from_settings(settings: &Settings) -> Result<Option<BackendKind>, Error> {
+        parse_backend(settings.get("HARNESS_BACKEND").as_deref())
     }
 }
 
@@ -43,36 +45,21 @@ pub fn parse_backend(value: Option<&str>) -> Result<Option<BackendKind>, Error> 
     }
 }
 
-/// The backend for a stack: `requested` (from `--backend`) if given, else `HARNESS_BACKEND`,
-/// else [`detect`]ed.
-pub async fn resolve(
-    requested: Option<BackendKind>,
-    manifest: &Manifest,
-) -> Result<BackendKind, Error> {
-    if let Some(kind) = requested {
-        return Ok(kind);
-    }
-    if let Some(kind) = BackendKind::from_env()? {
-        return Ok(kind);
-    }
-    detect(manifest).await
-}
-
 /// Picks a backend able to run the manifest without fetching anything: the container backend
 /// when a Docker engine answers and every image the manifest needs is present locally; else
 /// native when its servers and binaries are installed; else external when every endpoint is
 /// configured; else an error naming what each one lacks. Nothing is pulled or built, so the
 /// choice depends only on what this machine already has.
-pub async fn detect(manifest: &Manifest) -> Result<BackendKind, Error> {
-    let container = container::available(manifest).await;
+pub async fn detect(manifest: &Manifest, settings: &Settings) -> Result<BackendKind, Error> {
+    let container = container::available(manifest, settings).await;
     if container.is_ok() {
         return Ok(BackendKind::Container);
     }
-    let native = native::check(manifest, &crate::engine::paths::bin_dir(manifest.dir()));
+    let native = native::check(manifest, &settings.bin_dir(manifest.dir()));
     if native.is_ok() {
         return Ok(BackendKind::Native);
     }
-    choose(container, native, external::check(manifest))
+    choose(container, native, external::check(manifest, settings))
 }
 
 /// The decision of [`detect`], given what each backend lacks (`Err`) or that it can run the
@@ -124,11 +111,16 @@ pub fn create(
     run: &crate::engine::cleanup::RunDir,
     manifest: &Manifest,
     bin_dir: &std::path::Path,
+    settings: &Settings,
 ) -> Box<dyn Backend> {
     match kind {
-        BackendKind::Native => Box::new(native::Native::new(run, manifest.dir(), bin_dir)),
-        BackendKind::External => Box::new(external::External),
-        BackendKind::Container => Box::new(container::Container::new(run, manifest, bin_dir)),
+        BackendKind::Native => {
+            Box::new(native::Native::new(run, manifest.dir(), bin_dir, settings))
+        }
+        BackendKind::External => Box::new(external::External(settings.clone())),
+        BackendKind::Container => {
+            Box::new(container::Container::new(run, manifest, bin_dir, settings))
+        }
     }
 }
 

@@ -27,6 +27,7 @@ use tokio::process::{Child, Command};
 use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::{self, RunDir, RUN_ID_ENV};
 use crate::engine::error::Error;
+use crate::engine::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::{Launch, Manifest, Service};
 use crate::model::endpoint::Endpoint;
@@ -44,22 +45,25 @@ pub struct Native {
     bin_dir: PathBuf,
     /// The manifest's directory: a command's program given as a relative path is found there.
     project_dir: PathBuf,
+    /// Where cached clusters are kept ([`Settings::cache_dir`]).
+    cache_dir: PathBuf,
 }
 
 impl Native {
     /// A native backend for one run, running the workspace's binaries from `bin_dir`.
-    pub fn new(run: &RunDir, manifest_dir: &Path, bin_dir: &Path) -> Native {
+    pub fn new(run: &RunDir, manifest_dir: &Path, bin_dir: &Path, settings: &Settings) -> Native {
         Native {
             run_id: run.id.clone(),
             run_dir: run.path.clone(),
             bin_dir: bin_dir.to_path_buf(),
             project_dir: manifest_dir.to_path_buf(),
+            cache_dir: settings.cache_dir(),
         }
     }
 }
 
 /// Whether the native backend can run every service of a manifest: the servers installed and
-/// the service binaries built (in `bins`, see [`bin_dir`](crate::engine::paths::bin_dir)). Lists
+/// the service binaries built (in `bins`, see [`Settings::bin_dir`]). Lists
 /// everything missing at once.
 pub fn check(manifest: &Manifest, bins: &Path) -> Result<(), Error> {
     let mut missing: Vec<(String, String)> = Vec::new();
@@ -157,6 +161,7 @@ impl Backend for Native {
             let host = Host {
                 base: &base,
                 run_id: &self.run_id,
+                cache_dir: &self.cache_dir,
             };
             let target = endpoint
                 .target()
@@ -217,21 +222,6 @@ fn free_port() -> std::io::Result<u16> {
     ))
 }
 
-/// Where the harness keeps state it can rebuild: `HARNESS_CACHE_DIR`, else
-/// `$XDG_CACHE_HOME/harness`, else `~/.cache/harness`.
-pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("HARNESS_CACHE_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("harness");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".cache").join("harness"),
-        None => std::env::temp_dir().join("harness-cache"),
-    }
-}
-
 /// How long a helper process may take to listen before the server that needs it starts.
 const HELPER_LISTEN: Duration = Duration::from_secs(5);
 
@@ -258,6 +248,7 @@ async fn wait_listening(port: u16) -> Result<(), String> {
 struct Host<'a> {
     base: &'a ProcSpec,
     run_id: &'a str,
+    cache_dir: &'a Path,
 }
 
 #[async_trait]
@@ -271,7 +262,7 @@ impl NativeHost for Host<'_> {
     }
 
     fn cache_dir(&self) -> PathBuf {
-        cache_dir()
+        self.cache_dir.to_path_buf()
     }
 
     fn free_port(&self) -> std::io::Result<u16> {

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::RunDir;
 use crate::engine::error::Error;
+use crate::engine::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
 
@@ -22,7 +23,7 @@ fn missing() -> Error {
 }
 
 /// Never available.
-pub async fn available(_: &Manifest) -> Result<(), String> {
+pub async fn available(_: &Manifest, _: &Settings) -> Result<(), String> {
     Err(MISSING.into())
 }
 
@@ -32,12 +33,12 @@ pub fn log_tail(_: &str, _: usize) -> Vec<String> {
 }
 
 /// No images.
-pub async fn image_ids(_: &Manifest) -> BTreeMap<String, String> {
+pub async fn image_ids(_: &Manifest, _: &Settings) -> BTreeMap<String, String> {
     BTreeMap::new()
 }
 
 /// No mounts.
-pub fn planned_mounts(_: &Manifest, _: &Path) -> BTreeMap<String, PathBuf> {
+pub fn planned_mounts(_: &Manifest, _: &Path, _: &Settings) -> BTreeMap<String, PathBuf> {
     BTreeMap::new()
 }
 
@@ -47,7 +48,7 @@ pub struct Container;
 
 impl Container {
     /// One that refuses every start.
-    pub fn new(_: &RunDir, _: &Manifest, _: &Path) -> Container {
+    pub fn new(_: &RunDir, _: &Manifest, _: &Path, _: &Settings) -> Container {
         Container
     }
 }

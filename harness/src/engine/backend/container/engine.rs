@@ -10,12 +10,10 @@ use testcontainers::bollard::Docker;
 /// How long the engine gets to answer the first request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where the engine is: `DOCKER_HOST`, else the local socket.
+/// Where the engine is: `DOCKER_HOST`, else the local socket (the process's setting: the
+/// teardown in a signal handler connects too).
 pub fn docker_host() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| !h.trim().is_empty())
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".into())
+    crate::engine::settings::Settings::process().docker_host()
 }
 
 /// Connects to the engine and agrees on an API version it supports.

@@ -11,6 +11,7 @@ use testcontainers::bollard::Docker;
 use super::engine::{connect, status_of};
 use super::servers::base_entrypoint;
 use crate::engine::error::Error;
+use crate::engine::settings::Settings;
 use crate::manifest::{Manifest, PullPolicy};
 
 /// The image a service runs, and where that choice came from.
@@ -60,14 +61,9 @@ pub fn image_var(service: &str) -> String {
 ///    `rabbitmq:3`), behind the prefix `HARNESS_IMAGE_PREFIX`, else `[stack] image-prefix`
 ///    (`<prefix>/<image>`).
 ///
-/// The pull policy is `HARNESS_PULL`, else `[stack] pull`, else `if-missing`. `env` looks up
-/// environment variables (a parameter so tests need not change the process environment).
-pub fn plan(manifest: &Manifest, env: &dyn Fn(&str) -> Option<String>) -> Result<ImagePlan, Error> {
-    let get = |name: &str| {
-        env(name)
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-    };
+/// The pull policy is `HARNESS_PULL`, else `[stack] pull`, else `if-missing`.
+pub fn plan(manifest: &Manifest, settings: &Settings) -> Result<ImagePlan, Error> {
+    let get = |name: &str| settings.get(name);
     let pull = match get("HARNESS_PULL") {
         Some(v) => PullPolicy::parse(&v).ok_or_else(|| {
             Error::Usage(format!(
@@ -139,10 +135,14 @@ pub fn plan(manifest: &Manifest, env: &dyn Fn(&str) -> Option<String>) -> Result
     })
 }
 
-/// [`mounted_binaries`] as this process's environment decides them, of the binaries in `bins`.
-pub fn planned_mounts(manifest: &Manifest, bins: &Path) -> BTreeMap<String, PathBuf> {
-    plan(manifest, &process_env)
-        .map(|p| mounted_binaries(manifest, &p, &process_env, bins))
+/// [`mounted_binaries`] as `settings` decide them, of the binaries in `bins`.
+pub fn planned_mounts(
+    manifest: &Manifest,
+    bins: &Path,
+    settings: &Settings,
+) -> BTreeMap<String, PathBuf> {
+    plan(manifest, settings)
+        .map(|p| mounted_binaries(manifest, &p, settings, bins))
         .unwrap_or_default()
 }
 
@@ -158,10 +158,10 @@ pub(super) const MOUNTED_BIN_DIR: &str = "/harness/bin";
 pub fn mounted_binaries(
     manifest: &Manifest,
     plan: &ImagePlan,
-    env: &dyn Fn(&str) -> Option<String>,
+    settings: &Settings,
     bins: &Path,
 ) -> BTreeMap<String, PathBuf> {
-    if env("HARNESS_MOUNT_BINARIES").is_some_and(|v| v.trim() == "0") {
+    if settings.is_off("HARNESS_MOUNT_BINARIES") {
         return BTreeMap::new();
     }
     manifest
@@ -181,11 +181,6 @@ pub fn mounted_binaries(
         .collect()
 }
 
-/// This process's environment variable `name`, as [`plan`] takes it.
-pub(crate) fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok()
-}
-
 /// Whether an image is present in the engine.
 async fn image_present(docker: &Docker, image: &str) -> Result<bool, String> {
     match docker.inspect_image(image).await {
@@ -195,10 +190,10 @@ async fn image_present(docker: &Docker, image: &str) -> Result<bool, String> {
     }
 }
 
-/// The id of the image each service of `manifest` runs (as [`plan`] chooses it from this
-/// process's environment); services whose image cannot be inspected are left out.
-pub async fn image_ids(manifest: &Manifest) -> BTreeMap<String, String> {
-    let (Ok(plan), Ok(docker)) = (plan(manifest, &process_env), connect().await) else {
+/// The id of the image each service of `manifest` runs (as [`plan`] chooses it with
+/// `settings`); services whose image cannot be inspected are left out.
+pub async fn image_ids(manifest: &Manifest, settings: &Settings) -> BTreeMap<String, String> {
+    let (Ok(plan), Ok(docker)) = (plan(manifest, settings), connect().await) else {
         return BTreeMap::new();
     };
     let mut ids = BTreeMap::new();
@@ -327,9 +322,9 @@ pub(super) fn images_error(plan: &ImagePlan, missing: &[Unavailable]) -> Error {
 
 /// Whether the container backend can run the manifest with what this machine has: an engine
 /// answers and every image is present locally (nothing is pulled). `Err` says what is missing.
-pub async fn available(manifest: &Manifest) -> Result<(), String> {
+pub async fn available(manifest: &Manifest, settings: &Settings) -> Result<(), String> {
     let docker = connect().await?;
-    let plan = plan(manifest, &process_env).map_err(|e| e.to_string())?;
+    let plan = plan(manifest, settings).map_err(|e| e.to_string())?;
     let mut missing = Vec::new();
     for image in plan.by_image().keys() {
         match image_present(&docker, image).await {
@@ -411,12 +406,8 @@ command = ["sleep", "1"]
         Manifest::parse(Path::new("m.toml"), &source).unwrap()
     }
 
-    fn env(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |name| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        }
+    fn env(vars: &'static [(&'static str, &'static str)]) -> Settings {
+        Settings::from_pairs(vars.iter().copied())
     }
 
     fn images(plan: &ImagePlan) -> Vec<(&str, &str)> {

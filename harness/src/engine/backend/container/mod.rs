@@ -46,7 +46,6 @@ use testcontainers::bollard::query_parameters::CreateContainerOptionsBuilder;
 use testcontainers::bollard::Docker;
 
 pub use engine::{connect, docker_host};
-pub(crate) use images::process_env;
 pub use images::{
     available, bare_base_services, image_ids, image_var, mounted_binaries, plan, planned_mounts,
     ImageChoice, ImagePlan,
@@ -66,6 +65,7 @@ use servers::{data_dir, typical_boot};
 use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::{self, RunDir, RUN_ID_ENV};
 use crate::engine::error::Error;
+use crate::engine::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
 use crate::model::endpoint::Endpoint;
@@ -113,12 +113,19 @@ pub struct Container {
     hook: u64,
     /// Where the workspace's binaries it mounts are.
     bin_dir: PathBuf,
+    /// Which images the services run, and where the engine is.
+    settings: Settings,
 }
 
 impl Container {
     /// A container backend for one run. It registers a cleanup hook that removes the run's
     /// containers and network on Ctrl-C.
-    pub fn new(run: &RunDir, manifest: &Manifest, bin_dir: &Path) -> Container {
+    pub fn new(
+        run: &RunDir,
+        manifest: &Manifest,
+        bin_dir: &Path,
+        settings: &Settings,
+    ) -> Container {
         let shared = Arc::new(Shared::default());
         let hook = {
             let shared = shared.clone();
@@ -154,6 +161,7 @@ impl Container {
             shared,
             hook,
             bin_dir: bin_dir.to_path_buf(),
+            settings: settings.clone(),
         }
     }
 
@@ -286,7 +294,7 @@ impl Container {
             env.push((ENTRYPOINT_ENV.to_string(), script.to_string()));
             stop_signal = signal.map(str::to_string);
         }
-        if let (Some(inside), true) = (data_dir(service.kind), data_on_host(&process_env)) {
+        if let (Some(inside), true) = (data_dir(service.kind), data_on_host(&self.settings)) {
             let host = self.run_dir.join(format!("{}-data", service.name));
             cleanup::guarded(|| std::fs::create_dir(&host))
                 .map_err(|e| fail(format!("creating {}: {e}", host.display())))?;
@@ -355,11 +363,11 @@ impl Container {
 /// engine's: that is emptied when the container stops, and a stopped server keeps its data.
 /// Only where the engine sees this machine's files (a local socket) and as root, who can remove
 /// what the servers' users wrote; `HARNESS_DATA_ON_HOST=0` turns it off.
-fn data_on_host(env: &dyn Fn(&str) -> Option<String>) -> bool {
-    if env("HARNESS_DATA_ON_HOST").is_some_and(|v| v.trim() == "0") {
+fn data_on_host(settings: &Settings) -> bool {
+    if settings.is_off("HARNESS_DATA_ON_HOST") {
         return false;
     }
-    let local = env("DOCKER_HOST").is_none_or(|h| h.is_empty() || h.starts_with("unix://"));
+    let local = settings.docker_host().starts_with("unix://");
     local && nix::unistd::geteuid().is_root()
 }
 
@@ -371,7 +379,7 @@ impl Backend for Container {
 
     async fn preflight(&self, manifest: &Manifest) -> Result<(), Error> {
         let docker = self.docker().await?;
-        let plan = plan(manifest, &process_env)?;
+        let plan = plan(manifest, &self.settings)?;
         // Independent, so at once: the network is removed again by `Drop` if images are missing.
         let (reaped, missing, network) = tokio::join!(
             reap_dead_runs_with(docker),
@@ -386,7 +394,7 @@ impl Backend for Container {
         }
         network?;
         *self.mounts.lock().unwrap_or_else(|p| p.into_inner()) =
-            mounted_binaries(manifest, &plan, &process_env, &self.bin_dir);
+            mounted_binaries(manifest, &plan, &self.settings, &self.bin_dir);
         *self.bare.lock().unwrap_or_else(|p| p.into_inner()) =
             bare_base_services(docker, manifest, &plan).await;
         *self.images.lock().unwrap_or_else(|p| p.into_inner()) =

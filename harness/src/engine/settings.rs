@@ -1,0 +1,483 @@
+//! Settings: every variable of the environment the harness reads, in one table ([`VARIABLES`])
+//! and one value ([`Settings`]) read once and passed down.
+//!
+//! The order is the same everywhere: a command-line flag (the caller puts it in with
+//! [`Settings::with`]) beats the environment, which beats the manifest (`[stack]` keys, a
+//! service's `backend`, `[stack.images]`: applied where the manifest is read, by the same
+//! names), which beats the defaults below. The README's "Settings" table lists the same
+//! variables as [`VARIABLES`], and a test holds them equal.
+//!
+//! A stack and a suite take their settings from their options ([`crate::StackOptions::settings`],
+//! [`crate::runner::Suite::settings`]). What belongs to the whole process, not to one stack, reads
+//! [`Settings::process`], a copy of the environment taken at its first use: where run
+//! directories are (every run of the process and the reaping of dead ones must agree), the
+//! Docker engine's address (for the teardown in a signal handler) and whether trial output is
+//! captured. `PATH` is not a setting: programs are looked up on it the way the system does.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// One variable of the environment the harness reads (or, for [`Role::SetByHarness`], writes
+/// for the programs it starts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variable {
+    /// The name; `<SERVICE>` stands for a service's name in upper case with `-` as `_`, `<NAME>`
+    /// for a port's name likewise.
+    pub name: &'static str,
+    /// Who reads it.
+    pub role: Role,
+    /// What it does, its values and its default.
+    pub meaning: &'static str,
+}
+
+/// Who reads a [`Variable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The engine: stacks, backends, attach.
+    Stack,
+    /// The suite runner.
+    Runner,
+    /// Contract verification.
+    Verify,
+    /// Set by the harness for the programs it starts (the services, the suite `harness verify`
+    /// runs); reading them is those programs' business.
+    SetByHarness,
+}
+
+/// Every variable the harness reads or sets, in the README's order.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "HARNESS_MANIFEST",
+        role: Role::Stack,
+        meaning: "the manifest when `--manifest` is not given; default: `stack.toml`, else `fixtures/stack.toml`, in the current directory or a parent",
+    },
+    Variable {
+        name: "HARNESS_BACKEND",
+        role: Role::Stack,
+        meaning: "`container` | `native` | `external` | `auto` (default): the stack's backend when `--backend` is not given",
+    },
+    Variable {
+        name: "HARNESS_BACKEND_<SERVICE>",
+        role: Role::Stack,
+        meaning: "one service's backend, beating its `backend` in the manifest and `HARNESS_BACKEND`",
+    },
+    Variable {
+        name: "HARNESS_<SERVICE>_HOST",
+        role: Role::Stack,
+        meaning: "external backend: the service's host (default `127.0.0.1`); `harness env` prints these for a running stack",
+    },
+    Variable {
+        name: "HARNESS_<SERVICE>_PORT",
+        role: Role::Stack,
+        meaning: "external backend: the service's main port (required)",
+    },
+    Variable {
+        name: "HARNESS_<SERVICE>_PORT_<NAME>",
+        role: Role::Stack,
+        meaning: "external backend: another named port of the service",
+    },
+    Variable {
+        name: "HARNESS_<SERVICE>_USER",
+        role: Role::Stack,
+        meaning: "external backend: the server's user (likewise `_PASSWORD`, `_DATABASE`)",
+    },
+    Variable {
+        name: "HARNESS_<SERVICE>_PASSWORD",
+        role: Role::Stack,
+        meaning: "external backend: the server's password",
+    },
+    Variable {
+        name: "HARNESS_<SERVICE>_DATABASE",
+        role: Role::Stack,
+        meaning: "external backend: the server's database",
+    },
+    Variable {
+        name: "HARNESS_IMAGE_<SERVICE>",
+        role: Role::Stack,
+        meaning: "container backend: the image of one service (`image:tag`), beating `[stack.images]` and the manifest",
+    },
+    Variable {
+        name: "HARNESS_IMAGE_PREFIX",
+        role: Role::Stack,
+        meaning: "container backend: a registry or mirror put before every server image, beating `[stack] image-prefix`",
+    },
+    Variable {
+        name: "HARNESS_PULL",
+        role: Role::Stack,
+        meaning: "container backend: `never` | `if-missing` (default) | `always`, beating `[stack] pull`",
+    },
+    Variable {
+        name: "HARNESS_MOUNT_BINARIES",
+        role: Role::Stack,
+        meaning: "container backend: `0` runs service images as they are instead of mounting the freshly built binaries",
+    },
+    Variable {
+        name: "HARNESS_DATA_ON_HOST",
+        role: Role::Stack,
+        meaning: "container backend: `0` keeps server data inside the containers instead of the run directory",
+    },
+    Variable {
+        name: "HARNESS_BIN_DIR",
+        role: Role::Stack,
+        meaning: "where the workspace's binaries are (and no `cargo build` before a suite); default `$CARGO_TARGET_DIR/debug`, else `target/debug` of the workspace",
+    },
+    Variable {
+        name: "CARGO_TARGET_DIR",
+        role: Role::Stack,
+        meaning: "cargo's target directory, as cargo reads it",
+    },
+    Variable {
+        name: "CARGO",
+        role: Role::Stack,
+        meaning: "the cargo program to run (cargo sets it for the programs it runs); default `cargo`",
+    },
+    Variable {
+        name: "HARNESS_RUNS_DIR",
+        role: Role::Stack,
+        meaning: "where runs keep their directories; default `/dev/shm/harness-runs` with 1 GiB free, else `$TMPDIR/harness-runs`",
+    },
+    Variable {
+        name: "HARNESS_CACHE_DIR",
+        role: Role::Stack,
+        meaning: "where rebuildable state is kept (initialised clusters); default `$XDG_CACHE_HOME/harness`, else `~/.cache/harness`",
+    },
+    Variable {
+        name: "XDG_CACHE_HOME",
+        role: Role::Stack,
+        meaning: "the user's cache directory, as the XDG convention has it",
+    },
+    Variable {
+        name: "HOME",
+        role: Role::Stack,
+        meaning: "the user's home, for `~/.cache/harness`",
+    },
+    Variable {
+        name: "HARNESS_ATTACH",
+        role: Role::Stack,
+        meaning: "`0`: never attach to a stack `harness up --detach` started; start one of the run's own",
+    },
+    Variable {
+        name: "DOCKER_HOST",
+        role: Role::Stack,
+        meaning: "the Docker engine's address, as Docker reads it; default `unix:///var/run/docker.sock`",
+    },
+    Variable {
+        name: "HARNESS_VERBOSE",
+        role: Role::Runner,
+        meaning: "`1`: print every trial's output as it happens, not only a failing trial's",
+    },
+    Variable {
+        name: "HARNESS_QUIET",
+        role: Role::Runner,
+        meaning: "set: no progress lines, only the results",
+    },
+    Variable {
+        name: "HARNESS_JUNIT",
+        role: Role::Runner,
+        meaning: "the JUnit file to write; default `target/harness/junit/<suite>.xml`",
+    },
+    Variable {
+        name: "HARNESS_ONLY",
+        role: Role::Runner,
+        meaning: "trial-name prefixes to run, comma-separated (`harness affected --filter` prints it); empty: every trial",
+    },
+    Variable {
+        name: "HARNESS_SHARD",
+        role: Role::Runner,
+        meaning: "`<index>/<count>`: run one shard of the trials, e.g. `2/4`",
+    },
+    Variable {
+        name: "HARNESS_RETRIES",
+        role: Role::Runner,
+        meaning: "extra attempts for a failing trial (default 0); a pass on a retry is reported flaky",
+    },
+    Variable {
+        name: "PACT_BROKER_TOKEN",
+        role: Role::Verify,
+        meaning: "the Pact Broker's bearer token for `harness verify --broker-url`; never printed",
+    },
+    Variable {
+        name: "PACT_DO_NOT_TRACK",
+        role: Role::Verify,
+        meaning: "`true` turns off the Pact libraries' usage reports: the `harness` command sets it for itself; a suite with contract trials sets it first thing in `main` (the library never changes the environment)",
+    },
+    Variable {
+        name: "HARNESS_RUN_ID",
+        role: Role::SetByHarness,
+        meaning: "the run's id, in every process the run starts (how a later run finds leftovers)",
+    },
+    Variable {
+        name: "HARNESS_ENTRYPOINT",
+        role: Role::SetByHarness,
+        meaning: "container backend: a server's entrypoint script, given at run time",
+    },
+    Variable {
+        name: "HARNESS_VERIFY_<FIELD>",
+        role: Role::SetByHarness,
+        meaning: "`harness verify`'s request to the contracts suite (provider, pacts, broker, publishing, report file)",
+    },
+];
+
+/// The environment's values of the [`VARIABLES`], read once; flags put in with [`Settings::with`]
+/// beat them. Cheap to clone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    values: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// This process's environment now: the [`VARIABLES`] that are set.
+    pub fn from_env() -> Settings {
+        Settings::from_pairs(
+            std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+        )
+    }
+
+    /// The process's settings: [`Settings::from_env`] as it was at the first call. For what
+    /// belongs to the whole process (see the module's documentation).
+    pub fn process() -> &'static Settings {
+        static PROCESS: OnceLock<Settings> = OnceLock::new();
+        PROCESS.get_or_init(Settings::from_env)
+    }
+
+    /// Settings from name-value pairs (an environment of one's own, in tests); pairs that name
+    /// no variable of [`VARIABLES`] are left out.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Settings {
+        Settings {
+            values: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .filter(|(k, _)| is_known(k))
+                .collect(),
+        }
+    }
+
+    /// These settings with `name` set to `value` (a command-line flag, which beats the
+    /// environment).
+    pub fn with(mut self, name: &str, value: impl Into<String>) -> Settings {
+        self.values.insert(name.to_string(), value.into());
+        self
+    }
+
+    /// These settings without `name` (as if it were not set).
+    pub fn without(mut self, name: &str) -> Settings {
+        self.values.remove(name);
+        self
+    }
+
+    /// The value of `name`, trimmed; `None` when unset or blank.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.values
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    }
+
+    /// Whether `name` is set to `0` (how the switches that are on by default are turned off).
+    pub fn is_off(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|v| v == "0")
+    }
+
+    /// Whether `name` is set to something other than `0`.
+    pub fn is_on(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|v| v != "0")
+    }
+
+    /// The value of `name` as a path.
+    pub fn path(&self, name: &str) -> Option<PathBuf> {
+        self.get(name).map(PathBuf::from)
+    }
+
+    /// The manifest to use: `HARNESS_MANIFEST`, else `stack.toml`, else `fixtures/stack.toml`,
+    /// looked up from the current directory upwards (`stack.toml` when none is found).
+    pub fn manifest_path(&self) -> PathBuf {
+        if let Some(p) = self.path("HARNESS_MANIFEST") {
+            return p;
+        }
+        let cwd = std::env::current_dir().unwrap_or_default();
+        for dir in cwd.ancestors() {
+            for candidate in ["stack.toml", "fixtures/stack.toml"] {
+                let p = dir.join(candidate);
+                if p.is_file() {
+                    return p;
+                }
+            }
+        }
+        "stack.toml".into()
+    }
+
+    /// Where cargo puts the workspace's binaries: `HARNESS_BIN_DIR`, else
+    /// `$CARGO_TARGET_DIR/debug`, else `target/debug` of the outermost cargo workspace around
+    /// `manifest_dir`.
+    pub fn bin_dir(&self, manifest_dir: &Path) -> PathBuf {
+        if let Some(d) = self.path("HARNESS_BIN_DIR") {
+            return d;
+        }
+        if let Some(d) = self.path("CARGO_TARGET_DIR") {
+            return d.join("debug");
+        }
+        let start =
+            std::fs::canonicalize(manifest_dir).unwrap_or_else(|_| manifest_dir.to_path_buf());
+        let root = start
+            .ancestors()
+            .filter(|d| d.join("Cargo.toml").is_file())
+            .last()
+            .map(Path::to_path_buf);
+        root.unwrap_or(start).join("target").join("debug")
+    }
+
+    /// The target directory around [`Settings::bin_dir`], where the harness writes its state,
+    /// reports and timelines (`target/harness/`).
+    pub fn target_dir(&self, manifest_dir: &Path) -> PathBuf {
+        target_dir_of(&self.bin_dir(manifest_dir))
+    }
+
+    /// The JUnit file of `suite`: `HARNESS_JUNIT`, else `harness/junit/<suite>.xml` in
+    /// [`Settings::target_dir`].
+    pub fn junit(&self, suite: &str, manifest_dir: &Path) -> PathBuf {
+        self.path("HARNESS_JUNIT").unwrap_or_else(|| {
+            self.target_dir(manifest_dir)
+                .join("harness")
+                .join("junit")
+                .join(format!("{suite}.xml"))
+        })
+    }
+
+    /// Whether `HARNESS_BIN_DIR` names the binaries' directory (a caller who built them).
+    pub fn bins_given(&self) -> bool {
+        self.get("HARNESS_BIN_DIR").is_some()
+    }
+
+    /// Where rebuildable state is kept: `HARNESS_CACHE_DIR`, else `$XDG_CACHE_HOME/harness`,
+    /// else `~/.cache/harness`, else a directory in the system's temporary directory.
+    pub fn cache_dir(&self) -> PathBuf {
+        if let Some(d) = self.path("HARNESS_CACHE_DIR") {
+            return d;
+        }
+        if let Some(d) = self.path("XDG_CACHE_HOME") {
+            return d.join("harness");
+        }
+        match self.path("HOME") {
+            Some(h) => h.join(".cache").join("harness"),
+            None => std::env::temp_dir().join("harness-cache"),
+        }
+    }
+
+    /// The cargo program: `CARGO`, else `cargo`.
+    pub fn cargo(&self) -> OsString {
+        self.get("CARGO").unwrap_or_else(|| "cargo".into()).into()
+    }
+
+    /// The Docker engine's address: `DOCKER_HOST`, else the local socket.
+    pub fn docker_host(&self) -> String {
+        self.get("DOCKER_HOST")
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".into())
+    }
+
+    /// Whether a run may attach to a stack started by `harness up --detach` (unless
+    /// `HARNESS_ATTACH=0`).
+    pub fn attach(&self) -> bool {
+        !self.is_off("HARNESS_ATTACH")
+    }
+
+    /// Whether every trial's output is printed as it happens (`HARNESS_VERBOSE`, not `0`).
+    pub fn verbose(&self) -> bool {
+        self.is_on("HARNESS_VERBOSE")
+    }
+
+    /// Whether the runner leaves out progress lines (`HARNESS_QUIET` set).
+    pub fn quiet(&self) -> bool {
+        self.values.contains_key("HARNESS_QUIET")
+    }
+}
+
+/// The target directory that holds a directory of binaries (`target/debug`).
+pub fn target_dir_of(bins: &Path) -> PathBuf {
+    bins.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// Whether `name` is one of [`VARIABLES`] (a name with `<…>` parts matches any words there).
+pub fn is_known(name: &str) -> bool {
+    VARIABLES.iter().any(|v| matches(v.name, name))
+}
+
+/// Whether `name` fits `pattern`, whose `<…>` parts stand for one or more characters of
+/// `A-Z`, `0-9` and `_`.
+fn matches(pattern: &str, name: &str) -> bool {
+    let Some((head, rest)) = pattern.split_once('<') else {
+        return pattern == name;
+    };
+    let Some(tail) = rest.split_once('>').map(|(_, t)| t) else {
+        return pattern == name;
+    };
+    let Some(after) = name.strip_prefix(head) else {
+        return false;
+    };
+    let word = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_';
+    // The placeholder takes at least one character; try every split (names are short).
+    (1..=after.len()).any(|n| {
+        after.is_char_boundary(n) && after[..n].chars().all(word) && matches(tail, &after[n..])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_service_names_and_nothing_else() {
+        assert!(is_known("HARNESS_BACKEND"));
+        assert!(is_known("HARNESS_BACKEND_POSTGRES"));
+        assert!(is_known("HARNESS_CACHE_STORE_PORT_HTTP"));
+        assert!(is_known("HARNESS_IMAGE_ORDERS"));
+        assert!(is_known("HARNESS_VERIFY_PROVIDER"));
+        assert!(!is_known("HARNESS_"));
+        assert!(!is_known("HARNESS_backend"));
+        assert!(!is_known("PATH"));
+        assert!(
+            !is_known("HARNESS_BACKENDX"),
+            "a misspelling is not a service's backend"
+        );
+    }
+
+    #[test]
+    fn flags_beat_the_environment_and_blank_is_unset() {
+        let s = Settings::from_pairs([("HARNESS_BACKEND", "native"), ("HARNESS_ONLY", "  ")])
+            .with("HARNESS_BACKEND", "container");
+        assert_eq!(s.get("HARNESS_BACKEND").as_deref(), Some("container"));
+        assert_eq!(s.get("HARNESS_ONLY"), None);
+        assert_eq!(
+            Settings::from_pairs([("UNRELATED", "1")]),
+            Settings::default()
+        );
+    }
+
+    #[test]
+    fn defaults_follow_the_documented_order() {
+        let s = Settings::from_pairs([("XDG_CACHE_HOME", "/x"), ("HOME", "/h")]);
+        assert_eq!(s.cache_dir(), PathBuf::from("/x/harness"));
+        let s = s.without("XDG_CACHE_HOME");
+        assert_eq!(s.cache_dir(), PathBuf::from("/h/.cache/harness"));
+        let s = s.with("HARNESS_CACHE_DIR", "/c");
+        assert_eq!(s.cache_dir(), PathBuf::from("/c"));
+        let s = Settings::from_pairs([("CARGO_TARGET_DIR", "/t")]);
+        assert_eq!(s.bin_dir(Path::new("/nowhere")), PathBuf::from("/t/debug"));
+        assert_eq!(
+            s.with("HARNESS_BIN_DIR", "/b")
+                .bin_dir(Path::new("/nowhere")),
+            PathBuf::from("/b")
+        );
+        assert!(Settings::default().attach());
+        assert!(!Settings::from_pairs([("HARNESS_ATTACH", "0")]).attach());
+        assert!(!Settings::from_pairs([("HARNESS_VERBOSE", "0")]).verbose());
+        assert!(Settings::from_pairs([("HARNESS_VERBOSE", "1")]).verbose());
+    }
+}
