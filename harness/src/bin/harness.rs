@@ -714,40 +714,14 @@ fn print_endpoints(stack: &Stack) {
 }
 
 async fn down(state: &Path) -> Result<u8, Error> {
-    let text = match std::fs::read_to_string(state) {
-        Ok(t) => t,
-        Err(_) => {
-            println!("no stack is up (no {})", state.display());
-            return Ok(exit_code::OK);
+    match harness::attach::stop(state).await? {
+        harness::attach::Stopped::NotUp(file) => {
+            println!("no stack is up (no {})", file.display())
         }
-    };
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        Error::Usage(format!(
-            "{} is not a harness state file: {e}",
-            state.display()
-        ))
-    })?;
-    let Some(pid) = value["pid"].as_i64() else {
-        return Err(Error::Usage(format!("{} names no pid", state.display())));
-    };
-    let pid = nix::unistd::Pid::from_raw(pid as i32);
-    if nix::sys::signal::kill(pid, None).is_err() {
-        let _ = std::fs::remove_file(state);
-        harness::cleanup::reap_dead_runs();
-        println!("the stack's process {pid} had already ended; removed what it left");
-        return Ok(exit_code::OK);
-    }
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while nix::sys::signal::kill(pid, None).is_ok() {
-        if std::time::Instant::now() > deadline {
-            return Err(Error::service(
-                "stack",
-                format!("process {pid} did not stop within 30 s"),
-            ));
+        harness::attach::Stopped::AlreadyEnded { pid } => {
+            println!("the stack's process {pid} had already ended; removed what it left")
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        harness::attach::Stopped::Stopped { pid } => println!("stopped the stack (process {pid})"),
     }
-    println!("stopped the stack (process {pid})");
     Ok(exit_code::OK)
 }

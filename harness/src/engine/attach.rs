@@ -129,6 +129,64 @@ pub fn find(manifest: &Manifest, settings: &Settings) -> Option<State> {
     (same && alive(state.pid) && state.pid != std::process::id()).then_some(state)
 }
 
+/// How long `harness down` waits for a stack's owner to tear it down.
+pub const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What [`stop`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// No state file: no stack of the manifest is up.
+    NotUp(PathBuf),
+    /// The owner had died; what it left was removed (its state file, its run).
+    AlreadyEnded {
+        /// The dead owner.
+        pid: u32,
+    },
+    /// The owner tore the stack down and ended.
+    Stopped {
+        /// The owner.
+        pid: u32,
+    },
+}
+
+/// `harness down`: asks the process that owns the stack recorded in `state` to tear it down
+/// (SIGTERM, which its handler turns into a teardown) and waits until it has ended; an owner
+/// that died already has its leftovers reaped.
+pub async fn stop(state: &Path) -> Result<Stopped, Error> {
+    let Ok(text) = std::fs::read(state) else {
+        return Ok(Stopped::NotUp(state.to_path_buf()));
+    };
+    let recorded: State = serde_json::from_slice(&text).map_err(|e| {
+        Error::Usage(format!(
+            "{} is not a harness state file ({e}); remove it",
+            state.display()
+        ))
+    })?;
+    let pid = recorded.pid;
+    if !alive(pid) {
+        let _ = std::fs::remove_file(state);
+        crate::engine::cleanup::reap_dead_runs();
+        return Ok(Stopped::AlreadyEnded { pid });
+    }
+    let raw = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = nix::sys::signal::kill(raw, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + STOP_TIMEOUT;
+    while alive(pid) {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::service(
+                "stack",
+                format!(
+                    "process {pid} did not stop within {} s; its log is up.log beside {}",
+                    STOP_TIMEOUT.as_secs(),
+                    state.display()
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(Stopped::Stopped { pid })
+}
+
 /// What [`start_detached`] found or started.
 #[derive(Debug)]
 pub enum Detached {

@@ -168,7 +168,7 @@ impl Stack {
         let kind = plan.main(&manifest);
         let run = RunDir::create().map_err(|e| Error::io("creating the run directory", e))?;
         let backend = backend::mixed::create(&plan, &run, &manifest, &bin_dir, &settings);
-        backend.preflight(&manifest).await?;
+        backend.preflight(&manifest, sink.as_ref()).await?;
         // Taken before anything launches: a change made while the stack starts is seen by the
         // next attach, never missed.
         let mut fingerprinter = Fingerprinter::default()

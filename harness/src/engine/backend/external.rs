@@ -6,6 +6,7 @@
 //! `HARNESS_<SERVICE>_USER`, `_PASSWORD`, `_DATABASE`. `<SERVICE>` is the name upper-cased with
 //! `-` as `_`.
 
+use crate::engine::events::Sink;
 use crate::engine::settings::Settings;
 use std::collections::BTreeMap;
 
@@ -118,7 +119,7 @@ impl Backend for External {
         BackendKind::External
     }
 
-    async fn preflight(&self, manifest: &Manifest) -> Result<(), Error> {
+    async fn preflight(&self, manifest: &Manifest, _: &dyn Sink) -> Result<(), Error> {
         check(manifest, &self.0)
     }
 

@@ -7,6 +7,7 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::engine::error::Error;
+use crate::engine::events::Sink;
 use crate::manifest::{BackendKind, Manifest, Service};
 use crate::model::endpoint::Endpoint;
 
@@ -38,8 +39,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Which backend this is.
     fn kind(&self) -> BackendKind;
     /// Checks before anything starts that every service can be started (binaries installed,
-    /// images present), listing everything missing at once.
-    async fn preflight(&self, manifest: &Manifest) -> Result<(), Error>;
+    /// images present), listing everything missing at once; warnings go to `sink`.
+    async fn preflight(&self, manifest: &Manifest, sink: &dyn Sink) -> Result<(), Error>;
     /// Starts one service; returns once it has been launched (not yet ready).
     async fn start(&self, request: StartRequest<'_>) -> Result<Box<dyn Instance>, Error>;
 }

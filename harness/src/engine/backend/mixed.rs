@@ -24,6 +24,7 @@ use async_trait::async_trait;
 
 use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::error::Error;
+use crate::engine::events::Sink;
 use crate::engine::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::{Kind, Manifest};
@@ -331,10 +332,10 @@ impl Backend for Mixed {
             .unwrap_or(BackendKind::External)
     }
 
-    async fn preflight(&self, manifest: &Manifest) -> Result<(), Error> {
+    async fn preflight(&self, manifest: &Manifest, sink: &dyn Sink) -> Result<(), Error> {
         check_reachable(&self.plan, manifest)?;
         for (backend, part) in self.backends.values() {
-            backend.preflight(part).await?;
+            backend.preflight(part, sink).await?;
         }
         Ok(())
     }

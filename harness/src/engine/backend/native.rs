@@ -27,6 +27,7 @@ use tokio::process::{Child, Command};
 use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::{self, RunDir, RUN_ID_ENV};
 use crate::engine::error::Error;
+use crate::engine::events::Sink;
 use crate::engine::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::{Launch, Manifest, Service};
@@ -116,7 +117,7 @@ impl Backend for Native {
         BackendKind::Native
     }
 
-    async fn preflight(&self, manifest: &Manifest) -> Result<(), Error> {
+    async fn preflight(&self, manifest: &Manifest, _: &dyn Sink) -> Result<(), Error> {
         check(manifest, &self.bin_dir)
     }
 

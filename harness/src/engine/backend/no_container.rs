@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::RunDir;
 use crate::engine::error::Error;
+use crate::engine::events::Sink;
 use crate::engine::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
@@ -59,7 +60,7 @@ impl Backend for Container {
         BackendKind::Container
     }
 
-    async fn preflight(&self, _: &Manifest) -> Result<(), Error> {
+    async fn preflight(&self, _: &Manifest, _: &dyn Sink) -> Result<(), Error> {
         Err(missing())
     }
 

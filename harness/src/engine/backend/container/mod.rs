@@ -65,6 +65,7 @@ use servers::{data_dir, typical_boot};
 use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::{self, RunDir, RUN_ID_ENV};
 use crate::engine::error::Error;
+use crate::engine::events::{Event, Sink};
 use crate::engine::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
@@ -377,7 +378,7 @@ impl Backend for Container {
         BackendKind::Container
     }
 
-    async fn preflight(&self, manifest: &Manifest) -> Result<(), Error> {
+    async fn preflight(&self, manifest: &Manifest, sink: &dyn Sink) -> Result<(), Error> {
         let docker = self.docker().await?;
         let plan = plan(manifest, &self.settings)?;
         // Independent, so at once: the network is removed again by `Drop` if images are missing.
@@ -387,7 +388,9 @@ impl Backend for Container {
             self.create_network(docker)
         );
         if let Err(e) = reaped {
-            eprintln!("harness: removing what dead runs left in the engine failed: {e}");
+            sink.event(&Event::Warning(format!(
+                "removing what dead runs left in the engine failed: {e}"
+            )));
         }
         if !missing.is_empty() || !plan.unset.is_empty() {
             return Err(images_error(&plan, &missing));
