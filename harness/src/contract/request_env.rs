@@ -55,11 +55,7 @@ impl VerifyRequest {
 
     /// The request carried in the environment, if any (`HARNESS_VERIFY_PROVIDER` is set).
     pub fn from_env() -> Result<Option<VerifyRequest>, Error> {
-        Self::carried_in(&Settings::from_env())
-    }
-
-    /// The request carried in `settings`, if any (`HARNESS_VERIFY_PROVIDER` is set).
-    pub fn carried_in(settings: &Settings) -> Result<Option<VerifyRequest>, Error> {
+        let settings = Settings::from_env();
         Self::from_vars(|k| settings.get(k))
     }
 

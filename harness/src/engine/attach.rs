@@ -26,15 +26,9 @@ use crate::engine::stack::Refreshed;
 pub use crate::engine::state::State;
 use crate::manifest::Manifest;
 
-/// The target directory of the workspace around a manifest (that of
-/// [`Settings::bin_dir`]).
-pub fn target_dir(manifest: &Manifest, settings: &Settings) -> PathBuf {
-    settings.target_dir(manifest.dir())
-}
-
 /// The state file for stacks of a manifest.
 pub fn state_file(manifest: &Manifest, settings: &Settings) -> PathBuf {
-    state_file_in(&target_dir(manifest, settings))
+    state_file_in(&settings.target_dir(manifest.dir()))
 }
 
 fn state_file_in(target: &Path) -> PathBuf {

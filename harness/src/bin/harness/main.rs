@@ -473,7 +473,8 @@ async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
         "main job {} in {:.1} s; JUnit reports in {}",
         if status.success() { "passed" } else { "FAILED" },
         started.elapsed().as_secs_f64(),
-        harness::attach::target_dir(&m, settings())
+        settings()
+            .target_dir(m.dir())
             .join("harness/junit")
             .display()
     );
