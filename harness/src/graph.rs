@@ -190,6 +190,7 @@ impl Graph {
                 let style = match condition {
                     Condition::Ready => "",
                     Condition::Started => " [style=dashed, label=\"started\"]",
+                    Condition::Completed => " [style=dotted, label=\"completed\"]",
                 };
                 let _ = writeln!(out, "  \"{dep}\" -> \"{service}\"{style};");
             }

@@ -48,11 +48,11 @@ pub mod engine;
 pub mod graph;
 pub mod manifest;
 pub mod model;
+pub mod settings;
 pub mod testkit;
 
 pub use engine::{
-    attach, backend, cleanup, error, events, fingerprint, logs, probe, scheduler, settings, stack,
-    state,
+    attach, backend, cleanup, error, events, fingerprint, logs, probe, scheduler, stack, state,
 };
 pub use model::{endpoint, template};
 #[cfg(feature = "contracts")]
@@ -72,5 +72,5 @@ pub use model::endpoint::Endpoint;
 /// Finds the stack manifest: `HARNESS_MANIFEST`, else `stack.toml`, else `fixtures/stack.toml`,
 /// looked up from the current directory upwards.
 pub fn default_manifest_path() -> std::path::PathBuf {
-    engine::settings::Settings::from_env().manifest_path()
+    settings::Settings::from_env().manifest_path()
 }

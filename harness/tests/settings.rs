@@ -80,7 +80,7 @@ fn harness_literals(text: &str) -> Vec<String> {
 fn only_the_settings_module_reads_the_environment() {
     let mut files = Vec::new();
     sources(&root().join("harness/src"), &mut files);
-    let settings = root().join("harness/src/engine/settings.rs");
+    let settings = root().join("harness/src/settings.rs");
     let mut offenders = Vec::new();
     for file in files.iter().filter(|f| **f != settings) {
         let text = std::fs::read_to_string(file).unwrap();
@@ -113,7 +113,7 @@ fn only_the_settings_module_reads_the_environment() {
     }
     assert!(
         offenders.is_empty(),
-        "the environment is read (or named) outside harness/src/engine/settings.rs; read it \
+        "the environment is read (or named) outside harness/src/settings.rs; read it \
          through `Settings` and list the variable there:\n  {}",
         offenders.join("\n  ")
     );

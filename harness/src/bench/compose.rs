@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::engine::backend::container::{self, ImagePlan, LABEL_RUN_ID};
 use crate::engine::backend::BackendKind;
 use crate::engine::error::Error;
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::engine::stack::{Stack, StackOptions};
 use crate::manifest::{Condition, Manifest, ProbeSpec, Service};
 use crate::model::endpoint::Endpoint;
@@ -228,7 +228,15 @@ fn healthcheck(service: &Service, ep: &Endpoint, interval: &str) -> Option<Value
     let tcp = |port: u16| format!("bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}'");
     let port = |name: Option<&str>| ep.port(name).unwrap_or_default();
     let test = match &service.probe {
-        ProbeSpec::None => return None,
+        ProbeSpec::None | ProbeSpec::Exit => return None,
+        ProbeSpec::Exec(command) => {
+            return Some(json!({
+                "test": std::iter::once("CMD").chain(command.iter().map(|c| c.as_str())).map(escape).collect::<Vec<_>>(),
+                "interval": interval,
+                "timeout": "2s",
+                "retries": 120,
+            }))
+        }
         ProbeSpec::Protocol(kind) => kind
             .server()
             .zip(ep.target().ok())
@@ -321,6 +329,7 @@ pub fn compose_file(
                 .unwrap_or(false);
             let condition = match d.condition {
                 Condition::Ready if target => "service_healthy",
+                Condition::Completed => "service_completed_successfully",
                 _ => "service_started",
             };
             depends.insert(d.service.clone(), json!({ "condition": condition }));

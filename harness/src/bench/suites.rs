@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::backend::BackendKind;
 use crate::engine::error::Error;
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::engine::stack::{Stack, StackOptions};
 use crate::manifest::Manifest;
 

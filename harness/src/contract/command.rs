@@ -7,7 +7,7 @@ use super::report::VerifyReport;
 use super::verify::ENV_REPORT;
 use super::verify::{Candidate, VerifyRequest};
 use super::Error;
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 
 /// How `harness verify` runs a suite binary: which cargo package and test target hold the
 /// shop-specific state handlers and producers.

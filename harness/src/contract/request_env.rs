@@ -1,7 +1,7 @@
 //! The `HARNESS_VERIFY_*` environment: how `harness verify` hands its request to the suite
 //! binary it runs, and how the suite binary hands its report back.
 
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use serde_json::Value;
 
 use super::verify::{BrokerSource, Candidate, Publish, VerifyRequest};

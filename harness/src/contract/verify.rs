@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::report::VerifyReport;
 use super::verifier::{provider_target, Verification};
 use super::{Contracts, Error};
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::manifest::Launch;
 use crate::model::template::Template;
 use crate::testkit::runner::Suite;

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::error::Error;
 use crate::engine::fingerprint::Fingerprinter;
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::engine::stack::Refreshed;
 pub use crate::engine::state::State;
 use crate::manifest::Manifest;

@@ -330,7 +330,7 @@ const SHM_MIN_FREE: u64 = 1 << 30;
 pub fn runs_root() -> PathBuf {
     static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
-        if let Some(d) = crate::engine::settings::Settings::process().path("HARNESS_RUNS_DIR") {
+        if let Some(d) = crate::settings::Settings::process().path("HARNESS_RUNS_DIR") {
             return d;
         }
         let shm = Path::new("/dev/shm");

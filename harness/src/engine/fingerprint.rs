@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::backend::BackendKind;
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::manifest::{Launch, Manifest, Service};
 use crate::model::digest::{content_hash, Hasher};
 
@@ -74,7 +74,7 @@ pub struct Fingerprinter {
     files: BTreeMap<PathBuf, (Stamp, u64)>,
     /// Where the workspace's binaries are; `None`: [`Settings::bin_dir`].
     bin_dir: Option<PathBuf>,
-    /// Which images and binaries the services run (see [`crate::engine::settings`]).
+    /// Which images and binaries the services run (see [`crate::settings`]).
     settings: Settings,
 }
 

@@ -197,7 +197,7 @@ pub(super) async fn make_ready(
 ) -> Result<Vec<String>, Failure> {
     let endpoint = instance.endpoint();
     let deadline = launched + service.startup_timeout;
-    probe::wait_ready(&service.probe, &endpoint, deadline, || instance.exited())
+    probe::wait_instance_ready(&service.probe, instance, deadline)
         .await
         .map_err(|f| Failure {
             message: f.last_error,

@@ -3,8 +3,8 @@
 //! [`backend`]s run them (native processes, containers, external endpoints, or a mix), the
 //! [`probe`]s say when each is ready, the [`stack`] is the handle tests use, [`attach`] and
 //! [`fingerprint`] let a test attach to a running stack and refresh what changed, and
-//! [`cleanup`] removes everything a run created, after any ending. [`settings`] are read
-//! once and passed down.
+//! [`cleanup`] removes everything a run created, after any ending. [`crate::settings`] are
+//! read once and passed down.
 
 pub mod attach;
 pub mod backend;
@@ -17,6 +17,5 @@ mod launch;
 pub mod logs;
 pub mod probe;
 pub mod scheduler;
-pub mod settings;
 pub mod stack;
 pub mod state;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 
+use crate::engine::backend::interface::Instance;
 use crate::manifest::ProbeSpec;
 use crate::model::endpoint::Endpoint;
 
@@ -53,6 +54,9 @@ pub async fn check(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> 
 async fn attempt(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> {
     match spec {
         ProbeSpec::None => Ok(()),
+        ProbeSpec::Exec(_) | ProbeSpec::Exit => {
+            Err(format!("a probe that {spec} needs the running service, not its address"))
+        }
         ProbeSpec::Tcp { port } => tcp_accepted(endpoint, port).await,
         ProbeSpec::Protocol(_) => match endpoint.kind.server() {
             Some(server) => server.probe(&endpoint.target()?).await,
@@ -134,9 +138,86 @@ async fn tcp_accepted(endpoint: &Endpoint, port: &str) -> Result<(), String> {
 /// The port the probe talks to, if any.
 fn probed_port(spec: &ProbeSpec) -> Option<Option<&str>> {
     match spec {
-        ProbeSpec::None => None,
+        ProbeSpec::None | ProbeSpec::Exec(_) | ProbeSpec::Exit => None,
         ProbeSpec::Tcp { port } | ProbeSpec::Http { port, .. } => Some(Some(port)),
         ProbeSpec::Protocol(_) => Some(None),
+    }
+}
+
+/// Waits until `instance` passes its probe: [`wait_ready`] on its endpoint, or for the probes
+/// that need the running service itself, its command run beside it (`exec`, at the same
+/// backoff) or its exit (`exit`: status 0 passes, any other fails at once).
+pub async fn wait_instance_ready(
+    spec: &ProbeSpec,
+    instance: &mut dyn Instance,
+    deadline: Instant,
+) -> Result<Duration, ProbeFailure> {
+    let command = match spec {
+        ProbeSpec::Exec(command) => command,
+        ProbeSpec::Exit => return wait_exit(spec, instance, deadline).await,
+        _ => {
+            let endpoint = instance.endpoint();
+            return wait_ready(spec, &endpoint, deadline, || instance.exited()).await;
+        }
+    };
+    let started = Instant::now();
+    let mut attempts = 0;
+    let mut delay = BACKOFF_START;
+    loop {
+        attempts += 1;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let last_error = match timeout(remaining.max(Duration::from_millis(1)), instance.exec(command)).await {
+            Ok(Ok(())) => return Ok(started.elapsed()),
+            Ok(Err(e)) => e,
+            Err(_) => "the deadline was reached while the command ran".to_string(),
+        };
+        let fail = |last_error| ProbeFailure {
+            probe: spec.to_string(),
+            waited: started.elapsed(),
+            last_error,
+            attempts,
+        };
+        if let Some(status) = instance.exited() {
+            return Err(fail(format!(
+                "the service exited ({status}); last probe error: {last_error}"
+            )));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(fail(last_error));
+        }
+        sleep(delay.min(deadline - now)).await;
+        delay = (delay * 3 / 2).min(BACKOFF_CAP);
+    }
+}
+
+/// A one-shot job is ready when it has exited with status 0.
+async fn wait_exit(
+    spec: &ProbeSpec,
+    instance: &mut dyn Instance,
+    deadline: Instant,
+) -> Result<Duration, ProbeFailure> {
+    let started = Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let fail = |last_error| ProbeFailure {
+            probe: spec.to_string(),
+            waited: started.elapsed(),
+            last_error,
+            attempts,
+        };
+        match instance.exit_ok() {
+            Some(true) => return Ok(started.elapsed()),
+            Some(false) => {
+                let status = instance.exited().unwrap_or_else(|| "failed".into());
+                return Err(fail(format!("the job exited ({status})")));
+            }
+            None if Instant::now() >= deadline => {
+                return Err(fail("the job was still running at its deadline".into()))
+            }
+            None => sleep(PORT_POLL * 2).await,
+        }
     }
 }
 

@@ -148,7 +148,7 @@ pub async fn run<L: Launcher>(
                 .iter()
                 .filter(|s| {
                     graph.dependencies(s).iter().all(|(d, c)| match c {
-                        Condition::Ready => ready.contains(d),
+                        Condition::Ready | Condition::Completed => ready.contains(d),
                         Condition::Started => started.contains_key(d),
                     })
                 })

@@ -16,7 +16,7 @@ use crate::engine::events::{Discard, Event, Sink, Terminal};
 use crate::engine::fingerprint::{Fingerprinter, Fingerprints};
 use crate::engine::probe;
 use crate::engine::scheduler::{self, Timing};
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::graph::Graph;
 use crate::manifest::Manifest;
 use crate::model::endpoint::Endpoint;
@@ -50,7 +50,7 @@ pub struct StackOptions {
     /// Where the workspace's binaries are, beating `HARNESS_BIN_DIR` and the rest of
     /// [`Settings::bin_dir`]; `None` looks there.
     pub bin_dir: Option<PathBuf>,
-    /// The settings (see [`crate::engine::settings`]); the default reads this process's
+    /// The settings (see [`crate::settings`]); the default reads this process's
     /// environment when the options are made. The fields above beat them.
     pub settings: Settings,
 }
@@ -316,7 +316,7 @@ impl Stack {
 
     /// The target directory around [`Stack::bin_dir`], where state, reports and timelines go.
     pub fn target_dir(&self) -> PathBuf {
-        crate::engine::settings::target_dir_of(&self.bin_dir)
+        crate::settings::target_dir_of(&self.bin_dir)
     }
 
     /// The run directory of a stack this process owns.
@@ -568,7 +568,7 @@ impl Stack {
         instance.start().await?;
         let endpoint = instance.endpoint();
         let deadline = Instant::now() + service.startup_timeout;
-        let waited = probe::wait_ready(&service.probe, &endpoint, deadline, || instance.exited())
+        let waited = probe::wait_instance_ready(&service.probe, instance.as_mut(), deadline)
             .await
             .map_err(|f| {
                 Error::service(

@@ -79,6 +79,17 @@ impl fmt::Display for ManifestError {
     }
 }
 
+/// A warning on one line: `what (file:line:column); help`.
+pub(super) fn one_line(file: &str, source: &str, p: &Problem) -> String {
+    match p.span {
+        Some((start, _)) => {
+            let (line, col) = line_col(source, start);
+            format!("{} ({file}:{line}:{col}); {}", p.message, p.help)
+        }
+        None => format!("{} ({file}); {}", p.message, p.help),
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());

@@ -30,6 +30,8 @@
 //! The file is read into a raw model that mirrors the TOML (`raw`), checked and turned into
 //! the types below (`validate`); what is wrong is reported as in a compiler (`diagnostics`).
 
+mod compose;
+mod convert;
 mod diagnostics;
 mod raw;
 mod validate;
@@ -42,7 +44,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model::template::Template;
+use crate::settings::Settings;
 
+pub use compose::is_compose;
 pub use diagnostics::{ManifestError, Problem};
 use raw::RawManifest;
 
@@ -102,6 +106,19 @@ pub enum Condition {
     Started,
     /// Once the dependency's readiness probe passes.
     Ready,
+    /// Once the dependency, a one-shot job (`probe = { type = "exit" }`: migrations,
+    /// seeders), has exited with status 0.
+    Completed,
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Condition::Started => "started",
+            Condition::Ready => "ready",
+            Condition::Completed => "completed",
+        })
+    }
 }
 
 /// How readiness of a service is checked.
@@ -122,6 +139,12 @@ pub enum ProbeSpec {
         /// Name of the port to probe.
         port: String,
     },
+    /// A command run inside the service's container (natively: on the host) exits 0; a
+    /// compose file's `healthcheck`.
+    Exec(Vec<String>),
+    /// A one-shot job: ready once it has exited with status 0 (and failed when it exits with
+    /// any other).
+    Exit,
     /// No probe: the service is ready when it has started.
     None,
 }
@@ -135,6 +158,8 @@ impl fmt::Display for ProbeSpec {
             ),
             ProbeSpec::Http { path, port } => write!(f, "http GET {path} (port `{port}`)"),
             ProbeSpec::Tcp { port } => write!(f, "tcp connect (port `{port}`)"),
+            ProbeSpec::Exec(command) => write!(f, "exec `{}`", command.join(" ")),
+            ProbeSpec::Exit => f.write_str("exits with status 0"),
             ProbeSpec::None => f.write_str("none"),
         }
     }
@@ -197,6 +222,39 @@ pub struct Service {
     /// `backend = "…"`: the backend that runs this service whatever runs the rest (CI service
     /// containers: `external`); `None` follows the stack's.
     pub backend: Option<BackendKind>,
+    /// Container backend: the entrypoint that replaces the image's.
+    pub entrypoint: Option<Vec<Template>>,
+    /// The working directory: inside the container as given; natively, relative to the
+    /// manifest's directory (default: the manifest's directory).
+    pub workdir: Option<String>,
+    /// Container backend: the user the container runs as.
+    pub run_as: Option<String>,
+    /// Container backend: more names it is reached by on the run's network.
+    pub aliases: Vec<String>,
+    /// Container backend: mounts.
+    pub volumes: Vec<Mount>,
+    /// Container backend: in-memory filesystems at these paths.
+    pub tmpfs: Vec<String>,
+}
+
+/// A mount of the container backend (`volumes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// What is mounted.
+    pub source: MountSource,
+    /// Where, inside the container.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// What a [`Mount`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// A file or directory of the host; relative paths are relative to the manifest's directory.
+    Host(PathBuf),
+    /// A volume of the run, shared by the services that name it and removed with the run.
+    Volume(String),
 }
 
 impl Service {
@@ -282,39 +340,72 @@ pub struct Manifest {
     pub images: Images,
     /// Suites (trial-name prefixes) and the services each exercises: `[suites]` table.
     pub suites: BTreeMap<String, Vec<String>>,
+    /// What a test run ignores but the file says (a compose file's `restart`, an unset
+    /// `${VAR}`), one line each with its position.
+    pub warnings: Vec<String>,
 }
 
 impl Manifest {
-    /// Reads and validates a manifest file.
+    /// Reads and validates a manifest file: a `stack.toml`, or a compose file (`.yml`,
+    /// `.yaml`) whose `${VAR}` come from the process's environment.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        Manifest::load_with(path, Settings::process())
+    }
+
+    /// [`Manifest::load`] with a compose file's variables from `settings`.
+    pub fn load_with(path: &Path, settings: &Settings) -> Result<Manifest, ManifestError> {
         let source = std::fs::read_to_string(path).map_err(|e| ManifestError {
             file: path.display().to_string(),
             problems: vec![Problem {
                 span: None,
                 message: format!("cannot read the manifest: {e}"),
-                help: "pass the path of a stack manifest with `--manifest <file>` (default: `stack.toml`, then `fixtures/stack.toml`)".into(),
+                help: "pass the path of a stack manifest or compose file with `--manifest <file>` (default: `stack.toml`, then `compose.yaml`, `docker-compose.yml` and their spellings, then `fixtures/stack.toml`)".into(),
             }],
             source: String::new(),
         })?;
-        Manifest::parse(path, &source)
+        Manifest::parse_with(path, &source, settings)
     }
 
-    /// Parses and validates manifest text; `path` is only used in messages.
+    /// Parses and validates manifest text; `path` is only used in messages (and tells a
+    /// compose file by its extension).
     pub fn parse(path: &Path, source: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse_with(path, source, Settings::process())
+    }
+
+    /// [`Manifest::parse`] with a compose file's variables from `settings`.
+    pub fn parse_with(
+        path: &Path,
+        source: &str,
+        settings: &Settings,
+    ) -> Result<Manifest, ManifestError> {
         let file = path.display().to_string();
-        let fail = |problems: Vec<Problem>| ManifestError {
-            file: file.clone(),
-            problems,
-            source: source.to_string(),
+        let fail = |mut problems: Vec<Problem>| {
+            problems.sort_by_key(|p| p.span.map(|s| s.0).unwrap_or(0));
+            ManifestError {
+                file: file.clone(),
+                problems,
+                source: source.to_string(),
+            }
         };
-        let raw: RawManifest =
-            toml::from_str(source).map_err(|e| fail(vec![diagnostics::toml_problem(&e)]))?;
         let mut problems = Vec::new();
-        let manifest = validate::build(path, raw, &mut problems);
+        let mut warnings = Vec::new();
+        let raw: RawManifest = if is_compose(path) {
+            let vars = |name: &str| settings.interpolated(name).map(str::to_string);
+            match compose::read(path, source, &vars, &mut problems, &mut warnings) {
+                Some(raw) => raw,
+                None => return Err(fail(problems)),
+            }
+        } else {
+            toml::from_str(source).map_err(|e| fail(vec![diagnostics::toml_problem(&e)]))?
+        };
+        let mut manifest = validate::build(path, raw, &mut problems);
         if problems.is_empty() {
+            manifest.warnings = warnings
+                .iter()
+                .map(|w| diagnostics::one_line(&file, source, w))
+                .collect();
             Ok(manifest)
         } else {
-            problems.sort_by_key(|p| p.span.map(|s| s.0).unwrap_or(0));
             Err(fail(problems))
         }
     }

@@ -57,6 +57,52 @@ pub(super) struct RawService {
     #[serde(default)]
     pub(super) paths: Vec<Spanned<String>>,
     pub(super) backend: Option<Spanned<String>>,
+    /// Container backend: replaces the image's entrypoint.
+    pub(super) entrypoint: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The working directory: inside the container, or (native) relative to the manifest.
+    pub(super) workdir: Option<Spanned<String>>,
+    /// Container backend: the user the container runs as (`uid[:gid]` or a name).
+    pub(super) run_as: Option<Spanned<String>>,
+    /// Container backend: more host names other services reach it by.
+    #[serde(default)]
+    pub(super) aliases: Vec<Spanned<String>>,
+    /// Container backend: `source:target[:ro]` mounts; a relative source is a directory of
+    /// the manifest's, a bare name a volume of the run.
+    #[serde(default)]
+    pub(super) volumes: Vec<Spanned<String>>,
+    /// Container backend: directories mounted as in-memory filesystems.
+    #[serde(default)]
+    pub(super) tmpfs: Vec<Spanned<String>>,
+}
+
+impl RawService {
+    /// A service of `kind` with nothing else set (what a compose file's service is built on).
+    pub(super) fn new(kind: Kind) -> RawService {
+        RawService {
+            kind,
+            image: None,
+            binary: None,
+            command: None,
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            depends_on: None,
+            probe: None,
+            startup_timeout: None,
+            user: None,
+            password: None,
+            database: None,
+            databases: Vec::new(),
+            paths: Vec::new(),
+            backend: None,
+            entrypoint: None,
+            workdir: None,
+            run_as: None,
+            aliases: Vec::new(),
+            volumes: Vec::new(),
+            tmpfs: Vec::new(),
+        }
+    }
 }
 
 /// `depends-on`: a list of names (each `ready`) or a table of `name = condition`.
@@ -109,6 +155,8 @@ pub(super) struct RawProbe {
     pub(super) kind: RawProbeKind,
     pub(super) path: Option<String>,
     pub(super) port: Option<Spanned<String>>,
+    /// `exec`: the program and its arguments, run inside the service's container.
+    pub(super) command: Option<Spanned<Vec<String>>>,
 }
 
 /// The probe's `type`: a server kind's protocol (`postgres`, `amqp`, ...), `http`, `tcp` or
@@ -119,6 +167,8 @@ pub(super) enum RawProbeKind {
     Protocol(Kind),
     Http,
     Tcp,
+    Exec,
+    Exit,
     None,
 }
 
@@ -129,6 +179,8 @@ impl TryFrom<String> for RawProbeKind {
         match name.as_str() {
             "http" => Ok(RawProbeKind::Http),
             "tcp" => Ok(RawProbeKind::Tcp),
+            "exec" => Ok(RawProbeKind::Exec),
+            "exit" => Ok(RawProbeKind::Exit),
             "none" => Ok(RawProbeKind::None),
             _ => Kind::of_protocol(&name)
                 .map(RawProbeKind::Protocol)
@@ -137,7 +189,7 @@ impl TryFrom<String> for RawProbeKind {
                         .iter()
                         .filter_map(|k| k.server())
                         .map(|s| format!("`{}`", s.protocol()))
-                        .chain(["`http`", "`tcp`", "`none`"].map(String::from))
+                        .chain(["`http`", "`tcp`", "`exec`", "`exit`", "`none`"].map(String::from))
                         .collect();
                     format!(
                         "unknown probe type `{name}`, expected one of {}",
@@ -166,6 +218,12 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "databases",
     "paths",
     "backend",
+    "entrypoint",
+    "workdir",
+    "run-as",
+    "aliases",
+    "volumes",
+    "tmpfs",
 ];
 
 /// The other keys of a manifest (tables, `[stack]`, probes), for did-you-mean on an unknown key.
@@ -176,6 +234,7 @@ pub(super) const STACK_KEYS: &[&str] = &[
     "type",
     "path",
     "port",
+    "command",
     "pull",
     "image-prefix",
     "images",

@@ -15,7 +15,11 @@ use toml::Spanned;
 
 use super::diagnostics::{unknown_service_help, Problem};
 use super::raw::{RawManifest, RawStack};
-use super::{parse_duration, valid_image, Images, Manifest, PullPolicy, DEFAULT_STARTUP_TIMEOUT};
+use super::raw::RawDependsOn;
+use super::{
+    parse_duration, valid_image, Condition, Images, Manifest, MountSource, ProbeSpec, PullPolicy,
+    DEFAULT_STARTUP_TIMEOUT,
+};
 
 fn duration_field(value: &Spanned<String>, problems: &mut Vec<Problem>) -> Option<Duration> {
     match parse_duration(value.get_ref()) {
@@ -96,8 +100,18 @@ pub(super) fn build(path: &Path, raw: RawManifest, problems: &mut Vec<Problem>) 
         services,
         images,
         suites: BTreeMap::new(),
+        warnings: Vec::new(),
     };
     manifest.suites = build_suites(&raw, &manifest, problems);
+    check_completed(&raw, &manifest, problems);
+    let dir = std::path::absolute(manifest.dir()).unwrap_or_else(|_| manifest.dir().to_path_buf());
+    for service in &mut manifest.services {
+        for m in &mut service.volumes {
+            if let MountSource::Host(p) = &mut m.source {
+                *p = dir.join(&*p);
+            }
+        }
+    }
     if problems.is_empty() {
         check_cycles(&raw, &manifest, problems);
     }
@@ -145,6 +159,38 @@ fn build_suites(
         suites.insert(suite.clone(), list);
     }
     suites
+}
+
+/// A `completed` dependency is a one-shot job: its probe is `exit`.
+fn check_completed(raw: &RawManifest, manifest: &Manifest, problems: &mut Vec<Problem>) {
+    for (name, body) in &raw.services {
+        let Some(deps) = &body.get_ref().depends_on else {
+            continue;
+        };
+        let RawDependsOn::Table(table) = deps.get_ref() else {
+            continue;
+        };
+        for (dep, condition) in table {
+            let job = manifest.service(dep.get_ref());
+            if *condition == Condition::Completed
+                && job.is_some_and(|j| j.probe != ProbeSpec::Exit)
+            {
+                problems.push(Problem::at(
+                    dep.span(),
+                    format!(
+                        "service `{}` waits for `{}` to complete, and `{}` is not a one-shot job",
+                        name.get_ref(),
+                        dep.get_ref(),
+                        dep.get_ref()
+                    ),
+                    format!(
+                        "give `{}` `probe = {{ type = \"exit\" }}` (it is done when it exits 0), or wait for it to be \"ready\"",
+                        dep.get_ref()
+                    ),
+                ));
+            }
+        }
+    }
 }
 
 fn check_cycles(raw: &RawManifest, manifest: &Manifest, problems: &mut Vec<Problem>) {

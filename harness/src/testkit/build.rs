@@ -1,7 +1,7 @@
 //! Building the workspace binaries a manifest runs, so a stack never starts stale code.
 
 use crate::engine::error::Error;
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::manifest::{Launch, Manifest};
 
 /// Runs `cargo build --bin …` for every `binary` service of the manifest (a no-op when they

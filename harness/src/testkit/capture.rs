@@ -23,10 +23,10 @@ thread_local! {
 }
 
 /// Whether `HARNESS_VERBOSE` asks for all output as it happens (set, and not `0`).
-/// The process's setting (see [`crate::engine::settings::Settings::process`]): the panic hook
+/// The process's setting (see [`crate::settings::Settings::process`]): the panic hook
 /// and output capture belong to the process.
 pub fn verbose() -> bool {
-    crate::engine::settings::Settings::process().verbose()
+    crate::settings::Settings::process().verbose()
 }
 
 /// Runs `f` with an output buffer of its own on this thread and returns what was written to

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::engine::events::{Event, Fanout, Report, Sink, Terminal, Trials};
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::engine::stack::{Stack, StackOptions};
 use crate::manifest::Kind;
 use crate::testkit::report::{Outcome, TrialRecord};
@@ -94,7 +94,7 @@ impl Suite {
     }
 
     /// Uses these settings instead of this process's environment (see
-    /// [`crate::engine::settings`]): selection, reports, backends, attaching.
+    /// [`crate::settings`]): selection, reports, backends, attaching.
     pub fn settings(mut self, settings: Settings) -> Suite {
         self.settings = settings;
         self

@@ -32,6 +32,12 @@ pub(crate) enum Command {
         #[arg(long, default_value = "suites", value_name = "PACKAGE")]
         suite_package: String,
     },
+    /// Print the `stack.toml` a compose file means to the harness (any manifest: its
+    /// normalised form).
+    Convert {
+        /// The compose file (or manifest) to convert.
+        file: PathBuf,
+    },
     /// Print the start order and dependency layers, or Graphviz DOT.
     Graph {
         /// Print Graphviz DOT instead.

@@ -45,7 +45,11 @@ fn load(cli_manifest: &Option<PathBuf>) -> Result<Manifest, Error> {
     let path = cli_manifest
         .clone()
         .unwrap_or_else(|| settings().manifest_path());
-    Ok(Manifest::load(&path)?)
+    let manifest = Manifest::load(&path)?;
+    for w in &manifest.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(manifest)
 }
 
 /// The command's settings: its environment, read once (its flags go into the options they
@@ -113,6 +117,27 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
                 m.services.len(),
                 graph.order().join(", ")
             );
+            if harness::manifest::is_compose(&m.path) {
+                // What the harness makes of compose's words, which mean less there.
+                for s in &m.services {
+                    let waits: Vec<String> = s
+                        .depends_on
+                        .iter()
+                        .map(|d| format!("`{}` {}", d.service, d.condition))
+                        .collect();
+                    println!(
+                        "  {}: probe {}{}",
+                        s.name,
+                        s.probe,
+                        if waits.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; waits for {}", waits.join(", "))
+                        }
+                    );
+                }
+                println!("  (a short `depends_on` waits for the dependency to be ready, not merely started; host ports are ephemeral ports of 127.0.0.1)");
+            }
             if suites {
                 let trials = harness::affected::list_trials(m.dir(), &suite_package, settings())?;
                 let warnings = harness::affected::unused_key_warnings(&m, &trials);
@@ -126,6 +151,11 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
                     );
                 }
             }
+            Ok(exit_code::OK)
+        }
+        Command::Convert { file } => {
+            let m = load(&Some(file))?;
+            print!("{}", m.to_toml(m.dir()));
             Ok(exit_code::OK)
         }
         Command::Graph { dot, dependents } => {

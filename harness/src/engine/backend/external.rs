@@ -7,7 +7,7 @@
 //! `-` as `_`.
 
 use crate::engine::events::Sink;
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;

@@ -56,6 +56,17 @@ pub trait Instance: Send + Sync + fmt::Debug {
     async fn on_ready(&mut self) {}
     /// `Some(description)` once the service has exited on its own.
     fn exited(&mut self) -> Option<String>;
+    /// `Some(true)` once the service has exited with status 0, `Some(false)` with any other
+    /// (a one-shot job's outcome); `None` while it runs.
+    fn exit_ok(&mut self) -> Option<bool> {
+        None
+    }
+    /// Runs `command` where the service runs (inside its container) for an `exec` probe:
+    /// `Ok` when it exits 0, else what it printed.
+    async fn exec(&self, command: &[String]) -> Result<(), String> {
+        let _ = command;
+        Err("this backend cannot run commands beside a service".into())
+    }
     /// The last `n` lines of its output.
     fn log_tail(&self, n: usize) -> Vec<String>;
     /// Why its output cannot be read (`Some("unavailable on the external backend")`), or

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::error::Error;
 use crate::engine::events::Sink;
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::{Kind, Manifest};
 use crate::model::endpoint::Endpoint;

@@ -20,7 +20,7 @@ pub mod native;
 pub use interface::{Backend, Instance, StartRequest};
 
 use crate::engine::error::Error;
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 pub use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
 

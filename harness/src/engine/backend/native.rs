@@ -28,7 +28,7 @@ use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::{self, RunDir, RUN_ID_ENV};
 use crate::engine::error::Error;
 use crate::engine::events::Sink;
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::{Launch, Manifest, Service};
 use crate::model::endpoint::Endpoint;
@@ -385,10 +385,14 @@ fn generic(
         .iter()
         .map(|(k, v)| Ok((k.clone(), render(v)?)))
         .collect::<Result<Vec<_>, Error>>()?;
+    // A service of one's own runs in the manifest's directory (or its `workdir`, relative to
+    // it), so the paths in its command mean what they say there.
+    let cwd = project_dir.join(service.workdir.as_deref().unwrap_or(""));
     Ok(Proc::new(ProcSpec {
         program,
         args,
         env,
+        cwd,
         ..base.clone()
     }))
 }
@@ -415,6 +419,8 @@ struct Proc {
     child: Option<Child>,
     pgid: Option<i32>,
     exit: Option<String>,
+    /// Whether it exited with status 0, once it has.
+    ok: Option<bool>,
 }
 
 impl Proc {
@@ -424,6 +430,7 @@ impl Proc {
             child: None,
             pgid: None,
             exit: None,
+            ok: None,
         }
     }
 
@@ -466,6 +473,7 @@ impl Proc {
             if let Some(child) = &mut self.child {
                 if let Ok(Some(status)) = child.try_wait() {
                     self.exit = Some(status.to_string());
+                    self.ok = Some(status.success());
                 }
             }
         }
@@ -553,6 +561,50 @@ impl Instance for NativeInstance {
 
     fn exited(&mut self) -> Option<String> {
         self.procs.iter_mut().rev().find_map(|p| p.exited())
+    }
+
+    fn exit_ok(&mut self) -> Option<bool> {
+        let main = self.procs.last_mut()?;
+        main.exited();
+        main.ok
+    }
+
+    /// Natively an `exec` probe runs on this machine, in the service's working directory and
+    /// with its environment, in a process group of its own that is killed if the probe is
+    /// abandoned.
+    async fn exec(&self, command: &[String]) -> Result<(), String> {
+        let main = self.main().map_err(|e| e.to_string())?;
+        let (program, args) = command.split_first().ok_or("the command is empty")?;
+        let log = self.dir.join("probe.log");
+        let _ = std::fs::remove_file(&log);
+        let mut probe = Proc::new(ProcSpec {
+            program: program.into(),
+            args: args.to_vec(),
+            log: log.clone(),
+            graceful: Some(Signal::SIGKILL),
+            ..main.spec.clone()
+        });
+        probe.spawn()?;
+        loop {
+            if probe.exited().is_some() {
+                return match probe.ok {
+                    Some(true) => Ok(()),
+                    _ => {
+                        let tail = crate::engine::logs::file_tail(&log, 3);
+                        Err(format!(
+                            "{}{}",
+                            probe.exit.clone().unwrap_or_default(),
+                            if tail.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", tail.join(" / "))
+                            }
+                        ))
+                    }
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     fn log_tail(&self, n: usize) -> Vec<String> {

@@ -10,7 +10,7 @@ use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::RunDir;
 use crate::engine::error::Error;
 use crate::engine::events::Sink;
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
 

@@ -10,7 +10,8 @@ use toml::Spanned;
 use super::super::diagnostics::{join, unknown_service_help, Problem};
 use super::super::raw::{RawDependsOn, RawProbe, RawProbeKind, RawService};
 use super::super::{
-    valid_image, BackendKind, Condition, Credentials, Dependency, Kind, Launch, ProbeSpec, Service,
+    valid_image, BackendKind, Condition, Credentials, Dependency, Kind, Launch, Mount, MountSource,
+    ProbeSpec, Service,
 };
 use super::duration_field;
 use super::references::parse_template;
@@ -40,6 +41,27 @@ pub(super) fn build_service(
     let credentials = credentials(raw, problems);
     check_paths(name, raw, problems);
     check_env_names(name, raw, problems);
+    let entrypoint = raw.entrypoint.as_ref().map(|e| {
+        if e.get_ref().is_empty() {
+            problems.push(Problem::at(
+                e.span(),
+                format!("`entrypoint` of service `{name}` is empty"),
+                "give the program and its arguments, or remove the key to keep the image's",
+            ));
+        }
+        e.get_ref()
+            .iter()
+            .filter_map(|a| parse_template(a, problems))
+            .collect()
+    });
+    let volumes = raw
+        .volumes
+        .iter()
+        .filter_map(|v| mount(name, v, problems))
+        .collect();
+    for t in &raw.tmpfs {
+        container_path(name, "tmpfs", t, problems);
+    }
     Service {
         name: name.to_string(),
         kind: raw.kind,
@@ -67,6 +89,86 @@ pub(super) fn build_service(
         databases,
         paths: raw.paths.iter().map(|p| p.get_ref().clone()).collect(),
         backend,
+        entrypoint,
+        workdir: raw.workdir.as_ref().map(|w| w.get_ref().clone()),
+        run_as: raw.run_as.as_ref().map(|u| u.get_ref().clone()),
+        aliases: raw.aliases.iter().map(|a| a.get_ref().clone()).collect(),
+        volumes,
+        tmpfs: raw.tmpfs.iter().map(|t| t.get_ref().clone()).collect(),
+    }
+}
+
+/// `source:target[:ro|:rw]`: a path of the host (absolute, or starting with `.`, relative to
+/// the manifest) or the name of a volume of the run, mounted at an absolute path.
+fn mount(name: &str, v: &Spanned<String>, problems: &mut Vec<Problem>) -> Option<Mount> {
+    let text = v.get_ref();
+    let parts: Vec<&str> = text.split(':').collect();
+    let (source, target, mode) = match parts.as_slice() {
+        [s, t] => (*s, *t, None),
+        [s, t, m] => (*s, *t, Some(*m)),
+        _ => {
+            problems.push(Problem::at(
+                v.span(),
+                format!("`{text}` is not a mount (service `{name}`)"),
+                "write `source:target` or `source:target:ro`, e.g. `./init:/docker-entrypoint-initdb.d:ro` or `data:/var/lib/data`",
+            ));
+            return None;
+        }
+    };
+    let read_only = match mode {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(other) => {
+            problems.push(Problem::at(
+                v.span(),
+                format!("`{other}` is not a mount mode (service `{name}`)"),
+                "use `ro` (read-only) or `rw`, or leave the mode out",
+            ));
+            false
+        }
+    };
+    if !target.starts_with('/') {
+        problems.push(Problem::at(
+            v.span(),
+            format!("the mount target `{target}` of service `{name}` is not an absolute path"),
+            "mount at an absolute path inside the container, e.g. `./init:/docker-entrypoint-initdb.d`",
+        ));
+        return None;
+    }
+    let source = if source.starts_with('.') || source.starts_with('/') {
+        MountSource::Host(source.into())
+    } else if !source.is_empty()
+        && source
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        MountSource::Volume(source.to_string())
+    } else {
+        problems.push(Problem::at(
+            v.span(),
+            format!("`{source}` is neither a path nor a volume name (service `{name}`)"),
+            "start a path of the host with `./` or `/`; name a volume of the run with letters, digits, `-`, `_` and `.`",
+        ));
+        return None;
+    };
+    Some(Mount {
+        source,
+        target: target.to_string(),
+        read_only,
+    })
+}
+
+/// A path inside the container: absolute.
+fn container_path(name: &str, key: &str, path: &Spanned<String>, problems: &mut Vec<Problem>) {
+    if !path.get_ref().starts_with('/') {
+        problems.push(Problem::at(
+            path.span(),
+            format!(
+                "`{}` in `{key}` of service `{name}` is not an absolute path",
+                path.get_ref()
+            ),
+            "give an absolute path inside the container, e.g. `/tmp`",
+        ));
     }
 }
 
@@ -344,6 +446,17 @@ fn given_probe(
                 String::new()
             })
     };
+    if spec.command.is_some() != matches!(spec.kind, RawProbeKind::Exec) {
+        problems.push(Problem::at(
+            p.span(),
+            if spec.command.is_some() {
+                format!("the probe of `{name}` has a `command`, which only an `exec` probe uses")
+            } else {
+                format!("the `exec` probe of `{name}` has no `command`")
+            },
+            "write `probe = { type = \"exec\", command = [\"pg_isready\", \"-q\"] }`: the command runs in the service's container and passes when it exits 0",
+        ));
+    }
     if spec.path.is_some() && !matches!(spec.kind, RawProbeKind::Http) {
         problems.push(Problem::at(
             p.span(),
@@ -354,6 +467,18 @@ fn given_probe(
     match spec.kind {
         RawProbeKind::Protocol(kind) => ProbeSpec::Protocol(kind),
         RawProbeKind::None => ProbeSpec::None,
+        RawProbeKind::Exit => ProbeSpec::Exit,
+        RawProbeKind::Exec => {
+            let command = spec.command.as_ref().map(|c| c.get_ref().clone());
+            if let Some(c) = spec.command.as_ref().filter(|c| c.get_ref().is_empty()) {
+                problems.push(Problem::at(
+                    c.span(),
+                    format!("the `exec` probe of `{name}` has an empty `command`"),
+                    "give the program and its arguments, e.g. `command = [\"pg_isready\", \"-q\"]`",
+                ));
+            }
+            ProbeSpec::Exec(command.unwrap_or_default())
+        }
         RawProbeKind::Tcp => ProbeSpec::Tcp {
             port: port_or_primary(problems),
         },

@@ -13,7 +13,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where the engine is: `DOCKER_HOST`, else the local socket (the process's setting: the
 /// teardown in a signal handler connects too).
 pub fn docker_host() -> String {
-    crate::engine::settings::Settings::process().docker_host()
+    crate::settings::Settings::process().docker_host()
 }
 
 /// Connects to the engine and agrees on an API version it supports.

@@ -11,7 +11,7 @@ use testcontainers::bollard::Docker;
 use super::engine::{connect, status_of};
 use super::servers::base_entrypoint;
 use crate::engine::error::Error;
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::manifest::{Manifest, PullPolicy};
 
 /// The image a service runs, and where that choice came from.

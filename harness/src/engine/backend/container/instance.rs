@@ -42,9 +42,29 @@ pub(super) struct Shared {
 /// How a container ended, written by the task that waits for it.
 #[derive(Debug, Default)]
 struct Watch {
-    exit: Mutex<Option<String>>,
+    exit: Mutex<Option<Exit>>,
     /// Bumped on every start, so a waiter of an earlier start cannot report.
     generation: AtomicU64,
+}
+
+/// How a container ended: as described to people, and whether with status 0.
+#[derive(Debug, Clone)]
+struct Exit {
+    description: String,
+    ok: bool,
+}
+
+impl Exit {
+    fn code(code: i64, error: &str) -> Exit {
+        Exit {
+            description: if error.is_empty() {
+                format!("exit code {code}")
+            } else {
+                format!("exit code {code}: {error}")
+            },
+            ok: code == 0 && error.is_empty(),
+        }
+    }
 }
 
 /// One service as a container.
@@ -102,7 +122,7 @@ impl ContainerInstance {
 
     /// Reads the host ports the engine published, once they are all there. `Ok(Some(status))`
     /// when the container stopped before that.
-    async fn refresh_ports(&mut self) -> Result<Option<String>, Error> {
+    async fn refresh_ports(&mut self) -> Result<Option<Exit>, Error> {
         for _ in 0..100 {
             let info = self
                 .docker
@@ -138,10 +158,7 @@ impl ContainerInstance {
                 return Ok(None);
             }
             if state.running != Some(true) {
-                return Ok(Some(format!(
-                    "exit code {}",
-                    state.exit_code.unwrap_or_default()
-                )));
+                return Ok(Some(Exit::code(state.exit_code.unwrap_or_default(), "")));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -163,17 +180,15 @@ impl ContainerInstance {
                     .build();
                 let mut wait = docker.wait_container(&id, Some(options));
                 match wait.next().await {
-                    Some(Ok(r)) => break format!("exit code {}", r.status_code),
-                    Some(Err(DockerError::DockerContainerWaitError { code, error }))
-                        if error.is_empty() =>
-                    {
-                        break format!("exit code {code}")
-                    }
+                    Some(Ok(r)) => break Exit::code(r.status_code, ""),
                     Some(Err(DockerError::DockerContainerWaitError { code, error })) => {
-                        break format!("exit code {code}: {error}")
+                        break Exit::code(code, &error)
                     }
                     Some(Err(e)) if status_of(&e) == Some(404) => {
-                        break "the container was removed".to_string()
+                        break Exit {
+                            description: "the container was removed".to_string(),
+                            ok: false,
+                        }
                     }
                     // The request timed out or the connection dropped: ask again.
                     _ => tokio::time::sleep(Duration::from_millis(200)).await,
@@ -233,7 +248,23 @@ impl Instance for ContainerInstance {
 
     fn exited(&mut self) -> Option<String> {
         // Never blocks: the waiter holds the lock only to write.
-        self.watch.exit.try_lock().ok().and_then(|e| e.clone())
+        self.watch
+            .exit
+            .try_lock()
+            .ok()
+            .and_then(|e| e.as_ref().map(|e| e.description.clone()))
+    }
+
+    fn exit_ok(&mut self) -> Option<bool> {
+        self.watch
+            .exit
+            .try_lock()
+            .ok()
+            .and_then(|e| e.as_ref().map(|e| e.ok))
+    }
+
+    async fn exec(&self, command: &[String]) -> Result<(), String> {
+        exec(&self.docker, &self.id, command).await
     }
 
     fn log_tail(&self, n: usize) -> Vec<String> {
@@ -357,5 +388,54 @@ pub fn log_tail(id: &str, n: usize) -> Vec<String> {
     match text {
         Ok(text) => crate::engine::logs::last_lines(&text, n),
         Err(e) => vec![format!("(cannot read the container's log: {e})")],
+    }
+}
+
+/// Runs `command` in the running container `id`: `Ok` when it exits 0, else its exit code and
+/// the end of what it printed.
+async fn exec(docker: &Docker, id: &str, command: &[String]) -> Result<(), String> {
+    use testcontainers::bollard::exec::{CreateExecOptions, StartExecResults};
+    let created = docker
+        .create_exec(
+            id,
+            CreateExecOptions {
+                cmd: Some(command.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("cannot run the command in the container: {e}"))?;
+    let mut printed = String::new();
+    if let StartExecResults::Attached { mut output, .. } = docker
+        .start_exec(&created.id, None)
+        .await
+        .map_err(|e| format!("cannot run the command in the container: {e}"))?
+    {
+        while let Some(Ok(chunk)) = output.next().await {
+            printed.push_str(&chunk.to_string());
+        }
+    }
+    let code = docker
+        .inspect_exec(&created.id)
+        .await
+        .map_err(|e| format!("cannot read the command's exit code: {e}"))?
+        .exit_code;
+    match code {
+        Some(0) => Ok(()),
+        code => {
+            let tail: Vec<&str> = printed.trim().lines().rev().take(3).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Err(format!(
+                "exit code {}{}",
+                code.map_or("unknown".into(), |c| c.to_string()),
+                if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", tail.join(" / "))
+                }
+            ))
+        }
     }
 }

@@ -66,7 +66,7 @@ use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::{self, RunDir, RUN_ID_ENV};
 use crate::engine::error::Error;
 use crate::engine::events::{Event, Sink};
-use crate::engine::settings::Settings;
+use crate::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
 use crate::model::endpoint::Endpoint;
@@ -295,6 +295,12 @@ impl Container {
             env.push((ENTRYPOINT_ENV.to_string(), script.to_string()));
             stop_signal = signal.map(str::to_string);
         }
+        if let Some(e) = &service.entrypoint {
+            entrypoint = Some(e.iter().map(render).collect::<Result<Vec<_>, _>>()?);
+        }
+        binds
+            .get_or_insert_with(Vec::new)
+            .extend(self.mounts_of(service)?);
         if let (Some(inside), true) = (data_dir(service.kind), data_on_host(&self.settings)) {
             let host = self.run_dir.join(format!("{}-data", service.name));
             cleanup::guarded(|| std::fs::create_dir(&host))
@@ -307,6 +313,8 @@ impl Container {
             image: Some(image.clone()),
             entrypoint,
             hostname: Some(service.name.clone()),
+            working_dir: service.workdir.clone(),
+            user: service.run_as.clone(),
             env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             cmd: (!cmd.is_empty()).then_some(cmd),
             stop_signal,
@@ -324,13 +332,25 @@ impl Container {
                 port_bindings: Some(bindings),
                 publish_all_ports: Some(false),
                 cpu_shares: boosted.then_some(CRITICAL_CPU_SHARES),
+                tmpfs: (!service.tmpfs.is_empty()).then(|| {
+                    service
+                        .tmpfs
+                        .iter()
+                        .map(|t| (t.clone(), String::new()))
+                        .collect()
+                }),
                 ..Default::default()
             }),
             networking_config: Some(NetworkingConfig {
                 endpoints_config: Some(HashMap::from([(
                     self.network.clone(),
                     EndpointSettings {
-                        aliases: Some(vec![service.name.clone()]),
+                        aliases: Some(
+                            std::iter::once(&service.name)
+                                .chain(&service.aliases)
+                                .cloned()
+                                .collect(),
+                        ),
                         ..Default::default()
                     },
                 )])),
@@ -355,6 +375,41 @@ impl Container {
         );
         instance.start().await?;
         Ok(instance)
+    }
+}
+
+impl Container {
+    /// The service's `volumes` as the engine's binds. A volume of the run is a directory of
+    /// the run's, shared by the services that name it and removed with the run; it needs an
+    /// engine that sees this machine's files ([`data_on_host`]).
+    fn mounts_of(&self, service: &crate::manifest::Service) -> Result<Vec<String>, Error> {
+        use crate::manifest::MountSource;
+        let mut binds = Vec::new();
+        for m in &service.volumes {
+            let mode = if m.read_only { ":ro" } else { "" };
+            match &m.source {
+                MountSource::Host(path) => {
+                    binds.push(format!("{}:{}{mode}", path.display(), m.target));
+                }
+                MountSource::Volume(name) if data_on_host(&self.settings) => {
+                    let dir = self.run_dir.join("volumes").join(name);
+                    cleanup::guarded(|| std::fs::create_dir_all(&dir)).map_err(|e| {
+                        Error::service(
+                            &service.name,
+                            format!("creating the volume `{name}` at {}: {e}", dir.display()),
+                        )
+                    })?;
+                    binds.push(format!("{}:{}{mode}", dir.display(), m.target));
+                }
+                MountSource::Volume(name) => {
+                    return Err(Error::service(
+                        &service.name,
+                        format!("the volume `{name}` of the run needs an engine on this machine (a local socket, as root); this one is at {}", self.settings.docker_host()),
+                    ))
+                }
+            }
+        }
+        Ok(binds)
     }
 }
 

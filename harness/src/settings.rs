@@ -220,11 +220,24 @@ pub const VARIABLES: &[Variable] = &[
     },
 ];
 
+/// The file names a manifest is looked for by, in each directory from the current one up: a
+/// `stack.toml`, then a compose file in compose's own order, then `fixtures/stack.toml`.
+pub const MANIFEST_NAMES: [&str; 6] = [
+    "stack.toml",
+    "compose.yaml",
+    "compose.yml",
+    "docker-compose.yaml",
+    "docker-compose.yml",
+    "fixtures/stack.toml",
+];
+
 /// The environment's values of the [`VARIABLES`], read once; flags put in with [`Settings::with`]
 /// beat them. Cheap to clone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
     values: BTreeMap<String, String>,
+    /// The whole environment, for what a manifest itself names (a compose file's `${VAR}`).
+    environment: std::sync::Arc<BTreeMap<String, String>>,
 }
 
 impl Settings {
@@ -244,16 +257,21 @@ impl Settings {
     }
 
     /// Settings from name-value pairs (an environment of one's own, in tests); pairs that name
-    /// no variable of [`VARIABLES`] are left out.
+    /// no variable of [`VARIABLES`] are only seen by [`Settings::interpolated`].
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Settings {
+        let environment: BTreeMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         Settings {
-            values: pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
+            values: environment
+                .iter()
                 .filter(|(k, _)| is_known(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            environment: std::sync::Arc::new(environment),
         }
     }
 
@@ -279,6 +297,15 @@ impl Settings {
             .map(str::to_string)
     }
 
+    /// Any variable of the environment exactly as set, empty or not: what a compose file's
+    /// `${VAR}` names (which tells unset from empty).
+    pub fn interpolated(&self, name: &str) -> Option<&str> {
+        self.values
+            .get(name)
+            .or_else(|| self.environment.get(name))
+            .map(String::as_str)
+    }
+
     /// Whether `name` is set to `0` (how the switches that are on by default are turned off).
     pub fn is_off(&self, name: &str) -> bool {
         self.get(name).is_some_and(|v| v == "0")
@@ -294,15 +321,16 @@ impl Settings {
         self.get(name).map(PathBuf::from)
     }
 
-    /// The manifest to use: `HARNESS_MANIFEST`, else `stack.toml`, else `fixtures/stack.toml`,
-    /// looked up from the current directory upwards (`stack.toml` when none is found).
+    /// The manifest to use: `HARNESS_MANIFEST`, else `stack.toml`, else a compose file
+    /// ([`MANIFEST_NAMES`]), else `fixtures/stack.toml`, looked up from the current directory
+    /// upwards (`stack.toml` when none is found).
     pub fn manifest_path(&self) -> PathBuf {
         if let Some(p) = self.path("HARNESS_MANIFEST") {
             return p;
         }
         let cwd = std::env::current_dir().unwrap_or_default();
         for dir in cwd.ancestors() {
-            for candidate in ["stack.toml", "fixtures/stack.toml"] {
+            for candidate in MANIFEST_NAMES {
                 let p = dir.join(candidate);
                 if p.is_file() {
                     return p;

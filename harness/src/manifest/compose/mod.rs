@@ -1,0 +1,459 @@
+//! A docker-compose file read as a manifest: its services, images, environment, ports,
+//! dependencies, healthchecks and volumes become the manifest's, with the harness's semantics
+//! (see the README's "Use it in your repository"):
+//!
+//! - images named `postgres`, `redis`, `rabbitmq` or `mariadb` (any tag or registry) are the
+//!   built-in kinds, with their protocol probes and the credentials their `POSTGRES_*`-style
+//!   variables give;
+//! - a short `depends_on` waits for the dependency to be **ready** (its probe passed), not
+//!   merely started; `service_completed_successfully` waits for a one-shot job to exit 0;
+//! - a `healthcheck` becomes an `exec` probe run at the harness's cadence;
+//! - host ports are never bound: every container port is published on an ephemeral port of
+//!   127.0.0.1;
+//! - what compose cannot say goes in an `x-harness` mapping per service.
+//!
+//! The YAML is parsed with positions ([`yaml`]), `${VAR}` interpolated as compose does
+//! ([`interpolate`]), and the result is the same raw model a `stack.toml` is read into, so both
+//! are validated by the same code and every problem points at its line in the compose file.
+
+mod interpolate;
+mod service;
+mod yaml;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::Path;
+
+use toml::Spanned;
+
+use super::diagnostics::Problem;
+use super::raw::{RawManifest, RawStack};
+use crate::model::names::closest;
+use interpolate::{Outcome, Variables};
+use yaml::{Node, Value};
+
+/// Whether `path` names a compose file (`.yml` or `.yaml`) rather than a `stack.toml`.
+pub fn is_compose(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yml" | "yaml")
+    )
+}
+
+/// Keys of a service that change nothing in a test run: ignored with a warning.
+const HARMLESS: &[&str] = &[
+    "restart",
+    "deploy",
+    "logging",
+    "container_name",
+    "labels",
+    "stop_grace_period",
+    "stop_signal",
+    "init",
+    "tty",
+    "stdin_open",
+    "hostname",
+    "domainname",
+    "pull_policy",
+    "platform",
+    "mem_limit",
+    "memswap_limit",
+    "cpus",
+    "cpu_shares",
+    "ulimits",
+    "shm_size",
+    "oom_score_adj",
+];
+
+/// The top-level keys of a compose file.
+const TOP_LEVEL: &[&str] = &["services", "version", "name", "networks", "volumes", "x-harness"];
+
+/// The raw manifest a compose file describes. `env` looks variables up in the environment
+/// (the `.env` file beside the compose file comes second, as in compose); what compose would
+/// accept but a test run ignores is in `warnings`.
+pub(super) fn read(
+    path: &Path,
+    source: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) -> Option<RawManifest> {
+    let root = match yaml::load(source) {
+        Ok(Some(root)) => root,
+        Ok(None) => {
+            problems.push(Problem {
+                span: None,
+                message: "the compose file is empty".into(),
+                help: "define the stack's services under `services:`".into(),
+            });
+            return None;
+        }
+        Err(p) => {
+            problems.push(p);
+            return None;
+        }
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let vars = Variables {
+        env,
+        dotenv: dotenv(dir, problems),
+    };
+    let mut ctx = Context {
+        dir,
+        vars,
+        problems,
+        warnings,
+        unset: BTreeSet::new(),
+    };
+    let raw = ctx.manifest(&root);
+    for name in std::mem::take(&mut ctx.unset) {
+        ctx.warnings.push(Problem {
+            span: None,
+            message: format!("the variable `{name}` is not set: an empty string is used"),
+            help: format!("set it in the environment or in {}", dir.join(".env").display()),
+        });
+    }
+    raw
+}
+
+/// The variables of the `.env` file beside the compose file, if there is one.
+fn dotenv(dir: &Path, problems: &mut Vec<Problem>) -> BTreeMap<String, String> {
+    let file = dir.join(".env");
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return BTreeMap::new();
+    };
+    match interpolate::parse_env_file(&text) {
+        Ok(vars) => vars.into_iter().collect(),
+        Err((line, message)) => {
+            problems.push(Problem {
+                span: None,
+                message: format!("{}:{line}: {message}", file.display()),
+                help: "write one `KEY=VALUE` per line (`#` starts a comment)".into(),
+            });
+            BTreeMap::new()
+        }
+    }
+}
+
+/// What reading one compose file needs as it goes.
+pub(super) struct Context<'a, 'p> {
+    dir: &'a Path,
+    vars: Variables<'a>,
+    problems: &'p mut Vec<Problem>,
+    warnings: &'p mut Vec<Problem>,
+    /// Variables used but not set.
+    unset: BTreeSet<String>,
+}
+
+impl Context<'_, '_> {
+    fn error(&mut self, span: &Range<usize>, message: impl Into<String>, help: impl Into<String>) {
+        self.problems.push(Problem::at(span.clone(), message, help));
+    }
+
+    fn warn(&mut self, span: &Range<usize>, message: impl Into<String>, help: impl Into<String>) {
+        self.warnings.push(Problem::at(span.clone(), message, help));
+    }
+
+    /// A scalar's text with `${VAR}` interpolated; `None` (and a problem) for anything else.
+    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        let Some(text) = node.text() else {
+            let found = node.describe();
+            self.error(
+                &node.span,
+                format!("{what} must be a single value, and this is {found}"),
+                "write it as a string",
+            );
+            return None;
+        };
+        let mut outcome = Outcome::default();
+        match interpolate::interpolate(text, &self.vars, &mut outcome) {
+            Ok(s) => {
+                self.unset.extend(outcome.unset);
+                Some(s)
+            }
+            Err(e) => {
+                self.error(
+                    &node.span,
+                    e,
+                    "fix the `${…}` interpolation, or write `$$` for a literal `$`",
+                );
+                None
+            }
+        }
+    }
+
+    /// A scalar as a spanned string.
+    fn spanned(&mut self, node: &Node, what: &str) -> Option<Spanned<String>> {
+        self.string(node, what)
+            .map(|s| Spanned::new(node.span.clone(), s))
+    }
+
+    /// A list of scalars, or (where compose allows it) one string split into words.
+    fn words(&mut self, node: &Node, what: &str) -> Option<Vec<Spanned<String>>> {
+        match &node.value {
+            Value::Seq(items) => items.iter().map(|i| self.spanned(i, what)).collect(),
+            Value::Str(_) | Value::Plain(_) => {
+                let text = self.string(node, what)?;
+                match split_words(&text) {
+                    Ok(words) => Some(
+                        words
+                            .into_iter()
+                            .map(|w| Spanned::new(node.span.clone(), w))
+                            .collect(),
+                    ),
+                    Err(e) => {
+                        self.error(&node.span, format!("{what}: {e}"), "close the quote, or write the command as a list");
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.error(
+                    &node.span,
+                    format!("{what} must be a string or a list, and this is {}", node.describe()),
+                    "write `command: [\"program\", \"arg\"]` or `command: program arg`",
+                );
+                None
+            }
+        }
+    }
+
+    /// The entries of a mapping; a problem if `node` is not one.
+    fn entries<'n>(&mut self, node: &'n Node, what: &str) -> &'n [(Node, Node)] {
+        match &node.value {
+            Value::Map(entries) => entries,
+            Value::Null => &[],
+            _ => {
+                self.error(
+                    &node.span,
+                    format!("{what} must be a mapping, and this is {}", node.describe()),
+                    "indent `key: value` lines under it",
+                );
+                &[]
+            }
+        }
+    }
+
+    fn manifest(&mut self, root: &Node) -> Option<RawManifest> {
+        let entries = self.entries(root, "a compose file");
+        let mut stack = RawStack::default();
+        let mut suites = BTreeMap::new();
+        let mut services = None;
+        let mut volumes = BTreeSet::new();
+        for (key, value) in entries {
+            let Some(k) = key.text() else {
+                self.error(&key.span, "keys must be names", "write `services:`");
+                continue;
+            };
+            match k {
+                "services" => services = Some(value),
+                "version" => self.warn(
+                    &key.span,
+                    "`version` is obsolete and ignored",
+                    "remove it (compose ignores it too)",
+                ),
+                "name" => stack.name = self.spanned(value, "`name`"),
+                // Every service joins the run's one private network.
+                "networks" => {
+                    for (net, _) in self.entries(value, "`networks`") {
+                        let _ = net;
+                    }
+                }
+                "volumes" => {
+                    for (name, body) in self.entries(value, "`volumes`") {
+                        if let Some(n) = name.text() {
+                            volumes.insert(n.to_string());
+                        }
+                        if let Value::Map(opts) = &body.value {
+                            if let Some((k, _)) = opts.first() {
+                                self.warn(
+                                    &k.span,
+                                    "volume options are ignored: a volume of the run is a fresh directory removed with it",
+                                    "remove the options, or keep them for compose",
+                                );
+                            }
+                        }
+                    }
+                }
+                "x-harness" => self.stack_extension(value, &mut stack, &mut suites),
+                k if k.starts_with("x-") => {}
+                other => {
+                    let help = match closest(other, TOP_LEVEL.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => match other {
+                            "secrets" | "configs" | "include" => "the harness does not support it yet: give the values as `environment` or `volumes` of the services".to_string(),
+                            _ => "remove the key; the supported keys are listed in the README".to_string(),
+                        },
+                    };
+                    self.error(
+                        &key.span,
+                        format!("`{other}` is not supported in a compose file the harness runs"),
+                        help,
+                    );
+                }
+            }
+        }
+        let Some(services) = services else {
+            self.problems.push(Problem {
+                span: None,
+                message: "the compose file has no `services`".into(),
+                help: "define the stack's services under `services:`".into(),
+            });
+            return None;
+        };
+        let profiles = active_profiles(&self.vars);
+        let mut read = BTreeMap::new();
+        let entries = self.entries(services, "`services`");
+        let defined: BTreeSet<String> = entries
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = k.text()?;
+                service::active(v, &profiles).then(|| name.to_string())
+            })
+            .collect();
+        let mut jobs = BTreeSet::new();
+        for (name, body) in entries {
+            let Some(n) = name.text() else {
+                self.error(&name.span, "a service's name must be a name", "write `api:`");
+                continue;
+            };
+            if !defined.contains(n) {
+                continue;
+            }
+            let found = service::Found {
+                services: &defined,
+                volumes: &volumes,
+            };
+            if let Some(s) = self.service(n, body, &found, &mut jobs) {
+                read.insert(Spanned::new(name.span.clone(), n.to_string()), s);
+            }
+        }
+        service::mark_jobs(self, &mut read, &jobs);
+        Some(RawManifest {
+            stack,
+            services: read,
+            suites,
+        })
+    }
+
+    /// The top-level `x-harness`: the stack's `name`, `startup-timeout` and `suites`.
+    fn stack_extension(
+        &mut self,
+        node: &Node,
+        stack: &mut RawStack,
+        suites: &mut BTreeMap<String, Vec<Spanned<String>>>,
+    ) {
+        for (key, value) in self.entries(node, "`x-harness`") {
+            match key.text() {
+                Some("name") => stack.name = self.spanned(value, "`name`"),
+                Some("startup-timeout") => {
+                    stack.startup_timeout = self.spanned(value, "`startup-timeout`")
+                }
+                Some("suites") => {
+                    for (prefix, list) in self.entries(value, "`suites`") {
+                        let Some(p) = prefix.text() else { continue };
+                        if let Some(names) = self.words(list, "a suite's services") {
+                            suites.insert(p.to_string(), names);
+                        }
+                    }
+                }
+                other => self.error(
+                    &key.span,
+                    format!(
+                        "`{}` is not a key of the top-level `x-harness`",
+                        other.unwrap_or("?")
+                    ),
+                    "use `name`, `startup-timeout` or `suites` (per-service settings go in the service's own `x-harness`)",
+                ),
+            }
+        }
+    }
+}
+
+/// `COMPOSE_PROFILES`, comma-separated, as compose reads it.
+fn active_profiles(vars: &Variables<'_>) -> BTreeSet<String> {
+    vars.get("COMPOSE_PROFILES")
+        .unwrap_or_default()
+        .split(',')
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// A command line split into words as a POSIX shell would (quotes and backslashes), which
+/// is how compose reads `command: program arg`.
+fn split_words(text: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push(c),
+                        None => return Err("a `'` is not closed".into()),
+                    }
+                }
+            }
+            '"' => {
+                in_word = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c) => word.push(c),
+                            None => return Err("a `\"` is not closed".into()),
+                        },
+                        Some(c) => word.push(c),
+                        None => return Err("a `\"` is not closed".into()),
+                    }
+                }
+            }
+            '\\' => {
+                in_word = true;
+                if let Some(c) = chars.next() {
+                    word.push(c);
+                }
+            }
+            c if c.is_whitespace() => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    Ok(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_split_like_a_shell() {
+        assert_eq!(
+            split_words(r#"sh -c 'echo "a b"' x\ y "q\"" "#).unwrap(),
+            ["sh", "-c", "echo \"a b\"", "x y", "q\""]
+        );
+        assert!(split_words("echo 'open").is_err());
+    }
+
+    #[test]
+    fn compose_file_names_are_recognised() {
+        assert!(is_compose(Path::new("docker-compose.test.yml")));
+        assert!(is_compose(Path::new("compose.yaml")));
+        assert!(!is_compose(Path::new("stack.toml")));
+    }
+}
