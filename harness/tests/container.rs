@@ -517,3 +517,50 @@ fn kill_9_mid_startup_is_cleaned_up_by_the_next_run() {
         .as_secs();
     assert!(container::run_alive(&container::run_labels("x", None, now)));
 }
+
+/// fixtures/compose/jobs.yml: the one-shot jobs run to completion before the service that
+/// waits for them (which checks its working directory, user, seeded volume and tmpfs itself
+/// and is ready by its healthcheck, run in its container); the migration's table is there.
+/// With the migration failing (`MIGRATE_EXIT=1`, through the file's `${MIGRATE_EXIT:-0}`) the
+/// start fails naming the job, its exit code and its log, and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_jobs_complete_before_their_dependents_and_a_failing_one_fails_the_start() {
+    setup();
+    let _serial = SERIAL.lock().await;
+    let path = fixture("compose/jobs.yml");
+    let settings = Settings::from_env().without("MIGRATE_EXIT");
+    let manifest = Manifest::load_with(&path, &settings).unwrap();
+    let stack = Stack::start(manifest, containers())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let t = |s: &str| stack.timings().iter().find(|t| t.service == s).unwrap().clone();
+    for job in ["migrate", "seed"] {
+        assert!(t("app").started >= t(job).ready, "app started before {job} completed");
+    }
+    assert!(t("migrate").started >= t("postgres").ready);
+    let url = stack.endpoint("postgres").unwrap().url(None).unwrap();
+    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM migrated")
+        .fetch_one(&mut db)
+        .await
+        .unwrap_or_else(|e| panic!("the migration's table is missing: {e}"));
+    assert_eq!(n, 0);
+    drop(db);
+    stack.down().await;
+
+    let failing = Settings::from_env().with("MIGRATE_EXIT", "1");
+    let manifest = Manifest::load_with(&path, &failing).unwrap();
+    let err = Stack::start(manifest, containers()).await.unwrap_err();
+    let Error::Startup(e) = &err else {
+        panic!("not a startup error: {err}")
+    };
+    assert_eq!(e.service, "migrate");
+    assert!(e.message.contains("exit code 1"), "{}", e.message);
+    assert!(
+        e.log_tail.iter().any(|l| l.contains("exiting with 1")),
+        "{:?}",
+        e.log_tail
+    );
+    let mine = format!("{LABEL_OWNER_PID}={}", std::process::id());
+    assert_eq!(leftovers(&mine), nothing());
+}

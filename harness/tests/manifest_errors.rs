@@ -49,10 +49,62 @@ fn the_example_manifests_are_valid() {
         "../fixtures/manifests/infra.toml",
         "../fixtures/manifests/infra-container.toml",
         "../fixtures/stack.toml",
+        "../fixtures/compose/docker-compose.test.yml",
+        "../fixtures/compose/jobs.yml",
     ] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
         if let Err(e) = Manifest::load(&path) {
             panic!("{file}:\n{e}");
         }
     }
+}
+
+/// Every broken compose file under fixtures/manifests/invalid-compose: its own message, with
+/// the compose file's line and column, and help (snapshotted). Its `${VAR}` see an empty
+/// environment.
+#[test]
+fn every_invalid_compose_file_is_rejected_with_its_own_message() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/manifests/invalid-compose");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 15, "only {} invalid compose files", files.len());
+    let empty = harness::settings::Settings::from_pairs([("PATH", "/bin")]);
+    let mut messages = std::collections::BTreeSet::new();
+    for file in &files {
+        let name = file.file_stem().unwrap().to_str().unwrap().to_string();
+        let shown = Path::new("fixtures/manifests/invalid-compose").join(file.file_name().unwrap());
+        let source = std::fs::read_to_string(file).unwrap();
+        let err = match Manifest::parse_with(&shown, &source, &empty) {
+            Ok(_) => panic!("{name} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("error: "), "{name}: {err}");
+        assert!(err.contains("= help: "), "{name} gives no help: {err}");
+        if name != "12-no-services" {
+            assert!(
+                err.contains(&format!("{}:", shown.display())),
+                "{name} has no file:line: {err}"
+            );
+        }
+        assert!(messages.insert(err.clone()), "{name} repeats another file's message");
+        insta::assert_snapshot!(format!("compose-{name}"), err);
+    }
+}
+
+/// The compose file of the README's "Use it in your repository" is a valid manifest.
+#[test]
+fn the_readme_compose_example_is_valid() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let section = readme.split("## Use it in your repository").nth(1).unwrap();
+    let yaml = section.split("```yaml\n").nth(1).unwrap().split("```").next().unwrap();
+    let empty = harness::settings::Settings::from_pairs([("PATH", "/bin")]);
+    let m = Manifest::parse_with(Path::new("README/docker-compose.yml"), yaml, &empty)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let api = m.service("api").unwrap();
+    assert_eq!(api.probe.to_string(), "exec `/bin/sh -c curl -fs http://localhost:8080/health`");
+    assert!(m.service("migrate").unwrap().probe == harness::manifest::ProbeSpec::Exit);
 }

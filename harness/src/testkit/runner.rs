@@ -578,7 +578,7 @@ async fn start_stack(
     settings: &Settings,
 ) -> Result<Stack, crate::Error> {
     let path = manifest.unwrap_or_else(|| settings.manifest_path());
-    let mut manifest = Manifest::load(&path)?;
+    let mut manifest = Manifest::load_with(&path, settings)?;
     let mut built = false;
     if attachable {
         if let Some(state) = crate::engine::attach::find(&manifest, settings) {

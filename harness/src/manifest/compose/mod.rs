@@ -329,6 +329,7 @@ impl Context<'_, '_> {
             }
         }
         service::mark_jobs(self, &mut read, &jobs);
+        service::link_addresses(&mut read);
         Some(RawManifest {
             stack,
             services: read,

@@ -707,3 +707,106 @@ fn compose_duration(text: &str) -> bool {
     }
     true
 }
+
+/// Addresses in a compose file's environment and command speak of the container network:
+/// `postgres:5432`, `http://payments:8080`, `0.0.0.0:8080`. Where the name is a dependency and
+/// the number one of its ports, the address becomes a template (`{{ postgres.host }}:{{
+/// postgres.port.postgres }}`), and a listen address on one of the service's own ports
+/// `{{ self.bind.<port> }}`: the same on the container network, and right wherever else the
+/// value is rendered (a test on the host reading a service's `DATABASE_URL`, the native
+/// backend).
+pub(super) fn link_addresses(services: &mut BTreeMap<Spanned<String>, Spanned<RawService>>) {
+    let ports: BTreeMap<String, Vec<(String, i64)>> = services
+        .iter()
+        .map(|(name, s)| (name.get_ref().clone(), ports_of(s.get_ref())))
+        .collect();
+    for s in services.values_mut() {
+        let raw = s.get_mut();
+        let deps: Vec<String> = match raw.depends_on.as_ref().map(|d| d.get_ref()) {
+            Some(RawDependsOn::Table(t)) => t.iter().map(|(d, _)| d.get_ref().clone()).collect(),
+            Some(RawDependsOn::List(l)) => l.iter().map(|d| d.get_ref().clone()).collect(),
+            None => Vec::new(),
+        };
+        let mut rewrites: Vec<(String, String)> = Vec::new();
+        for dep in &deps {
+            for (port_name, number) in ports.get(dep).into_iter().flatten() {
+                rewrites.push((
+                    format!("{dep}:{number}"),
+                    format!("{{{{ {dep}.host }}}}:{{{{ {dep}.port.{port_name} }}}}"),
+                ));
+            }
+        }
+        for (port_name, number) in ports_of(raw) {
+            rewrites.push((
+                format!("0.0.0.0:{number}"),
+                format!("{{{{ self.bind.{port_name} }}}}"),
+            ));
+        }
+        let values = raw
+            .env
+            .values_mut()
+            .chain(raw.args.iter_mut())
+            .chain(raw.entrypoint.iter_mut().flat_map(|e| e.get_mut().iter_mut()));
+        for value in values {
+            let mut text = value.get_ref().clone();
+            for (from, to) in &rewrites {
+                text = replace_address(&text, from, to);
+            }
+            if text != *value.get_ref() {
+                *value = Spanned::new(value.span(), text);
+            }
+        }
+    }
+}
+
+/// A service's named container ports, its kind's own included.
+fn ports_of(s: &RawService) -> Vec<(String, i64)> {
+    s.kind
+        .default_port()
+        .map(|(n, p)| (n.to_string(), i64::from(p)))
+        .into_iter()
+        .chain(s.ports.iter().map(|(n, p)| (n.get_ref().clone(), *p.get_ref())))
+        .collect()
+}
+
+/// `text` with every whole `from` (not part of a longer name or number) replaced by `to`.
+fn replace_address(text: &str, from: &str, to: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(from) {
+        let before = if at > 0 {
+            rest[..at].chars().last()
+        } else {
+            out.chars().last()
+        };
+        let after = rest[at + from.len()..].chars().next();
+        let whole = !before.is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !after.is_some_and(|c| c.is_ascii_digit());
+        out.push_str(&rest[..at]);
+        out.push_str(if whole { to } else { from });
+        rest = &rest[at + from.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_whole_addresses_are_replaced() {
+        let r = |t: &str| replace_address(t, "db:5432", "X");
+        assert_eq!(r("postgres://u:p@db:5432/app"), "postgres://u:p@X/app");
+        assert_eq!(r("db:5432,db:54321,mydb:5432"), "X,db:54321,mydb:5432");
+        assert_eq!(r("db:5432"), "X");
+    }
+
+    #[test]
+    fn images_name_their_kinds() {
+        assert_eq!(kind_of_image("postgres:16-alpine"), Kind::Postgres);
+        assert_eq!(kind_of_image("docker.io/library/redis:7"), Kind::Redis);
+        assert_eq!(kind_of_image("registry:5000/rabbitmq:3-management"), Kind::Rabbitmq);
+        assert_eq!(kind_of_image("shop/postgres-exporter:1"), Kind::Service);
+    }
+}
