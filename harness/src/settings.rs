@@ -482,10 +482,9 @@ mod tests {
             .with("HARNESS_BACKEND", "container");
         assert_eq!(s.get("HARNESS_BACKEND").as_deref(), Some("container"));
         assert_eq!(s.get("HARNESS_ONLY"), None);
-        assert_eq!(
-            Settings::from_pairs([("UNRELATED", "1")]),
-            Settings::default()
-        );
+        let unrelated = Settings::from_pairs([("UNRELATED", "1")]);
+        assert_eq!(unrelated.get("UNRELATED"), None);
+        assert_eq!(unrelated.interpolated("UNRELATED"), Some("1"));
     }
 
     #[test]

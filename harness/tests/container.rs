@@ -116,14 +116,7 @@ async fn servers_in_containers_answer_on_loopback_survive_faults_and_leave_nothi
     assert_eq!(stack.backend(), BackendKind::Container);
     let run_id = stack.run_id().to_string();
     let run_label = format!("{LABEL_RUN_ID}={run_id}");
-    let t = |s: &str| {
-        stack
-            .timings()
-            .iter()
-            .find(|t| t.service == s)
-            .unwrap()
-            .clone()
-    };
+    let t = |s: &str| common::timing(&stack, s);
     for dep in ["postgres", "redis", "rabbitmq"] {
         assert!(
             t("web").started >= t(dep).ready,
@@ -533,9 +526,12 @@ async fn compose_jobs_complete_before_their_dependents_and_a_failing_one_fails_t
     let stack = Stack::start(manifest, containers())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let t = |s: &str| stack.timings().iter().find(|t| t.service == s).unwrap().clone();
+    let t = |s: &str| common::timing(&stack, s);
     for job in ["migrate", "seed"] {
-        assert!(t("app").started >= t(job).ready, "app started before {job} completed");
+        assert!(
+            t("app").started >= t(job).ready,
+            "app started before {job} completed"
+        );
     }
     assert!(t("migrate").started >= t("postgres").ready);
     let url = stack.endpoint("postgres").unwrap().url(None).unwrap();

@@ -71,7 +71,11 @@ fn every_invalid_compose_file_is_rejected_with_its_own_message() {
         .filter(|p| p.extension().is_some_and(|e| e == "yml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 15, "only {} invalid compose files", files.len());
+    assert!(
+        files.len() >= 15,
+        "only {} invalid compose files",
+        files.len()
+    );
     let empty = harness::settings::Settings::from_pairs([("PATH", "/bin")]);
     let mut messages = std::collections::BTreeSet::new();
     for file in &files {
@@ -90,7 +94,10 @@ fn every_invalid_compose_file_is_rejected_with_its_own_message() {
                 "{name} has no file:line: {err}"
             );
         }
-        assert!(messages.insert(err.clone()), "{name} repeats another file's message");
+        assert!(
+            messages.insert(err.clone()),
+            "{name} repeats another file's message"
+        );
         insta::assert_snapshot!(format!("compose-{name}"), err);
     }
 }
@@ -98,13 +105,24 @@ fn every_invalid_compose_file_is_rejected_with_its_own_message() {
 /// The compose file of the README's "Use it in your repository" is a valid manifest.
 #[test]
 fn the_readme_compose_example_is_valid() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
     let section = readme.split("## Use it in your repository").nth(1).unwrap();
-    let yaml = section.split("```yaml\n").nth(1).unwrap().split("```").next().unwrap();
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
     let empty = harness::settings::Settings::from_pairs([("PATH", "/bin")]);
     let m = Manifest::parse_with(Path::new("README/docker-compose.yml"), yaml, &empty)
         .unwrap_or_else(|e| panic!("{e}"));
     let api = m.service("api").unwrap();
-    assert_eq!(api.probe.to_string(), "exec `/bin/sh -c curl -fs http://localhost:8080/health`");
+    assert_eq!(
+        api.probe.to_string(),
+        "exec `/bin/sh -c curl -fs http://localhost:8080/health`"
+    );
     assert!(m.service("migrate").unwrap().probe == harness::manifest::ProbeSpec::Exit);
 }

@@ -73,14 +73,7 @@ async fn real_servers_start_answer_survive_faults_and_leave_nothing() {
     let run_id = stack.run_id().to_string();
 
     // The scheduler: web waits for postgres to be ready but only for rabbitmq to start.
-    let t = |s: &str| {
-        stack
-            .timings()
-            .iter()
-            .find(|t| t.service == s)
-            .unwrap()
-            .clone()
-    };
+    let t = |s: &str| common::timing(&stack, s);
     assert!(t("web").started >= t("postgres").ready);
     assert!(
         t("web").ready < t("rabbitmq").ready,

@@ -26,10 +26,10 @@ use tokio::time::Instant;
 use crate::engine::backend::container::{self, ImagePlan, LABEL_RUN_ID};
 use crate::engine::backend::BackendKind;
 use crate::engine::error::Error;
-use crate::settings::Settings;
 use crate::engine::stack::{Stack, StackOptions};
 use crate::manifest::{Condition, Manifest, ProbeSpec, Service};
 use crate::model::endpoint::Endpoint;
+use crate::settings::Settings;
 use crate::Graph;
 
 /// Results of the comparison.

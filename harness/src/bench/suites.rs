@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use crate::engine::backend::BackendKind;
 use crate::engine::error::Error;
-use crate::settings::Settings;
 use crate::engine::stack::{Stack, StackOptions};
 use crate::manifest::Manifest;
+use crate::settings::Settings;
 
 /// Builds the suite's test binary and returns its path.
 fn test_binary(manifest: &Manifest, suite: &str) -> Result<PathBuf, Error> {

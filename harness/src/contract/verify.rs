@@ -12,9 +12,9 @@ use serde_json::Value;
 use super::report::VerifyReport;
 use super::verifier::{provider_target, Verification};
 use super::{Contracts, Error};
-use crate::settings::Settings;
 use crate::manifest::Launch;
 use crate::model::template::Template;
+use crate::settings::Settings;
 use crate::testkit::runner::Suite;
 use crate::{Manifest, Stack};
 

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::error::Error;
 use crate::engine::fingerprint::Fingerprinter;
-use crate::settings::Settings;
 use crate::engine::stack::Refreshed;
 pub use crate::engine::state::State;
 use crate::manifest::Manifest;
+use crate::settings::Settings;
 
 /// The state file for stacks of a manifest.
 pub fn state_file(manifest: &Manifest, settings: &Settings) -> PathBuf {

@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::backend::BackendKind;
-use crate::settings::Settings;
 use crate::manifest::{Launch, Manifest, Service};
 use crate::model::digest::{content_hash, Hasher};
+use crate::settings::Settings;
 
 /// The parts of one service's fingerprint, by name (`config`, `binary`, `files`, ...).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,9 +54,9 @@ pub async fn check(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> 
 async fn attempt(spec: &ProbeSpec, endpoint: &Endpoint) -> Result<(), String> {
     match spec {
         ProbeSpec::None => Ok(()),
-        ProbeSpec::Exec(_) | ProbeSpec::Exit => {
-            Err(format!("a probe that {spec} needs the running service, not its address"))
-        }
+        ProbeSpec::Exec(_) | ProbeSpec::Exit => Err(format!(
+            "a probe that {spec} needs the running service, not its address"
+        )),
         ProbeSpec::Tcp { port } => tcp_accepted(endpoint, port).await,
         ProbeSpec::Protocol(_) => match endpoint.kind.server() {
             Some(server) => server.probe(&endpoint.target()?).await,
@@ -166,7 +166,12 @@ pub async fn wait_instance_ready(
     loop {
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let last_error = match timeout(remaining.max(Duration::from_millis(1)), instance.exec(command)).await {
+        let last_error = match timeout(
+            remaining.max(Duration::from_millis(1)),
+            instance.exec(command),
+        )
+        .await
+        {
             Ok(Ok(())) => return Ok(started.elapsed()),
             Ok(Err(e)) => e,
             Err(_) => "the deadline was reached while the command ran".to_string(),

@@ -16,10 +16,10 @@ use crate::engine::events::{Discard, Event, Sink, Terminal};
 use crate::engine::fingerprint::{Fingerprinter, Fingerprints};
 use crate::engine::probe;
 use crate::engine::scheduler::{self, Timing};
-use crate::settings::Settings;
 use crate::graph::Graph;
 use crate::manifest::Manifest;
 use crate::model::endpoint::Endpoint;
+use crate::settings::Settings;
 
 pub use crate::engine::launch::LOG_TAIL_LINES;
 

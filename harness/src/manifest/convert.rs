@@ -77,7 +77,11 @@ fn duration(d: Duration) -> String {
 fn service(s: &Service, dir: &Path) -> Table {
     let mut t = Table::new();
     t.insert("kind".into(), s.kind.name().into());
-    if let Some(image) = s.image.as_ref().filter(|i| s.kind.default_image() != Some(i.as_str())) {
+    if let Some(image) = s
+        .image
+        .as_ref()
+        .filter(|i| s.kind.default_image() != Some(i.as_str()))
+    {
         t.insert("image".into(), image.clone().into());
     }
     match &s.launch {
@@ -208,24 +212,33 @@ mod tests {
     use crate::settings::Settings;
 
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures")
+            .join(name)
     }
 
-    /// Everything but where it was read from.
+    /// Everything but where it was read from (and the order dependencies are listed in).
     fn meaning(m: &Manifest) -> String {
-        format!("{:?} {:?} {:?} {:?}", m.name, m.services, m.images, m.suites)
+        let mut services = m.services.clone();
+        for s in &mut services {
+            s.depends_on.sort_by_key(|d| d.service.clone());
+        }
+        format!("{:?} {:?} {:?} {:?}", m.name, services, m.images, m.suites)
     }
 
     #[test]
     fn a_converted_manifest_means_what_its_source_means() {
         let settings = Settings::from_pairs([("PATH", "/bin")]);
-        for source in ["compose/docker-compose.test.yml", "stack.toml", "compose/jobs.yml"] {
+        for source in [
+            "compose/docker-compose.test.yml",
+            "stack.toml",
+            "compose/jobs.yml",
+        ] {
             let path = fixture(source);
             let original = Manifest::load_with(&path, &settings).unwrap();
             let text = original.to_toml(original.dir());
-            let converted =
-                Manifest::parse_with(&path.with_extension("toml"), &text, &settings)
-                    .unwrap_or_else(|e| panic!("{source}: {e}\n{text}"));
+            let converted = Manifest::parse_with(&path.with_extension("toml"), &text, &settings)
+                .unwrap_or_else(|e| panic!("{source}: {e}\n{text}"));
             assert_eq!(meaning(&converted), meaning(&original), "{source}:\n{text}");
         }
     }

@@ -14,8 +14,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::diagnostics::{unknown_service_help, Problem};
-use super::raw::{RawManifest, RawStack};
 use super::raw::RawDependsOn;
+use super::raw::{RawManifest, RawStack};
 use super::{
     parse_duration, valid_image, Condition, Images, Manifest, MountSource, ProbeSpec, PullPolicy,
     DEFAULT_STARTUP_TIMEOUT,
@@ -172,8 +172,7 @@ fn check_completed(raw: &RawManifest, manifest: &Manifest, problems: &mut Vec<Pr
         };
         for (dep, condition) in table {
             let job = manifest.service(dep.get_ref());
-            if *condition == Condition::Completed
-                && job.is_some_and(|j| j.probe != ProbeSpec::Exit)
+            if *condition == Condition::Completed && job.is_some_and(|j| j.probe != ProbeSpec::Exit)
             {
                 problems.push(Problem::at(
                     dep.span(),

@@ -24,9 +24,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::engine::error::Error;
-use crate::settings::Settings;
 use crate::graph::Graph;
 use crate::manifest::Manifest;
+use crate::settings::Settings;
 
 /// What a change affects.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

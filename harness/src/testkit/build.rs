@@ -1,8 +1,8 @@
 //! Building the workspace binaries a manifest runs, so a stack never starts stale code.
 
 use crate::engine::error::Error;
-use crate::settings::Settings;
 use crate::manifest::{Launch, Manifest};
+use crate::settings::Settings;
 
 /// Runs `cargo build --bin …` for every `binary` service of the manifest (a no-op when they
 /// are fresh). Skipped when `HARNESS_BIN_DIR` points at prebuilt binaries.

@@ -28,9 +28,9 @@ use std::sync::Arc;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::engine::events::{Event, Fanout, Report, Sink, Terminal, Trials};
-use crate::settings::Settings;
 use crate::engine::stack::{Stack, StackOptions};
 use crate::manifest::Kind;
+use crate::settings::Settings;
 use crate::testkit::report::{Outcome, TrialRecord};
 use crate::{exit_code, Manifest};
 

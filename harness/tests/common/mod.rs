@@ -95,3 +95,13 @@ pub async fn servers_answer(stack: &Stack) -> Endpoint {
     let _ = amqp.close(200, "done").await;
     pg
 }
+
+/// When `service` started, was launched and became ready in this stack's start.
+pub fn timing(stack: &Stack, service: &str) -> harness::scheduler::Timing {
+    stack
+        .timings()
+        .iter()
+        .find(|t| t.service == service)
+        .unwrap_or_else(|| panic!("no timing for `{service}`"))
+        .clone()
+}

@@ -25,10 +25,10 @@ use async_trait::async_trait;
 use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::error::Error;
 use crate::engine::events::Sink;
-use crate::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::{Kind, Manifest};
 use crate::model::endpoint::Endpoint;
+use crate::settings::Settings;
 
 /// The name a container reaches the host at: every container of a run gets it as an extra
 /// host mapped to the engine's `host-gateway`.

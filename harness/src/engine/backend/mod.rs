@@ -20,9 +20,9 @@ pub mod native;
 pub use interface::{Backend, Instance, StartRequest};
 
 use crate::engine::error::Error;
-use crate::settings::Settings;
 pub use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
+use crate::settings::Settings;
 
 impl BackendKind {
     /// The backend `HARNESS_BACKEND` asks for in `settings`: `None` when it is unset, empty or

@@ -28,12 +28,12 @@ use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::{self, RunDir, RUN_ID_ENV};
 use crate::engine::error::Error;
 use crate::engine::events::Sink;
-use crate::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::{Launch, Manifest, Service};
 use crate::model::endpoint::Endpoint;
 use crate::model::kind::server::find_program;
 use crate::model::kind::NativeHost;
+use crate::settings::Settings;
 
 /// How long a graceful stop may take before the group is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -387,7 +387,12 @@ fn generic(
         .collect::<Result<Vec<_>, Error>>()?;
     // A service of one's own runs in the manifest's directory (or its `workdir`, relative to
     // it), so the paths in its command mean what they say there.
-    let cwd = project_dir.join(service.workdir.as_deref().unwrap_or(""));
+    let project = if project_dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        project_dir
+    };
+    let cwd = project.join(service.workdir.as_deref().unwrap_or(""));
     Ok(Proc::new(ProcSpec {
         program,
         args,

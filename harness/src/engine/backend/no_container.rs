@@ -10,9 +10,9 @@ use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::RunDir;
 use crate::engine::error::Error;
 use crate::engine::events::Sink;
-use crate::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
+use crate::settings::Settings;
 
 const MISSING: &str = "the harness was built without its `containers` feature";
 

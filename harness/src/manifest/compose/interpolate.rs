@@ -41,9 +41,7 @@ pub(super) fn interpolate(
             out.push('$');
             rest = r;
         } else if let Some(r) = rest.strip_prefix('{') {
-            let end = closing_brace(r).ok_or_else(|| {
-                format!("`${{{r}` has no closing `}}`")
-            })?;
+            let end = closing_brace(r).ok_or_else(|| format!("`${{{r}` has no closing `}}`"))?;
             out.push_str(&braced(&r[..end], vars, outcome)?);
             rest = &r[end + 1..];
         } else {
@@ -100,7 +98,9 @@ fn braced(inner: &str, vars: &Variables<'_>, outcome: &mut Outcome) -> Result<St
     let set = value.as_deref().is_some_and(|v| !colon || !v.is_empty());
     let Some(kind) = op.chars().next() else {
         if colon {
-            return Err(format!("`${{{inner}}}` ends after `:`; write `${{{name}:-default}}`"));
+            return Err(format!(
+                "`${{{inner}}}` ends after `:`; write `${{{name}:-default}}`"
+            ));
         }
         return Ok(lookup(name, vars, outcome));
     };
@@ -147,7 +147,12 @@ pub(super) fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, (usize
             v.replace("\\n", "\n").replace("\\\"", "\"")
         } else {
             // An unquoted value ends at ` #`.
-            value.split(" #").next().unwrap_or("").trim_end().to_string()
+            value
+                .split(" #")
+                .next()
+                .unwrap_or("")
+                .trim_end()
+                .to_string()
         };
         out.push((key.to_string(), value));
     }
@@ -181,9 +186,13 @@ mod tests {
         assert_eq!(run("${SET:+alt}|${NOPE:+alt}").unwrap().0, "alt|");
         assert_eq!(run("$$SET costs $$5").unwrap().0, "$SET costs $5");
         assert_eq!(run("${NOPE}x").unwrap(), ("x".into(), vec!["NOPE".into()]));
-        assert!(run("${NOPE:?give it}").unwrap_err().contains("required: give it"));
+        assert!(run("${NOPE:?give it}")
+            .unwrap_err()
+            .contains("required: give it"));
         assert!(run("${SET").unwrap_err().contains("no closing"));
-        assert!(run("${SET/x/y}").unwrap_err().contains("not an interpolation"));
+        assert!(run("${SET/x/y}")
+            .unwrap_err()
+            .contains("not an interpolation"));
     }
 
     #[test]

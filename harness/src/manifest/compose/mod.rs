@@ -66,7 +66,14 @@ const HARMLESS: &[&str] = &[
 ];
 
 /// The top-level keys of a compose file.
-const TOP_LEVEL: &[&str] = &["services", "version", "name", "networks", "volumes", "x-harness"];
+const TOP_LEVEL: &[&str] = &[
+    "services",
+    "version",
+    "name",
+    "networks",
+    "volumes",
+    "x-harness",
+];
 
 /// The raw manifest a compose file describes. `env` looks variables up in the environment
 /// (the `.env` file beside the compose file comes second, as in compose); what compose would
@@ -110,7 +117,10 @@ pub(super) fn read(
         ctx.warnings.push(Problem {
             span: None,
             message: format!("the variable `{name}` is not set: an empty string is used"),
-            help: format!("set it in the environment or in {}", dir.join(".env").display()),
+            help: format!(
+                "set it in the environment or in {}",
+                dir.join(".env").display()
+            ),
         });
     }
     raw
@@ -202,7 +212,11 @@ impl Context<'_, '_> {
                             .collect(),
                     ),
                     Err(e) => {
-                        self.error(&node.span, format!("{what}: {e}"), "close the quote, or write the command as a list");
+                        self.error(
+                            &node.span,
+                            format!("{what}: {e}"),
+                            "close the quote, or write the command as a list",
+                        );
                         None
                     }
                 }
@@ -210,7 +224,10 @@ impl Context<'_, '_> {
             _ => {
                 self.error(
                     &node.span,
-                    format!("{what} must be a string or a list, and this is {}", node.describe()),
+                    format!(
+                        "{what} must be a string or a list, and this is {}",
+                        node.describe()
+                    ),
                     "write `command: [\"program\", \"arg\"]` or `command: program arg`",
                 );
                 None
@@ -314,7 +331,11 @@ impl Context<'_, '_> {
         let mut jobs = BTreeSet::new();
         for (name, body) in entries {
             let Some(n) = name.text() else {
-                self.error(&name.span, "a service's name must be a name", "write `api:`");
+                self.error(
+                    &name.span,
+                    "a service's name must be a name",
+                    "write `api:`",
+                );
                 continue;
             };
             if !defined.contains(n) {

@@ -149,7 +149,8 @@ impl Context<'_, '_> {
                 "healthcheck" => probe = self.healthcheck(value),
                 "volumes" => self.volumes(name, value, found, &mut s),
                 "tmpfs" => {
-                    s.tmpfs.extend(self.words(value, "`tmpfs`").unwrap_or_default());
+                    s.tmpfs
+                        .extend(self.words(value, "`tmpfs`").unwrap_or_default());
                 }
                 "working_dir" => s.workdir = self.spanned(value, "`working_dir`"),
                 "user" => s.run_as = self.spanned(value, "`user`"),
@@ -214,7 +215,10 @@ impl Context<'_, '_> {
             s.probe = probe;
         }
         for (port_name, number) in ports {
-            if kind.default_port().is_some_and(|(_, p)| i64::from(p) == *number.get_ref()) {
+            if kind
+                .default_port()
+                .is_some_and(|(_, p)| i64::from(p) == *number.get_ref())
+            {
                 continue;
             }
             s.ports.insert(port_name, number);
@@ -495,24 +499,45 @@ impl Context<'_, '_> {
                     let kind = get(self, "type").unwrap_or_else(|| "volume".into());
                     let source = get(self, "source");
                     let Some(target) = get(self, "target") else {
-                        self.error(&item.span, format!("a volume of service `{name}` has no `target`"), "add `target: /path/in/the/container`");
+                        self.error(
+                            &item.span,
+                            format!("a volume of service `{name}` has no `target`"),
+                            "add `target: /path/in/the/container`",
+                        );
                         continue;
                     };
                     let ro = get(self, "read_only").as_deref() == Some("true");
                     (source, target, ro, kind)
                 }
                 _ => {
-                    let Some(text) = self.string(item, "a volume") else { continue };
+                    let Some(text) = self.string(item, "a volume") else {
+                        continue;
+                    };
                     let parts: Vec<&str> = text.split(':').collect();
                     match parts.as_slice() {
                         [target] => (None, target.to_string(), false, "volume".to_string()),
                         [src, target] | [src, target, _] => {
-                            let ro = parts.get(2).is_some_and(|m| m.split(',').any(|m| m == "ro"));
-                            let kind = if src.starts_with(['.', '/', '~']) { "bind" } else { "volume" };
-                            (Some(src.to_string()), target.to_string(), ro, kind.to_string())
+                            let ro = parts
+                                .get(2)
+                                .is_some_and(|m| m.split(',').any(|m| m == "ro"));
+                            let kind = if src.starts_with(['.', '/', '~']) {
+                                "bind"
+                            } else {
+                                "volume"
+                            };
+                            (
+                                Some(src.to_string()),
+                                target.to_string(),
+                                ro,
+                                kind.to_string(),
+                            )
                         }
                         _ => {
-                            self.error(&item.span, format!("`{text}` is not a volume of service `{name}`"), "write `source:target` or `source:target:ro`");
+                            self.error(
+                                &item.span,
+                                format!("`{text}` is not a volume of service `{name}`"),
+                                "write `source:target` or `source:target:ro`",
+                            );
                             continue;
                         }
                     }
@@ -574,9 +599,16 @@ impl Context<'_, '_> {
         for (key, value) in self.entries(node, "`x-harness`") {
             let Some(k) = key.text() else { continue };
             match k {
-                "kind" => match self.string(value, "`kind`").map(|k| Kind::ALL.iter().copied().find(|c| c.name() == k)) {
+                "kind" => match self
+                    .string(value, "`kind`")
+                    .map(|k| Kind::ALL.iter().copied().find(|c| c.name() == k))
+                {
                     Some(Some(kind)) => s.kind = kind,
-                    Some(None) => self.error(&value.span, format!("`kind` of service `{name}` is not a kind"), "use `postgres`, `redis`, `rabbitmq`, `mariadb` or `service`"),
+                    Some(None) => self.error(
+                        &value.span,
+                        format!("`kind` of service `{name}` is not a kind"),
+                        "use `postgres`, `redis`, `rabbitmq`, `mariadb` or `service`",
+                    ),
                     None => {}
                 },
                 "binary" => s.binary = self.spanned(value, "`binary`"),
@@ -600,7 +632,10 @@ impl Context<'_, '_> {
                         .iter()
                         .filter_map(|(k, v)| {
                             let n = v.text()?.parse::<i64>().ok()?;
-                            Some((Spanned::new(k.span.clone(), k.text()?.to_string()), Spanned::new(v.span.clone(), n)))
+                            Some((
+                                Spanned::new(k.span.clone(), k.text()?.to_string()),
+                                Spanned::new(v.span.clone(), n),
+                            ))
                         })
                         .collect();
                     for (port_name, number) in named {
@@ -610,8 +645,11 @@ impl Context<'_, '_> {
                 }
                 "env" => {
                     for (k, v) in self.entries(value, "`env`") {
-                        if let (Some(key), Some(val)) = (k.text(), self.spanned(v, "an `env` value")) {
-                            s.env.insert(Spanned::new(k.span.clone(), key.to_string()), val);
+                        if let (Some(key), Some(val)) =
+                            (k.text(), self.spanned(v, "an `env` value"))
+                        {
+                            s.env
+                                .insert(Spanned::new(k.span.clone(), key.to_string()), val);
                         }
                     }
                 }
@@ -620,7 +658,11 @@ impl Context<'_, '_> {
                         Some(s) => format!("did you mean `{s}`?"),
                         None => format!("use one of: {}", EXTENSION.join(", ")),
                     };
-                    self.error(&key.span, format!("`{other}` is not a key of `x-harness` (service `{name}`)"), help);
+                    self.error(
+                        &key.span,
+                        format!("`{other}` is not a key of `x-harness` (service `{name}`)"),
+                        help,
+                    );
                 }
             }
         }
@@ -637,8 +679,12 @@ impl Context<'_, '_> {
             }
         };
         let command = node.get("command").and_then(|c| {
-            self.words(c, "`command`")
-                .map(|w| Spanned::new(c.span.clone(), w.into_iter().map(Spanned::into_inner).collect()))
+            self.words(c, "`command`").map(|w| {
+                Spanned::new(
+                    c.span.clone(),
+                    w.into_iter().map(Spanned::into_inner).collect(),
+                )
+            })
         });
         Some(Spanned::new(
             node.span.clone(),
@@ -664,10 +710,9 @@ pub(super) fn mark_jobs(
         if let Some(s) = services.get_mut(job.as_str()) {
             let span = s.span();
             let raw = s.get_mut();
-            let explicit = raw
-                .probe
-                .as_ref()
-                .is_some_and(|p| !matches!(p.get_ref().kind, RawProbeKind::Exec | RawProbeKind::None));
+            let explicit = raw.probe.as_ref().is_some_and(|p| {
+                !matches!(p.get_ref().kind, RawProbeKind::Exec | RawProbeKind::None)
+            });
             if !explicit {
                 raw.probe = Some(Spanned::new(
                     span,
@@ -742,11 +787,11 @@ pub(super) fn link_addresses(services: &mut BTreeMap<Spanned<String>, Spanned<Ra
                 format!("{{{{ self.bind.{port_name} }}}}"),
             ));
         }
-        let values = raw
-            .env
-            .values_mut()
-            .chain(raw.args.iter_mut())
-            .chain(raw.entrypoint.iter_mut().flat_map(|e| e.get_mut().iter_mut()));
+        let values = raw.env.values_mut().chain(raw.args.iter_mut()).chain(
+            raw.entrypoint
+                .iter_mut()
+                .flat_map(|e| e.get_mut().iter_mut()),
+        );
         for value in values {
             let mut text = value.get_ref().clone();
             for (from, to) in &rewrites {
@@ -765,7 +810,11 @@ fn ports_of(s: &RawService) -> Vec<(String, i64)> {
         .default_port()
         .map(|(n, p)| (n.to_string(), i64::from(p)))
         .into_iter()
-        .chain(s.ports.iter().map(|(n, p)| (n.get_ref().clone(), *p.get_ref())))
+        .chain(
+            s.ports
+                .iter()
+                .map(|(n, p)| (n.get_ref().clone(), *p.get_ref())),
+        )
         .collect()
 }
 
@@ -780,7 +829,8 @@ fn replace_address(text: &str, from: &str, to: &str) -> String {
             out.chars().last()
         };
         let after = rest[at + from.len()..].chars().next();
-        let whole = !before.is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        let whole = !before
+            .is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             && !after.is_some_and(|c| c.is_ascii_digit());
         out.push_str(&rest[..at]);
         out.push_str(if whole { to } else { from });
@@ -806,7 +856,10 @@ mod tests {
     fn images_name_their_kinds() {
         assert_eq!(kind_of_image("postgres:16-alpine"), Kind::Postgres);
         assert_eq!(kind_of_image("docker.io/library/redis:7"), Kind::Redis);
-        assert_eq!(kind_of_image("registry:5000/rabbitmq:3-management"), Kind::Rabbitmq);
+        assert_eq!(
+            kind_of_image("registry:5000/rabbitmq:3-management"),
+            Kind::Rabbitmq
+        );
         assert_eq!(kind_of_image("shop/postgres-exporter:1"), Kind::Service);
     }
 }

@@ -11,8 +11,8 @@ use testcontainers::bollard::Docker;
 use super::engine::{connect, status_of};
 use super::servers::base_entrypoint;
 use crate::engine::error::Error;
-use crate::settings::Settings;
 use crate::manifest::{Manifest, PullPolicy};
+use crate::settings::Settings;
 
 /// The image a service runs, and where that choice came from.
 #[derive(Debug, Clone, PartialEq, Eq)]

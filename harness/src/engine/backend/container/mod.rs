@@ -66,10 +66,10 @@ use super::interface::{Backend, Instance, StartRequest};
 use crate::engine::cleanup::{self, RunDir, RUN_ID_ENV};
 use crate::engine::error::Error;
 use crate::engine::events::{Event, Sink};
-use crate::settings::Settings;
 use crate::manifest::BackendKind;
 use crate::manifest::Manifest;
 use crate::model::endpoint::Endpoint;
+use crate::settings::Settings;
 
 /// CPU weight of the containers on the (estimated) critical path until they are ready; others
 /// keep the engine's default of 1024. Measured on two cores (PostgreSQL, Redis, RabbitMQ and a
