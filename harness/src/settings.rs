@@ -51,7 +51,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "HARNESS_MANIFEST",
         role: Role::Stack,
-        meaning: "the manifest when `--manifest` is not given; default: `stack.toml`, else `fixtures/stack.toml`, in the current directory or a parent",
+        meaning: "the manifest when `--manifest` is not given; default: `stack.toml`, else a compose file (`compose.yaml`, `docker-compose.yml`, ...), else `fixtures/stack.toml`, in the current directory or a parent",
     },
     Variable {
         name: "HARNESS_BACKEND",
@@ -97,6 +97,16 @@ pub const VARIABLES: &[Variable] = &[
         name: "HARNESS_IMAGE_<SERVICE>",
         role: Role::Stack,
         meaning: "container backend: the image of one service (`image:tag`), beating `[stack.images]` and the manifest",
+    },
+    Variable {
+        name: "NEXTEST_ENV",
+        role: Role::Runner,
+        meaning: "set by nextest for a setup script: `harness up --detach` appends the endpoints to it as `HARNESS_<SERVICE>_*` lines, and the stack stops when the nextest run ends",
+    },
+    Variable {
+        name: "HARNESS_SERVER_IMAGE_<KIND>",
+        role: Role::Stack,
+        meaning: "container backend: the image of every built-in server of a kind (`POSTGRES`, `REDIS`, `RABBITMQ`, `MARIADB`) that `HARNESS_IMAGE_<SERVICE>` and `[stack.images]` leave alone, whatever image the manifest names (a compose file's `postgres:16-alpine` on a machine without a registry)",
     },
     Variable {
         name: "HARNESS_IMAGE_PREFIX",
@@ -207,6 +217,11 @@ pub const VARIABLES: &[Variable] = &[
         name: "HARNESS_RUN_ID",
         role: Role::SetByHarness,
         meaning: "the run's id, in every process the run starts (how a later run finds leftovers)",
+    },
+    Variable {
+        name: "HARNESS_SERVICE_DIR",
+        role: Role::SetByHarness,
+        meaning: "native backend: a scratch directory of the service's own inside the run directory, removed with the run (a service runs in the manifest's directory)",
     },
     Variable {
         name: "HARNESS_ENTRYPOINT",

@@ -560,3 +560,80 @@ async fn compose_jobs_complete_before_their_dependents_and_a_failing_one_fails_t
     let mine = format!("{LABEL_OWNER_PID}={}", std::process::id());
     assert_eq!(leftovers(&mine), nothing());
 }
+
+/// Counts the image builds a stack's start reports.
+#[derive(Default)]
+struct Builds(std::sync::atomic::AtomicUsize);
+
+impl harness::events::Sink for Builds {
+    fn event(&self, event: &harness::events::Event) {
+        if matches!(event, harness::events::Event::ImageBuilt { .. }) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A `build` service's image is built from its context once: a second start finds its tag and
+/// builds nothing, a changed file makes a new tag. A Dockerfile whose `FROM` is not on the
+/// machine fails the start, saying there is no registry and how to provide the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_is_built_once_per_context_and_a_missing_base_says_what_to_do() {
+    setup();
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write(
+        "Dockerfile",
+        "FROM harness-local/base:bookworm\nCOPY job.sh /job.sh\nCMD [\"/bin/bash\", \"/job.sh\"]\n",
+    );
+    write(
+        "job.sh",
+        &format!("echo job of test {}\n", std::process::id()),
+    );
+    let source = format!(
+        "[services.job]\nkind = \"service\"\nbuild = {:?}\nprobe = {{ type = \"exit\" }}\n",
+        dir.path().display().to_string()
+    );
+    let mut tags = Vec::new();
+    let mut built = Vec::new();
+    for change in [false, false, true] {
+        if change {
+            write("job.sh", "echo changed\n");
+        }
+        let manifest = Manifest::parse(Path::new("build.toml"), &source).unwrap();
+        let plan = container::plan(&manifest, &Settings::from_env()).unwrap();
+        tags.push(plan.images["job"].image.clone());
+        let builds = std::sync::Arc::new(Builds::default());
+        let stack = Stack::start(
+            manifest,
+            StackOptions {
+                sink: builds.clone(),
+                ..containers()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        stack.down().await;
+        built.push(builds.0.load(std::sync::atomic::Ordering::SeqCst));
+    }
+    for tag in tags.iter().collect::<std::collections::BTreeSet<_>>() {
+        docker(&["image", "rm", "-f", tag]);
+    }
+    assert_eq!(built, [1, 0, 1], "builds per start (tags {tags:?})");
+    assert_eq!(tags[0], tags[1]);
+    assert_ne!(tags[1], tags[2]);
+
+    write(
+        "Dockerfile",
+        "FROM harness-local/no-such-base:1\nCOPY job.sh /job.sh\n",
+    );
+    let manifest = Manifest::parse(Path::new("build.toml"), &source).unwrap();
+    let err = Stack::start(manifest, containers())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("harness-local/no-such-base:1"), "{err}");
+    assert!(err.contains("no registry"), "{err}");
+    let mine = format!("{LABEL_OWNER_PID}={}", std::process::id());
+    assert_eq!(leftovers(&mine), nothing());
+}

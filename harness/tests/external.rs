@@ -42,7 +42,7 @@ kind = "redis"
 
 [services.app]
 kind = "service"
-command = ["sh", "-c", "printf '%s\n%s\n' \"$DATABASE_URL\" \"$REDIS_URL\" > urls.tmp && mv urls.tmp urls && exec sleep 600"]
+command = ["sh", "-c", "printf '%s\n%s\n' \"$DATABASE_URL\" \"$REDIS_URL\" > /tmp/$HARNESS_RUN_ID.urls.tmp && mv /tmp/$HARNESS_RUN_ID.urls.tmp /tmp/$HARNESS_RUN_ID.urls && exec sleep 600"]
 depends-on = ["postgres", "redis"]
 env = { DATABASE_URL = "{{ postgres.url.created_by_run }}", REDIS_URL = "{{ redis.url }}" }
 "#;
@@ -124,7 +124,8 @@ async fn external_servers_are_used_and_left_as_they_were() {
     assert_eq!(stack.backend(), BackendKind::Native);
 
     // The native service was given the external servers' own addresses and credentials.
-    let urls = stack.run_dir().unwrap().join("app/urls");
+    // It runs in the manifest's directory, so it writes to /tmp, under its run's id.
+    let urls = std::path::PathBuf::from(format!("/tmp/{}.urls", stack.run_id()));
     let mut text = String::new();
     for _ in 0..100 {
         if let Ok(t) = std::fs::read_to_string(&urls) {
@@ -133,6 +134,7 @@ async fn external_servers_are_used_and_left_as_they_were() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = std::fs::remove_file(&urls);
     assert_eq!(
         text,
         format!(

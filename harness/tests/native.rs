@@ -288,3 +288,50 @@ fn an_invalid_manifest_exits_2_and_starts_nothing() {
         assert!(stderr.contains("05-cycle.toml:4:14"), "{stderr}");
     }
 }
+
+/// `harness up --detach` as a nextest setup script: with `NEXTEST_ENV` set it appends the
+/// endpoints to that file as `HARNESS_<SERVICE>_*` lines, and the stack ends by itself once the
+/// process that ran it (nextest; here a shell) has ended.
+#[test]
+fn a_setup_script_stack_writes_its_endpoints_and_ends_with_the_run_that_started_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("stack.toml");
+    std::fs::write(&manifest, "[services.redis]\nkind = \"redis\"\n").unwrap();
+    let env_file = dir.path().join("nextest.env");
+    let mut run = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" --manifest \"$1\" up --detach --backend native >/dev/null && sleep 3")
+        .arg(env!("CARGO_BIN_EXE_harness"))
+        .arg(&manifest)
+        .env("NEXTEST_ENV", &env_file)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        let text = std::fs::read_to_string(&env_file).unwrap_or_default();
+        if let Some(p) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("HARNESS_REDIS_PORT="))
+        {
+            break p.trim().parse::<u16>().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no endpoints in {env_file:?}: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        "redis is not up on the port written"
+    );
+    assert!(run.wait().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stack still runs 15 s after the run that started it ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

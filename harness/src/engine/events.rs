@@ -93,6 +93,24 @@ pub enum Event {
         /// The backend that runs the stack.
         backend: BackendKind,
     },
+    /// The container backend builds a service's image from its Dockerfile context.
+    ImageBuilding {
+        /// The service.
+        service: String,
+        /// The tag it builds.
+        image: String,
+        /// The build context.
+        context: std::path::PathBuf,
+    },
+    /// A service's image was built.
+    ImageBuilt {
+        /// The service.
+        service: String,
+        /// The tag built.
+        image: String,
+        /// How long the build took.
+        took: Duration,
+    },
     /// Something the user should see and act on (a database left on an external server, a
     /// running stack that could not be used, a report that could not be written).
     Warning(String),
@@ -251,6 +269,22 @@ impl Terminal {
             Event::Refreshed(r) => Some(r.to_string()),
             Event::Attached { pid, backend } => Some(format!(
                 "attached to the running stack of process {pid} ({backend} backend)"
+            )),
+            Event::ImageBuilding {
+                service,
+                image,
+                context,
+            } => progress(format!(
+                "building {image} for `{service}` from {}",
+                context.display()
+            )),
+            Event::ImageBuilt {
+                service,
+                image,
+                took,
+            } => progress(format!(
+                "built {image} for `{service}` in {:.1} s",
+                took.as_secs_f64()
             )),
             Event::Warning(text) | Event::Fatal(text) => Some(text.clone()),
             Event::Interrupted {

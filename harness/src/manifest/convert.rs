@@ -162,6 +162,29 @@ fn service(s: &Service, dir: &Path) -> Table {
         });
         t.insert("volumes".into(), strings(volumes));
     }
+    if let Some(b) = &s.build {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let mut build = Table::new();
+        let context = match b.context.strip_prefix(&dir) {
+            Ok(rel) if rel.as_os_str().is_empty() => ".".to_string(),
+            Ok(rel) => format!("./{}", rel.display()),
+            Err(_) => b.context.display().to_string(),
+        };
+        build.insert("context".into(), context.into());
+        build.insert("dockerfile".into(), b.dockerfile.clone().into());
+        if !b.args.is_empty() {
+            let args: Table = b
+                .args
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.clone())))
+                .collect();
+            build.insert("args".into(), args.into());
+        }
+        if let Some(t) = &b.target {
+            build.insert("target".into(), t.clone().into());
+        }
+        t.insert("build".into(), build.into());
+    }
     if !s.env.is_empty() {
         let env: Table = s
             .env

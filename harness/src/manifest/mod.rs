@@ -201,7 +201,8 @@ pub struct Service {
     pub image: Option<String>,
     /// How the native backend runs it.
     pub launch: Launch,
-    /// Extra arguments passed to the image's entrypoint or the binary.
+    /// Arguments passed to the image's entrypoint (container) or the `binary` (native); a
+    /// native `command` is a whole command line and takes none.
     pub args: Vec<Template>,
     /// Environment, templates resolved at start.
     pub env: Vec<(String, Template)>,
@@ -235,6 +236,23 @@ pub struct Service {
     pub volumes: Vec<Mount>,
     /// Container backend: in-memory filesystems at these paths.
     pub tmpfs: Vec<String>,
+    /// Container backend: the image is built from this Dockerfile context (and tagged by a
+    /// hash of it) instead of named.
+    pub build: Option<Build>,
+}
+
+/// How a service's image is built (`build = { context = "./api" }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Build {
+    /// The build context: a directory, absolute once validated (given relative to the
+    /// manifest's directory).
+    pub context: PathBuf,
+    /// The Dockerfile, relative to the context (default `Dockerfile`).
+    pub dockerfile: String,
+    /// Build arguments (`ARG`).
+    pub args: BTreeMap<String, String>,
+    /// The stage to build, in a multi-stage Dockerfile.
+    pub target: Option<String>,
 }
 
 /// A mount of the container backend (`volumes`).

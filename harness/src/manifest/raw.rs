@@ -73,6 +73,22 @@ pub(super) struct RawService {
     /// Container backend: directories mounted as in-memory filesystems.
     #[serde(default)]
     pub(super) tmpfs: Vec<Spanned<String>>,
+    /// Container backend: the image is built from a Dockerfile.
+    pub(super) build: Option<Spanned<RawBuild>>,
+}
+
+/// `build = "./api"` or `build = { context = "./api", dockerfile = "…", args = {…}, target = "…" }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawBuild {
+    Context(String),
+    Full {
+        context: String,
+        dockerfile: Option<String>,
+        #[serde(default)]
+        args: BTreeMap<String, String>,
+        target: Option<String>,
+    },
 }
 
 impl RawService {
@@ -101,6 +117,7 @@ impl RawService {
             aliases: Vec::new(),
             volumes: Vec::new(),
             tmpfs: Vec::new(),
+            build: None,
         }
     }
 }
@@ -224,6 +241,7 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "aliases",
     "volumes",
     "tmpfs",
+    "build",
 ];
 
 /// The other keys of a manifest (tables, `[stack]`, probes), for did-you-mean on an unknown key.

@@ -105,7 +105,33 @@ pub(super) fn build(path: &Path, raw: RawManifest, problems: &mut Vec<Problem>) 
     manifest.suites = build_suites(&raw, &manifest, problems);
     check_completed(&raw, &manifest, problems);
     let dir = std::path::absolute(manifest.dir()).unwrap_or_else(|_| manifest.dir().to_path_buf());
-    for service in &mut manifest.services {
+    for (service, body) in manifest.services.iter_mut().zip(raw.services.values()) {
+        if let Some(b) = &mut service.build {
+            let given = b.context.join(&b.dockerfile);
+            b.context = dir.join(
+                b.context
+                    .components()
+                    .filter(|c| *c != std::path::Component::CurDir)
+                    .collect::<std::path::PathBuf>(),
+            );
+            let dockerfile = b.context.join(&b.dockerfile);
+            if !dockerfile.is_file() {
+                let span = body
+                    .get_ref()
+                    .build
+                    .as_ref()
+                    .map_or(body.span(), |b| b.span());
+                problems.push(Problem::at(
+                    span,
+                    format!(
+                        "service `{}` is built from {}, which is not a file (beside the manifest)",
+                        service.name,
+                        given.display()
+                    ),
+                    "give the context directory relative to the manifest, and the Dockerfile relative to the context (default `Dockerfile`)",
+                ));
+            }
+        }
         for m in &mut service.volumes {
             if let MountSource::Host(p) = &mut m.source {
                 *p = dir.join(&*p);

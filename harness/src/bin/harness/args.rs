@@ -68,6 +68,10 @@ pub(crate) enum Command {
         /// another terminal is enough.
         #[arg(long, conflicts_with = "detach")]
         watch: bool,
+        /// Stop the stack by itself once the process PID has ended (what `--detach` passes its
+        /// background stack under a nextest setup script: the nextest run).
+        #[arg(long, value_name = "PID", hide = true)]
+        stop_with: Option<i32>,
     },
     /// Which trials a change affects, from git: changed paths -> services -> dependents ->
     /// trials. Trials nothing maps always run; shared changes run every trial.

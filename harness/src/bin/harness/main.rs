@@ -185,6 +185,7 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
             no_build,
             detach,
             watch,
+            stop_with,
         } => {
             let m = load(&cli.manifest)?;
             if !no_build {
@@ -207,6 +208,9 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
             harness::attach::write(&stack)?;
             write_timeline(&stack);
             let control = harness::attach::Control::bind(&stack)?;
+            if let Some(pid) = stop_with {
+                stop_when_gone(pid);
+            }
             println!(
                 "\nthe stack is up{}; Ctrl-C or `harness down` stops it",
                 if watch { ", watching for changes" } else { "" }
@@ -416,6 +420,35 @@ fn write_timeline(stack: &Stack) {
     }
 }
 
+/// Ends this process as SIGTERM does (the stack torn down) once process `pid` has ended; a
+/// process that reuses the number later is told apart by its start time.
+fn stop_when_gone(pid: i32) {
+    let started = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name (which may hold spaces) in parentheses.
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(19)
+            .map(str::to_string)
+    };
+    let Some(first) = started(pid) else {
+        eprintln!("harness: process {pid} is not running; the stack stops now");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM);
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if started(pid).as_ref() != Some(&first) {
+                eprintln!("harness: process {pid} ended; stopping the stack");
+                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM);
+                return;
+            }
+        }
+    });
+}
+
 /// `harness up --detach`: this command's `harness up` in the background (see
 /// [`harness::attach::start_detached`]), shown once the stack is ready.
 async fn up_detached(m: &Manifest, backend: Option<BackendChoice>) -> Result<u8, Error> {
@@ -425,7 +458,35 @@ async fn up_detached(m: &Manifest, backend: Option<BackendChoice>) -> Result<u8,
     if let Some(b) = backend {
         cmd.arg("--backend").arg(b.to_string());
     }
-    match harness::attach::start_detached(m, cmd, Duration::from_secs(300), settings()).await? {
+    // Under a nextest setup script: nextest has no teardown hook, so the stack ends with the
+    // nextest run (this command's parent), and the tests get its endpoints.
+    let nextest_env = settings().path("NEXTEST_ENV");
+    if nextest_env.is_some() {
+        cmd.arg("--stop-with")
+            .arg(nix::unistd::getppid().as_raw().to_string());
+    }
+    let detached =
+        harness::attach::start_detached(m, cmd, Duration::from_secs(300), settings()).await?;
+    if let Some(file) = &nextest_env {
+        let state = match &detached {
+            harness::attach::Detached::Started { state, .. } => Some((**state).clone()),
+            harness::attach::Detached::AlreadyUp { .. } => harness::attach::find(m, settings()),
+        };
+        let mut lines = String::new();
+        for (name, endpoint) in state.iter().flat_map(|s| &s.endpoints) {
+            for (k, v) in harness::backend::external::variables(name, endpoint) {
+                lines.push_str(&format!("{k}={v}\n"));
+            }
+        }
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(file)
+            .and_then(|mut f| f.write_all(lines.as_bytes()))
+            .map_err(|e| Error::io(format!("writing the endpoints to {}", file.display()), e))?;
+    }
+    match detached {
         harness::attach::Detached::AlreadyUp { pid } => println!(
             "a stack of this manifest is already up (process {pid}); `harness down` ends it"
         ),

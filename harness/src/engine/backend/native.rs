@@ -377,8 +377,11 @@ fn generic(
             ))
         }
     };
-    for a in &service.args {
-        args.push(render(a)?);
+    // `args` are the binary's (and the image's, in a container); a `command` is whole.
+    if matches!(service.launch, Launch::Binary(_)) {
+        for a in &service.args {
+            args.push(render(a)?);
+        }
     }
     let env = service
         .env
@@ -393,6 +396,11 @@ fn generic(
         project_dir
     };
     let cwd = project.join(service.workdir.as_deref().unwrap_or(""));
+    let mut env = env;
+    env.push((
+        "HARNESS_SERVICE_DIR".into(),
+        base.log.parent().unwrap_or(&base.cwd).display().to_string(),
+    ));
     Ok(Proc::new(ProcSpec {
         program,
         args,

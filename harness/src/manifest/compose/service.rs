@@ -5,7 +5,7 @@ use std::path::Path;
 
 use toml::Spanned;
 
-use super::super::raw::{RawDependsOn, RawProbe, RawProbeKind, RawService};
+use super::super::raw::{RawBuild, RawDependsOn, RawProbe, RawProbeKind, RawService};
 use super::super::{Condition, Kind};
 use super::yaml::{Node, Value};
 use super::{interpolate, Context, HARMLESS};
@@ -123,15 +123,7 @@ impl Context<'_, '_> {
             let Some(k) = key.text() else { continue };
             match k {
                 "image" | "profiles" => {}
-                "build" => {
-                    if s.image.is_none() {
-                        self.error(
-                            &key.span,
-                            format!("{what} is built from a Dockerfile, which the harness does not do yet"),
-                            format!("build the image yourself (`docker build -t {name}:test <context>`) and name it with `image: {name}:test`; with both `build` and `image`, the harness runs the image"),
-                        );
-                    }
-                }
+                "build" => s.build = self.build(name, value),
                 "command" => command = Some((key, self.words(value, "`command`"))),
                 "entrypoint" => {
                     s.entrypoint = self
@@ -223,10 +215,56 @@ impl Context<'_, '_> {
             }
             s.ports.insert(port_name, number);
         }
+        if s.build.is_some() {
+            // The harness tags what it builds by the content of the context.
+            s.image = None;
+        }
         if let Some(ext) = body.get("x-harness") {
             self.extension(name, ext, &mut s);
         }
         Some(Spanned::new(body.span.clone(), s))
+    }
+
+    /// `build:` a context directory, or `context`, `dockerfile`, `args` (list or mapping) and
+    /// `target`. The harness builds it and runs the image it built (an `image:` beside it only
+    /// names what compose would tag).
+    fn build(&mut self, name: &str, node: &Node) -> Option<Spanned<RawBuild>> {
+        let raw = match &node.value {
+            Value::Map(entries) => {
+                let mut context = None;
+                let mut dockerfile = None;
+                let mut args = BTreeMap::new();
+                let mut target = None;
+                for (k, v) in entries {
+                    match k.text() {
+                        Some("context") => context = self.string(v, "`context`"),
+                        Some("dockerfile") => dockerfile = self.string(v, "`dockerfile`"),
+                        Some("target") => target = self.string(v, "`target`"),
+                        Some("args") => {
+                            for (key, value) in self.environment(v) {
+                                args.insert(key.into_inner(), value.into_inner());
+                            }
+                        }
+                        other => self.error(
+                            &k.span,
+                            format!(
+                                "`{}` of the `build` of service `{name}` is not supported",
+                                other.unwrap_or("?")
+                            ),
+                            "use `context`, `dockerfile`, `args` and `target`",
+                        ),
+                    }
+                }
+                RawBuild::Full {
+                    context: context.unwrap_or_else(|| ".".into()),
+                    dockerfile,
+                    args,
+                    target,
+                }
+            }
+            _ => RawBuild::Context(self.string(node, "`build`")?),
+        };
+        Some(Spanned::new(node.span.clone(), raw))
     }
 
     /// `environment:` as a list of `KEY=VALUE` (a bare `KEY` takes the environment's value)
@@ -613,9 +651,7 @@ impl Context<'_, '_> {
                 },
                 "binary" => s.binary = self.spanned(value, "`binary`"),
                 "command" => {
-                    if !s.args.is_empty() {
-                        self.error(&key.span, format!("service `{name}` has both a compose `command` and an `x-harness` `command`"), "keep the compose `command` for the container and give the native command without it, or move the arguments into `x-harness` `command`");
-                    }
+                    // The native command line; a compose `command` stays the container's.
                     s.command = self
                         .words(value, "`command`")
                         .map(|w| Spanned::new(value.span.clone(), w));
@@ -787,11 +823,16 @@ pub(super) fn link_addresses(services: &mut BTreeMap<Spanned<String>, Spanned<Ra
                 format!("{{{{ self.bind.{port_name} }}}}"),
             ));
         }
-        let values = raw.env.values_mut().chain(raw.args.iter_mut()).chain(
-            raw.entrypoint
-                .iter_mut()
-                .flat_map(|e| e.get_mut().iter_mut()),
-        );
+        let values = raw
+            .env
+            .values_mut()
+            .chain(raw.args.iter_mut())
+            .chain(
+                raw.entrypoint
+                    .iter_mut()
+                    .flat_map(|e| e.get_mut().iter_mut()),
+            )
+            .chain(raw.command.iter_mut().flat_map(|c| c.get_mut().iter_mut()));
         for value in values {
             let mut text = value.get_ref().clone();
             for (from, to) in &rewrites {

@@ -8,10 +8,10 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::super::diagnostics::{join, unknown_service_help, Problem};
-use super::super::raw::{RawDependsOn, RawProbe, RawProbeKind, RawService};
+use super::super::raw::{RawBuild, RawDependsOn, RawProbe, RawProbeKind, RawService};
 use super::super::{
-    valid_image, BackendKind, Condition, Credentials, Dependency, Kind, Launch, Mount, MountSource,
-    ProbeSpec, Service,
+    valid_image, BackendKind, Build, Condition, Credentials, Dependency, Kind, Launch, Mount,
+    MountSource, ProbeSpec, Service,
 };
 use super::duration_field;
 use super::references::parse_template;
@@ -95,7 +95,42 @@ pub(super) fn build_service(
         aliases: raw.aliases.iter().map(|a| a.get_ref().clone()).collect(),
         volumes,
         tmpfs: raw.tmpfs.iter().map(|t| t.get_ref().clone()).collect(),
+        build: raw.build.as_ref().and_then(|b| build(name, b, problems)),
     }
+}
+
+/// `build`: a context directory (checked once the manifest's directory is known) and a
+/// Dockerfile inside it.
+fn build(name: &str, b: &Spanned<RawBuild>, problems: &mut Vec<Problem>) -> Option<Build> {
+    let (context, dockerfile, args, target) = match b.get_ref() {
+        RawBuild::Context(c) => (c.clone(), None, BTreeMap::new(), None),
+        RawBuild::Full {
+            context,
+            dockerfile,
+            args,
+            target,
+        } => (
+            context.clone(),
+            dockerfile.clone(),
+            args.clone(),
+            target.clone(),
+        ),
+    };
+    let dockerfile = dockerfile.unwrap_or_else(|| "Dockerfile".into());
+    if context.trim().is_empty() || dockerfile.starts_with('/') || dockerfile.contains("..") {
+        problems.push(Problem::at(
+            b.span(),
+            format!("the `build` of service `{name}` needs a context directory and a Dockerfile inside it"),
+            "write `build = \"./api\"` or `build = { context = \"./api\", dockerfile = \"Dockerfile.test\" }` (paths relative to the manifest)",
+        ));
+        return None;
+    }
+    Some(Build {
+        context: context.into(),
+        dockerfile,
+        args,
+        target,
+    })
 }
 
 /// `source:target[:ro|:rw]`: a path of the host (absolute, or starting with `.`, relative to
@@ -322,11 +357,12 @@ fn launch(
         (Kind::Service, None, Some(cmd)) => command(name, cmd, problems),
         (Kind::Service, None, None) => {
             // An external service runs elsewhere: the harness needs only its endpoint.
-            if raw.image.is_none() && backend != Some(BackendKind::External) {
+            if raw.image.is_none() && raw.build.is_none() && backend != Some(BackendKind::External)
+            {
                 problems.push(Problem::at(
                     body.span().start..body.span().start + 1,
                     format!("service `{name}` has nothing to run"),
-                    "give it a `binary` (native backend), a `command`, or an `image` (container backend)",
+                    "give it a `binary` (native backend), a `command`, or an `image` or `build` (container backend)",
                 ));
             }
             Launch::ImageOnly

@@ -11,6 +11,7 @@ use testcontainers::bollard::Docker;
 use super::engine::{connect, status_of};
 use super::servers::base_entrypoint;
 use crate::engine::error::Error;
+use crate::engine::events::Sink;
 use crate::manifest::{Manifest, PullPolicy};
 use crate::settings::Settings;
 
@@ -32,6 +33,8 @@ pub struct ImagePlan {
     pub images: BTreeMap<String, ImageChoice>,
     /// Services that name no image (a `service` with only a `binary` or `command`).
     pub unset: Vec<String>,
+    /// Images built from a Dockerfile context (`build`): the tag, its service and how.
+    pub builds: BTreeMap<String, (String, crate::manifest::Build)>,
 }
 
 impl ImagePlan {
@@ -91,6 +94,7 @@ pub fn plan(manifest: &Manifest, settings: &Settings) -> Result<ImagePlan, Error
     };
     let mut images = BTreeMap::new();
     let mut unset = Vec::new();
+    let mut builds = BTreeMap::new();
     for service in &manifest.services {
         let var = image_var(&service.name);
         let choice = if let Some(image) = get(&var) {
@@ -104,6 +108,22 @@ pub fn plan(manifest: &Manifest, settings: &Settings) -> Result<ImagePlan, Error
             ImageChoice {
                 image: image.clone(),
                 from: "`[stack.images]` of the manifest".into(),
+            }
+        } else if let Some((image, var)) = service.kind.server().and_then(|_| {
+            let var = format!(
+                "HARNESS_SERVER_IMAGE_{}",
+                service.kind.name().to_uppercase()
+            );
+            get(&var).map(|i| (i, var))
+        }) {
+            ImageChoice { image, from: var }
+        } else if let Some(build) = &service.build {
+            let image = super::build::tag(&service.name, build)
+                .map_err(|e| Error::service(&service.name, e))?;
+            builds.insert(image.clone(), (service.name.clone(), build.clone()));
+            ImageChoice {
+                image,
+                from: format!("built from {}", build.context.display()),
             }
         } else if let Some(image) = &service.image {
             let default = service.kind.default_image() == Some(image.as_str());
@@ -132,6 +152,7 @@ pub fn plan(manifest: &Manifest, settings: &Settings) -> Result<ImagePlan, Error
         pull,
         images,
         unset,
+        builds,
     })
 }
 
@@ -231,14 +252,26 @@ pub(super) struct Unavailable {
 }
 
 /// Checks (and per the policy pulls) every image of the plan; returns those not available.
-pub(super) async fn provide_images(docker: &Docker, plan: &ImagePlan) -> Vec<Unavailable> {
+pub(super) async fn provide_images(
+    docker: &Docker,
+    plan: &ImagePlan,
+    sink: &dyn Sink,
+) -> Vec<Unavailable> {
     let checks = plan
         .by_image()
         .into_iter()
         .map(|(image, services)| async move {
             let present = image_present(docker, image).await;
+            let built = plan.builds.get(image);
             let reason = match (plan.pull, present) {
                 (_, Err(e)) => Some(format!("cannot inspect it: {e}")),
+                (_, Ok(true)) if built.is_some() => None,
+                (_, Ok(false)) if built.is_some() => {
+                    let (service, build) = built.expect("checked");
+                    super::build::build_image(docker, service, image, build, sink)
+                        .await
+                        .err()
+                }
                 (PullPolicy::Never, Ok(true)) | (PullPolicy::IfMissing, Ok(true)) => None,
                 (PullPolicy::Never, Ok(false)) => {
                     Some("not present locally, and the pull policy is `never`".into())
@@ -327,6 +360,10 @@ pub async fn available(manifest: &Manifest, settings: &Settings) -> Result<(), S
     let plan = plan(manifest, settings).map_err(|e| e.to_string())?;
     let mut missing = Vec::new();
     for image in plan.by_image().keys() {
+        if plan.builds.contains_key(*image) {
+            // Built by the preflight when missing.
+            continue;
+        }
         match image_present(&docker, image).await {
             Ok(true) => {}
             Ok(false) => missing.push(format!("`{image}`")),

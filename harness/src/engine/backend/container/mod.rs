@@ -25,6 +25,7 @@
 //!
 //! The engine is spoken to with the API version it supports (negotiated), so older engines work.
 
+mod build;
 mod engine;
 mod images;
 mod instance;
@@ -439,7 +440,7 @@ impl Backend for Container {
         // Independent, so at once: the network is removed again by `Drop` if images are missing.
         let (reaped, missing, network) = tokio::join!(
             reap_dead_runs_with(docker),
-            provide_images(docker, &plan),
+            provide_images(docker, &plan, sink),
             self.create_network(docker)
         );
         if let Err(e) = reaped {
