@@ -32,6 +32,9 @@ pub(crate) enum Command {
         #[arg(long, default_value = "suites", value_name = "PACKAGE")]
         suite_package: String,
     },
+    /// Write a starter `stack.toml` (from the compose file here, if there is one) and a starter
+    /// suite (`tests/stack.rs`) in the current directory; nothing is overwritten.
+    Init,
     /// Print the `stack.toml` a compose file means to the harness (any manifest: its
     /// normalised form).
     Convert {

@@ -9,6 +9,7 @@ use harness::backend::mixed::BackendChoice;
 use harness::{exit_code, Error, Graph, Manifest, Stack, StackOptions};
 
 mod args;
+mod init;
 
 use args::{Bench, Cli, Command, VerifyArgs};
 
@@ -153,6 +154,9 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
             }
             Ok(exit_code::OK)
         }
+        Command::Init => init::init(
+            &std::env::current_dir().map_err(|e| Error::io("finding the current directory", e))?,
+        ),
         Command::Convert { file } => {
             let m = load(&Some(file))?;
             print!("{}", m.to_toml(m.dir()));
