@@ -1,5 +1,5 @@
-//! The stack manifest: a TOML file describing the services of a stack, parsed and validated
-//! once, before anything starts.
+//! The stack manifest: a TOML file (or a docker-compose file, read by `compose`) describing the
+//! services of a stack, parsed and validated once, before anything starts.
 //!
 //! ```toml
 //! [stack]
