@@ -269,6 +269,7 @@ pub fn compose_file(
 ) -> Result<String, Error> {
     let endpoints = compose_endpoints(manifest);
     let mut services = Map::new();
+    let mut volumes = Map::new();
     for s in &manifest.services {
         let ep = &endpoints[&s.name];
         let image = plan
@@ -321,6 +322,40 @@ pub fn compose_file(
         if let Some(h) = healthcheck(s, ep, interval) {
             service["healthcheck"] = h;
         }
+        if let Some(e) = &s.entrypoint {
+            let e = e.iter().map(render).collect::<Result<Vec<_>, _>>()?;
+            service["entrypoint"] = json!(e.iter().map(|c| escape(c)).collect::<Vec<_>>());
+        }
+        if let Some(w) = &s.workdir {
+            service["working_dir"] = json!(w);
+        }
+        if let Some(u) = &s.run_as {
+            service["user"] = json!(u);
+        }
+        if !s.tmpfs.is_empty() {
+            service["tmpfs"] = json!(s.tmpfs);
+        }
+        if !s.volumes.is_empty() {
+            let mounts: Vec<String> = s
+                .volumes
+                .iter()
+                .map(|m| {
+                    let source = match &m.source {
+                        crate::manifest::MountSource::Host(p) => p.display().to_string(),
+                        crate::manifest::MountSource::Volume(v) => {
+                            volumes.insert(v.clone(), json!({ "labels": labels }));
+                            v.clone()
+                        }
+                    };
+                    format!(
+                        "{source}:{}{}",
+                        m.target,
+                        if m.read_only { ":ro" } else { "" }
+                    )
+                })
+                .collect();
+            service["volumes"] = json!(mounts);
+        }
         let mut depends = Map::new();
         for d in &s.depends_on {
             let target = manifest
@@ -343,6 +378,7 @@ pub fn compose_file(
         "version": "2.4",
         "services": services,
         "networks": { "default": { "labels": labels } },
+        "volumes": volumes,
     });
     serde_json::to_string_pretty(&file)
         .map_err(|e| Error::Usage(format!("cannot write the compose file: {e}")))
@@ -398,7 +434,12 @@ async fn compose_ready(
         let now = Instant::now();
         for c in &list {
             let status = c.status.as_deref().unwrap_or("");
-            if status.starts_with("Up") && (status.contains("(healthy)") || !status.contains('(')) {
+            // A one-shot job is done when it exited 0.
+            let done = status.starts_with("Exited (0)");
+            if done
+                || status.starts_with("Up")
+                    && (status.contains("(healthy)") || !status.contains('('))
+            {
                 let name = c
                     .labels
                     .as_ref()
@@ -411,10 +452,10 @@ async fn compose_ready(
         if list.len() == services && seen.len() == services {
             return Ok(seen);
         }
-        if let Some(c) = list
-            .iter()
-            .find(|c| c.status.as_deref().unwrap_or("").starts_with("Exited"))
-        {
+        if let Some(c) = list.iter().find(|c| {
+            let status = c.status.as_deref().unwrap_or("");
+            status.starts_with("Exited") && !status.starts_with("Exited (0)")
+        }) {
             return Err(format!(
                 "a compose container exited: {:?} {:?}",
                 c.names, c.status
