@@ -5,31 +5,40 @@ use std::path::{Path, PathBuf};
 
 use harness::Manifest;
 
-fn invalid_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/manifests/invalid")
-}
-
-#[test]
-fn every_invalid_manifest_is_rejected_with_its_own_message() {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(invalid_dir())
+/// Every file with extension `ext` in `fixtures/manifests/<dir>` is rejected by `parse` with a
+/// message of its own (snapshotted as `<prefix><name>`) that has help and, except for
+/// `no_position`, the file's line.
+fn each_is_rejected_with_its_own_message(
+    dir: &str,
+    ext: &str,
+    parse: impl Fn(&Path, &str) -> Result<Manifest, harness::manifest::ManifestError>,
+    no_position: &str,
+    prefix: &str,
+) {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/manifests")
+        .join(dir);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&full)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
         .collect();
     files.sort();
-    assert!(files.len() >= 15, "only {} invalid manifests", files.len());
+    assert!(files.len() >= 15, "only {} files in {dir}", files.len());
     let mut messages = std::collections::BTreeSet::new();
     for file in &files {
         let name = file.file_stem().unwrap().to_str().unwrap().to_string();
-        let shown = Path::new("fixtures/manifests/invalid").join(file.file_name().unwrap());
+        let shown = Path::new("fixtures/manifests")
+            .join(dir)
+            .join(file.file_name().unwrap());
         let source = std::fs::read_to_string(file).unwrap();
-        let err = match Manifest::parse(&shown, &source) {
+        let err = match parse(&shown, &source) {
             Ok(_) => panic!("{name} was accepted"),
             Err(e) => e.to_string(),
         };
         assert!(err.contains("error: "), "{name}: {err}");
         assert!(err.contains("= help: "), "{name} gives no help: {err}");
-        if name != "19-no-services" {
+        if name != no_position {
             assert!(
                 err.contains(&format!("{}:", shown.display())),
                 "{name} has no file:line: {err}"
@@ -39,8 +48,13 @@ fn every_invalid_manifest_is_rejected_with_its_own_message() {
             messages.insert(err.clone()),
             "{name} repeats another file's message"
         );
-        insta::assert_snapshot!(name, err);
+        insta::assert_snapshot!(format!("{prefix}{name}"), err);
     }
+}
+
+#[test]
+fn every_invalid_manifest_is_rejected_with_its_own_message() {
+    each_is_rejected_with_its_own_message("invalid", "toml", Manifest::parse, "19-no-services", "");
 }
 
 #[test]
@@ -59,47 +73,18 @@ fn the_example_manifests_are_valid() {
     }
 }
 
-/// Every broken compose file under fixtures/manifests/invalid-compose: its own message, with
-/// the compose file's line and column, and help (snapshotted). Its `${VAR}` see an empty
-/// environment.
+/// Every broken compose file under fixtures/manifests/invalid-compose, likewise; its `${VAR}`
+/// see an empty environment.
 #[test]
 fn every_invalid_compose_file_is_rejected_with_its_own_message() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/manifests/invalid-compose");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yml"))
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 15,
-        "only {} invalid compose files",
-        files.len()
-    );
     let empty = harness::settings::Settings::from_pairs([("PATH", "/bin")]);
-    let mut messages = std::collections::BTreeSet::new();
-    for file in &files {
-        let name = file.file_stem().unwrap().to_str().unwrap().to_string();
-        let shown = Path::new("fixtures/manifests/invalid-compose").join(file.file_name().unwrap());
-        let source = std::fs::read_to_string(file).unwrap();
-        let err = match Manifest::parse_with(&shown, &source, &empty) {
-            Ok(_) => panic!("{name} was accepted"),
-            Err(e) => e.to_string(),
-        };
-        assert!(err.contains("error: "), "{name}: {err}");
-        assert!(err.contains("= help: "), "{name} gives no help: {err}");
-        if name != "12-no-services" {
-            assert!(
-                err.contains(&format!("{}:", shown.display())),
-                "{name} has no file:line: {err}"
-            );
-        }
-        assert!(
-            messages.insert(err.clone()),
-            "{name} repeats another file's message"
-        );
-        insta::assert_snapshot!(format!("compose-{name}"), err);
-    }
+    each_is_rejected_with_its_own_message(
+        "invalid-compose",
+        "yml",
+        |path, source| Manifest::parse_with(path, source, &empty),
+        "12-no-services",
+        "compose-",
+    );
 }
 
 /// The compose file of the README's "Use it in your repository" is a valid manifest.

@@ -148,13 +148,9 @@ fn service(s: &Service, dir: &Path) -> Table {
         }
     }
     if !s.volumes.is_empty() {
-        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let volumes = s.volumes.iter().map(|m| {
             let source = match &m.source {
-                MountSource::Host(p) => match p.strip_prefix(&dir) {
-                    Ok(rel) => format!("./{}", rel.display()),
-                    Err(_) => p.display().to_string(),
-                },
+                MountSource::Host(p) => relative(p, dir),
                 MountSource::Volume(v) => v.clone(),
             };
             let mode = if m.read_only { ":ro" } else { "" };
@@ -163,14 +159,8 @@ fn service(s: &Service, dir: &Path) -> Table {
         t.insert("volumes".into(), strings(volumes));
     }
     if let Some(b) = &s.build {
-        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let mut build = Table::new();
-        let context = match b.context.strip_prefix(&dir) {
-            Ok(rel) if rel.as_os_str().is_empty() => ".".to_string(),
-            Ok(rel) => format!("./{}", rel.display()),
-            Err(_) => b.context.display().to_string(),
-        };
-        build.insert("context".into(), context.into());
+        build.insert("context".into(), relative(&b.context, dir).into());
         build.insert("dockerfile".into(), b.dockerfile.clone().into());
         if !b.args.is_empty() {
             let args: Table = b
@@ -194,6 +184,16 @@ fn service(s: &Service, dir: &Path) -> Table {
         t.insert("env".into(), env.into());
     }
     t
+}
+
+/// An absolute path of the manifest as written in it: `./…` below `dir`, else as it is.
+fn relative(path: &Path, dir: &Path) -> String {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match path.strip_prefix(&dir) {
+        Ok(rel) if rel.as_os_str().is_empty() => ".".to_string(),
+        Ok(rel) => format!("./{}", rel.display()),
+        Err(_) => path.display().to_string(),
+    }
 }
 
 /// The probe, unless it is the one the service would get anyway.

@@ -270,11 +270,9 @@ impl Context<'_, '_> {
                     "remove it (compose ignores it too)",
                 ),
                 "name" => stack.name = self.spanned(value, "`name`"),
-                // Every service joins the run's one private network.
+                // Every service joins the run's one private network: only the shape is checked.
                 "networks" => {
-                    for (net, _) in self.entries(value, "`networks`") {
-                        let _ = net;
-                    }
+                    self.entries(value, "`networks`");
                 }
                 "volumes" => {
                     for (name, body) in self.entries(value, "`volumes`") {
@@ -349,7 +347,7 @@ impl Context<'_, '_> {
                 read.insert(Spanned::new(name.span.clone(), n.to_string()), s);
             }
         }
-        service::mark_jobs(self, &mut read, &jobs);
+        service::mark_jobs(&mut read, &jobs);
         service::link_addresses(&mut read);
         Some(RawManifest {
             stack,

@@ -737,11 +737,9 @@ impl Context<'_, '_> {
 /// The services others wait for with `service_completed_successfully` are one-shot jobs:
 /// ready once they exited 0.
 pub(super) fn mark_jobs(
-    ctx: &mut Context<'_, '_>,
     services: &mut BTreeMap<Spanned<String>, Spanned<RawService>>,
     jobs: &BTreeSet<String>,
 ) {
-    let _ = ctx;
     for job in jobs {
         if let Some(s) = services.get_mut(job.as_str()) {
             let span = s.span();
