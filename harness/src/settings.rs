@@ -94,6 +94,11 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "external backend: the server's database",
     },
     Variable {
+        name: "HARNESS_<SERVICE>_URL",
+        role: Role::SetByHarness,
+        meaning: "the service's URL (`postgres://…`, `http://…`), for the suite commands of `harness test`",
+    },
+    Variable {
         name: "HARNESS_IMAGE_<SERVICE>",
         role: Role::Stack,
         meaning: "container backend: the image of one service (`image:tag`), beating `[stack.images]` and the manifest",
@@ -131,7 +136,12 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "HARNESS_BIN_DIR",
         role: Role::Stack,
-        meaning: "where the workspace's binaries are (and no `cargo build` before a suite); default `$CARGO_TARGET_DIR/debug`, else `target/debug` of the workspace",
+        meaning: "where the workspace's binaries are (and no `cargo build` before a suite); default: where `cargo build` puts them for `HARNESS_CARGO_PROFILE`",
+    },
+    Variable {
+        name: "HARNESS_CARGO_PROFILE",
+        role: Role::Stack,
+        meaning: "the cargo profile `binary` services are built with (`dev`, `release`, ...); default: the profile of the running test binary, else `dev`",
     },
     Variable {
         name: "CARGO_TARGET_DIR",
@@ -186,7 +196,12 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "HARNESS_JUNIT",
         role: Role::Runner,
-        meaning: "the JUnit file to write; default `target/harness/junit/<suite>.xml`",
+        meaning: "the JUnit file to write; default `junit/<suite>.xml` in the state directory",
+    },
+    Variable {
+        name: "HARNESS_STATE_DIR",
+        role: Role::Stack,
+        meaning: "where state, reports, timelines and logs go; default `[stack] state-dir`, else `target/harness/` inside a cargo workspace, else `.harness/` beside the manifest",
     },
     Variable {
         name: "HARNESS_ONLY",
@@ -355,41 +370,59 @@ impl Settings {
         "stack.toml".into()
     }
 
-    /// Where cargo puts the workspace's binaries: `HARNESS_BIN_DIR`, else
-    /// `$CARGO_TARGET_DIR/debug`, else `target/debug` of the outermost cargo workspace around
-    /// `manifest_dir`.
+    /// Where cargo puts the workspace's binaries: `HARNESS_BIN_DIR`, else the directory of
+    /// [`Settings::cargo_profile`] in `$CARGO_TARGET_DIR`, else in `target/` of the outermost
+    /// cargo workspace around `manifest_dir` (`target/debug` for `dev`). `harness::build`
+    /// corrects it from cargo's own output where a cargo configuration moves the target.
     pub fn bin_dir(&self, manifest_dir: &Path) -> PathBuf {
         if let Some(d) = self.path("HARNESS_BIN_DIR") {
             return d;
         }
-        if let Some(d) = self.path("CARGO_TARGET_DIR") {
-            return d.join("debug");
+        let target = match self.path("CARGO_TARGET_DIR") {
+            Some(d) => d,
+            None => {
+                let start = canonical(manifest_dir);
+                cargo_workspace(&start).unwrap_or(start).join("target")
+            }
+        };
+        target.join(profile_dir(&self.cargo_profile()))
+    }
+
+    /// The cargo profile `binary` services are built with: `HARNESS_CARGO_PROFILE`, else the
+    /// profile the running program was built with when it lies in a cargo target directory
+    /// (`target/<profile>/deps/…`, as a test binary does), else `dev`.
+    pub fn cargo_profile(&self) -> String {
+        if let Some(p) = self.get("HARNESS_CARGO_PROFILE") {
+            return p;
         }
-        let start =
-            std::fs::canonicalize(manifest_dir).unwrap_or_else(|_| manifest_dir.to_path_buf());
-        let root = start
-            .ancestors()
-            .filter(|d| d.join("Cargo.toml").is_file())
-            .last()
-            .map(Path::to_path_buf);
-        root.unwrap_or(start).join("target").join("debug")
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| profile_of_exe(&exe))
+            .unwrap_or_else(|| "dev".into())
     }
 
-    /// The target directory around [`Settings::bin_dir`], where the harness writes its state,
-    /// reports and timelines (`target/harness/`).
-    pub fn target_dir(&self, manifest_dir: &Path) -> PathBuf {
-        target_dir_of(&self.bin_dir(manifest_dir))
+    /// The directory for state, reports, timelines and logs: `HARNESS_STATE_DIR`, else
+    /// `configured` (`[stack] state-dir`), else `harness/` in the target directory when the
+    /// manifest is inside a cargo workspace, else `.harness/` beside the manifest.
+    pub fn state_dir(&self, manifest_dir: &Path, configured: Option<&Path>) -> PathBuf {
+        if let Some(d) = self.path("HARNESS_STATE_DIR") {
+            return d;
+        }
+        if let Some(d) = configured {
+            return d.to_path_buf();
+        }
+        // By where the manifest is, never by who asks: `harness up` and a suite binary of the
+        // same manifest must agree on where the state file is.
+        if cargo_workspace(&canonical(manifest_dir)).is_some() {
+            return target_dir_of(&self.bin_dir(manifest_dir)).join("harness");
+        }
+        manifest_dir.join(".harness")
     }
 
-    /// The JUnit file of `suite`: `HARNESS_JUNIT`, else `harness/junit/<suite>.xml` in
-    /// [`Settings::target_dir`].
-    pub fn junit(&self, suite: &str, manifest_dir: &Path) -> PathBuf {
-        self.path("HARNESS_JUNIT").unwrap_or_else(|| {
-            self.target_dir(manifest_dir)
-                .join("harness")
-                .join("junit")
-                .join(format!("{suite}.xml"))
-        })
+    /// The JUnit file of `suite`: `HARNESS_JUNIT`, else `junit/<suite>.xml` in `state_dir`.
+    pub fn junit(&self, suite: &str, state_dir: &Path) -> PathBuf {
+        self.path("HARNESS_JUNIT")
+            .unwrap_or_else(|| state_dir.join("junit").join(format!("{suite}.xml")))
     }
 
     /// Whether `HARNESS_BIN_DIR` names the binaries' directory (a caller who built them).
@@ -438,6 +471,46 @@ impl Settings {
     pub fn quiet(&self) -> bool {
         self.values.contains_key("HARNESS_QUIET")
     }
+}
+
+/// The outermost directory around `dir` (itself included) with a `Cargo.toml`: the cargo
+/// workspace a manifest belongs to, if any.
+pub fn cargo_workspace(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .filter(|d| d.join("Cargo.toml").is_file())
+        .last()
+        .map(Path::to_path_buf)
+}
+
+fn canonical(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// The directory of a target directory that holds a profile's output: `debug` for `dev`,
+/// `release` for `release` and `bench`'s parent, the profile's own name otherwise.
+pub fn profile_dir(profile: &str) -> &str {
+    match profile {
+        "dev" | "test" => "debug",
+        "release" | "bench" => "release",
+        other => other,
+    }
+}
+
+/// The profile a program in a cargo target directory was built with: `…/<dir>/deps/<exe>`
+/// (test binaries) or `…/<dir>/<exe>` (binaries), where the grandparent (parent) holds a
+/// `CACHEDIR.TAG` as every cargo target directory does.
+fn profile_of_exe(exe: &Path) -> Option<String> {
+    let mut dir = exe.parent()?;
+    if dir.file_name()? == "deps" {
+        dir = dir.parent()?;
+    }
+    if !dir.parent()?.join("CACHEDIR.TAG").is_file() {
+        return None;
+    }
+    Some(match dir.file_name()?.to_str()? {
+        "debug" => "dev".to_string(),
+        other => other.to_string(),
+    })
 }
 
 /// The target directory that holds a directory of binaries (`target/debug`).
@@ -517,9 +590,45 @@ mod tests {
                 .bin_dir(Path::new("/nowhere")),
             PathBuf::from("/b")
         );
+        let s = Settings::from_pairs([("CARGO_TARGET_DIR", "/t"), ("HARNESS_CARGO_PROFILE", "release")]);
+        assert_eq!(s.bin_dir(Path::new("/nowhere")), PathBuf::from("/t/release"));
         assert!(Settings::default().attach());
         assert!(!Settings::from_pairs([("HARNESS_ATTACH", "0")]).attach());
         assert!(!Settings::from_pairs([("HARNESS_VERBOSE", "0")]).verbose());
         assert!(Settings::from_pairs([("HARNESS_VERBOSE", "1")]).verbose());
+    }
+
+    #[test]
+    fn state_goes_to_the_target_inside_a_workspace_and_beside_the_manifest_elsewhere() {
+        let outside = tempfile::tempdir().unwrap();
+        let s = Settings::default();
+        assert_eq!(
+            s.state_dir(outside.path(), None),
+            outside.path().join(".harness")
+        );
+        std::fs::write(outside.path().join("Cargo.toml"), "[workspace]\n").unwrap();
+        std::fs::create_dir(outside.path().join("fixtures")).unwrap();
+        let inside = outside.path().join("fixtures");
+        let root = std::fs::canonicalize(outside.path()).unwrap();
+        assert_eq!(s.state_dir(&inside, None), root.join("target/debug").parent().unwrap().join("harness"));
+        let configured = outside.path().join("reports");
+        assert_eq!(s.state_dir(&inside, Some(&configured)), configured);
+        assert_eq!(
+            s.with("HARNESS_STATE_DIR", "/s").state_dir(&inside, Some(&configured)),
+            PathBuf::from("/s")
+        );
+    }
+
+    #[test]
+    fn a_programs_profile_is_read_off_its_place_in_the_target_directory() {
+        let target = tempfile::tempdir().unwrap();
+        std::fs::write(target.path().join("CACHEDIR.TAG"), "").unwrap();
+        let t = target.path();
+        assert_eq!(profile_of_exe(&t.join("debug/deps/suite-1a2b")).as_deref(), Some("dev"));
+        assert_eq!(profile_of_exe(&t.join("release/harness")).as_deref(), Some("release"));
+        assert_eq!(profile_of_exe(&t.join("ci/deps/x")).as_deref(), Some("ci"));
+        assert_eq!(profile_of_exe(Path::new("/usr/bin/harness")), None);
+        assert_eq!(profile_dir("dev"), "debug");
+        assert_eq!(profile_dir("ci"), "ci");
     }
 }

@@ -1,7 +1,7 @@
 //! Attach mode: one long-lived stack, many test processes.
 //!
 //! `harness up --detach` (or `harness test`) starts a stack and records it in a state file
-//! under `target/harness/stack.json`: owner pid, manifest path and content hash, endpoints,
+//! under `stack.json` in the state directory (`target/harness/` in a cargo workspace): owner pid, manifest path and content hash, endpoints,
 //! where each service's log is. A suite binary that finds a live state file for the same
 //! manifest attaches to that stack instead of starting its own — what makes nextest, which
 //! runs every test in a process of its own, practical. `harness down` ends it.
@@ -28,11 +28,7 @@ use crate::settings::Settings;
 
 /// The state file for stacks of a manifest.
 pub fn state_file(manifest: &Manifest, settings: &Settings) -> PathBuf {
-    state_file_in(&settings.target_dir(manifest.dir()))
-}
-
-fn state_file_in(target: &Path) -> PathBuf {
-    target.join("harness").join("stack.json")
+    manifest.state_dir_for(settings).join("stack.json")
 }
 
 /// A stable hash of a file's content (FNV-1a, hex).
@@ -56,8 +52,8 @@ fn canonical(path: &Path) -> PathBuf {
 /// signals (registered with [`crate::engine::cleanup`]).
 pub fn write(stack: &crate::Stack) -> Result<PathBuf, Error> {
     let manifest = stack.manifest();
-    // Beside the binaries the stack runs, where the suites that run them look for it.
-    let path = state_file_in(&stack.target_dir());
+    // In the stack's state directory, where the suites of the same manifest look for it.
+    let path = stack.state_dir().join("stack.json");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;

@@ -142,9 +142,24 @@ fn append_record(run_dir: &Path, pid: u32) -> std::io::Result<()> {
 pub fn status_in_own_group(
     cmd: &mut std::process::Command,
 ) -> std::io::Result<std::process::ExitStatus> {
+    status_in_own_group_reading(cmd, |_| {})
+}
+
+/// [`status_in_own_group`], handing each line of the command's standard output to `line`
+/// when the caller piped it (`Stdio::piped()`).
+pub fn status_in_own_group_reading(
+    cmd: &mut std::process::Command,
+    mut line: impl FnMut(&str),
+) -> std::io::Result<std::process::ExitStatus> {
+    use std::io::BufRead as _;
     use std::os::unix::process::CommandExt as _;
     cmd.process_group(0);
     let mut child = spawn_recorded(None, Signal::SIGTERM, || cmd.spawn(), |c| Some(c.id()))?;
+    if let Some(out) = child.stdout.take() {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            line(&l);
+        }
+    }
     let status = child.wait();
     unregister_group(child.id() as i32);
     status

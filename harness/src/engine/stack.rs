@@ -128,6 +128,8 @@ pub struct Stack {
     fingerprinter: Fingerprinter,
     /// Where the workspace's binaries are, as resolved when it started.
     bin_dir: PathBuf,
+    /// Where state, reports and timelines go ([`Manifest::state_dir_for`]).
+    state_dir: PathBuf,
     /// Where the teardown reports (see [`StackOptions::sink`]).
     sink: Arc<dyn Sink>,
 }
@@ -156,6 +158,7 @@ impl Stack {
         let bin_dir = options
             .bin_dir
             .unwrap_or_else(|| settings.bin_dir(manifest.dir()));
+        let state_dir = manifest.state_dir_for(&settings);
         let graph = Graph::new(&manifest)
             .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
         let plan = backend::mixed::plan(
@@ -245,6 +248,7 @@ impl Stack {
             credentials,
             fingerprints,
             fingerprinter,
+            state_dir,
             bin_dir,
             sink,
         })
@@ -257,6 +261,7 @@ impl Stack {
         settings: &Settings,
     ) -> Result<Stack, Error> {
         let manifest_dir = manifest.dir().to_path_buf();
+        let state_dir = manifest.state_dir_for(settings);
         let graph = Graph::new(&manifest)
             .map_err(|c| Error::Usage(format!("dependency cycle: {}", c.path.join(" -> "))))?;
         let mut instances = BTreeMap::new();
@@ -295,6 +300,7 @@ impl Stack {
             fingerprinter: Fingerprinter::from_known(&state.files).with_settings(settings.clone()),
             fingerprints: state.fingerprints,
             bin_dir: settings.bin_dir(manifest_dir.as_path()),
+            state_dir,
             sink: Arc::new(Discard),
         })
     }
@@ -314,9 +320,9 @@ impl Stack {
         &self.bin_dir
     }
 
-    /// The target directory around [`Stack::bin_dir`], where state, reports and timelines go.
-    pub fn target_dir(&self) -> PathBuf {
-        crate::settings::target_dir_of(&self.bin_dir)
+    /// Where this stack's state, reports and timelines go ([`Manifest::state_dir_for`]).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// The run directory of a stack this process owns.

@@ -32,6 +32,9 @@ impl Manifest {
                 .collect();
             stack.insert("images".into(), images.into());
         }
+        if let Some(d) = &self.state_dir {
+            stack.insert("state-dir".into(), relative(d, dir).into());
+        }
         let mut head = Table::new();
         head.insert("stack".into(), stack.into());
         let services: Table = self
@@ -44,7 +47,19 @@ impl Manifest {
             let suites: Table = self
                 .suites
                 .iter()
-                .map(|(k, v)| (k.clone(), strings(v.iter().cloned())))
+                .map(|(k, v)| {
+                    let services = strings(v.iter().cloned());
+                    let value = match self.suite_commands.get(k) {
+                        None => services,
+                        Some(command) => {
+                            let mut t = Table::new();
+                            t.insert("services".into(), services);
+                            t.insert("command".into(), strings(command.iter().cloned()));
+                            Value::Table(t)
+                        }
+                    };
+                    (k.clone(), value)
+                })
                 .collect();
             root.insert("suites".into(), suites.into());
         }
@@ -246,7 +261,10 @@ mod tests {
         for s in &mut services {
             s.depends_on.sort_by_key(|d| d.service.clone());
         }
-        format!("{:?} {:?} {:?} {:?}", m.name, services, m.images, m.suites)
+        format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?}",
+            m.name, services, m.images, m.suites, m.suite_commands, m.state_dir
+        )
     }
 
     #[test]
@@ -256,6 +274,7 @@ mod tests {
             "compose/docker-compose.test.yml",
             "stack.toml",
             "compose/jobs.yml",
+            "polyglot/compose.yaml",
         ] {
             let path = fixture(source);
             let original = Manifest::load_with(&path, &settings).unwrap();

@@ -358,6 +358,11 @@ pub struct Manifest {
     pub images: Images,
     /// Suites (trial-name prefixes) and the services each exercises: `[suites]` table.
     pub suites: BTreeMap<String, Vec<String>>,
+    /// The command `harness test` runs for each suite that has one (`[suites]` tables with a
+    /// `command`), in the manifest's directory with the stack's endpoints in its environment.
+    pub suite_commands: BTreeMap<String, Vec<String>>,
+    /// `[stack] state-dir`, absolute; see [`Manifest::state_dir_for`].
+    pub state_dir: Option<PathBuf>,
     /// What a test run ignores but the file says (a compose file's `restart`, an unset
     /// `${VAR}`), one line each with its position.
     pub warnings: Vec<String>,
@@ -448,6 +453,13 @@ impl Manifest {
     /// The directory the manifest lives in; relative paths in it are relative to this.
     pub fn dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Where this stack's state, reports, timelines and logs go ([`Settings::state_dir`]):
+    /// `HARNESS_STATE_DIR`, else `[stack] state-dir`, else `target/harness/` inside a cargo
+    /// workspace, else `.harness/` beside the manifest.
+    pub fn state_dir_for(&self, settings: &Settings) -> PathBuf {
+        settings.state_dir(self.dir(), self.state_dir.as_deref())
     }
 }
 

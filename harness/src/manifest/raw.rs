@@ -17,7 +17,7 @@ pub(super) struct RawManifest {
     #[serde(default)]
     pub(super) services: BTreeMap<Spanned<String>, Spanned<RawService>>,
     #[serde(default)]
-    pub(super) suites: BTreeMap<String, Vec<Spanned<String>>>,
+    pub(super) suites: BTreeMap<String, RawSuite>,
 }
 
 /// `[stack]`.
@@ -30,6 +30,8 @@ pub(super) struct RawStack {
     pub(super) image_prefix: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) images: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// Where state, reports, timelines and logs go, relative to the manifest.
+    pub(super) state_dir: Option<Spanned<String>>,
 }
 
 /// One `[services.<name>]` table.
@@ -164,6 +166,59 @@ impl<'de> Deserialize<'de> for RawDependsOn {
     }
 }
 
+/// A `[suites]` entry: the services a suite exercises (`contracts = ["payments"]`), or a table
+/// that also gives the command `harness test` runs for it
+/// (`e2e = { services = ["api"], command = ["pytest", "tests"] }`).
+#[derive(Debug, Default)]
+pub(super) struct RawSuite {
+    pub(super) services: Vec<Spanned<String>>,
+    pub(super) command: Option<Spanned<Vec<Spanned<String>>>>,
+    /// A key of the table that is neither `services` nor `command`.
+    pub(super) unknown: Vec<Spanned<String>>,
+}
+
+impl<'de> Deserialize<'de> for RawSuite {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawSuite;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a list of service names or a table `{ services = [...], command = [...] }`",
+                )
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut suite = RawSuite::default();
+                while let Some(name) = seq.next_element()? {
+                    suite.services.push(name);
+                }
+                Ok(suite)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut suite = RawSuite::default();
+                while let Some(key) = map.next_key::<Spanned<String>>()? {
+                    match key.get_ref().as_str() {
+                        "services" => suite.services = map.next_value()?,
+                        "command" => suite.command = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            suite.unknown.push(key);
+                        }
+                    }
+                }
+                Ok(suite)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// `probe = { type = "…", … }`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -256,4 +311,6 @@ pub(super) const STACK_KEYS: &[&str] = &[
     "pull",
     "image-prefix",
     "images",
+    "state-dir",
+    "suites",
 ];

@@ -43,7 +43,8 @@ fn duration_field(value: &Spanned<String>, problems: &mut Vec<Problem>) -> Optio
     }
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` can be a service's name: a host name of lowercase letters, digits and `-`.
+pub(super) fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
         && name.len() <= 63
@@ -100,9 +101,24 @@ pub(super) fn build(path: &Path, raw: RawManifest, problems: &mut Vec<Problem>) 
         services,
         images,
         suites: BTreeMap::new(),
+        suite_commands: BTreeMap::new(),
+        state_dir: raw.stack.state_dir.as_ref().and_then(|d| {
+            let dir = d.get_ref().trim();
+            if dir.is_empty() {
+                problems.push(Problem::at(
+                    d.span(),
+                    "the stack's `state-dir` is empty",
+                    "name a directory (relative to the manifest), e.g. `state-dir = \".harness\"`, or remove the key",
+                ));
+                return None;
+            }
+            let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+                .unwrap_or_default();
+            Some(base.join(dir))
+        }),
         warnings: Vec::new(),
     };
-    manifest.suites = build_suites(&raw, &manifest, problems);
+    (manifest.suites, manifest.suite_commands) = build_suites(&raw, &manifest, problems);
     check_completed(&raw, &manifest, problems);
     let dir = std::path::absolute(manifest.dir()).unwrap_or_else(|_| manifest.dir().to_path_buf());
     for (service, body) in manifest.services.iter_mut().zip(raw.services.values()) {
@@ -161,15 +177,16 @@ fn check_service_name(name: &Spanned<String>, problems: &mut Vec<Problem>) {
     }
 }
 
+/// The `[suites]` table: the services of each suite, and the commands of those that have one.
 fn build_suites(
     raw: &RawManifest,
     manifest: &Manifest,
     problems: &mut Vec<Problem>,
-) -> BTreeMap<String, Vec<String>> {
-    let mut suites = BTreeMap::new();
-    for (suite, services) in &raw.suites {
+) -> (BTreeMap<String, Vec<String>>, BTreeMap<String, Vec<String>>) {
+    let (mut suites, mut commands) = (BTreeMap::new(), BTreeMap::new());
+    for (suite, body) in &raw.suites {
         let mut list = Vec::new();
-        for s in services {
+        for s in &body.services {
             if manifest.service(s.get_ref()).is_none() {
                 problems.push(Problem::at(
                     s.span(),
@@ -182,9 +199,27 @@ fn build_suites(
             }
             list.push(s.get_ref().clone());
         }
+        for key in &body.unknown {
+            problems.push(Problem::at(
+                key.span(),
+                format!("suite `{suite}` has the key `{}`, which a suite does not take", key.get_ref()),
+                "a suite is a list of services, or a table with `services` and `command`",
+            ));
+        }
+        if let Some(command) = &body.command {
+            let words: Vec<String> = command.get_ref().iter().map(|w| w.get_ref().clone()).collect();
+            if words.first().is_none_or(|w| w.trim().is_empty()) {
+                problems.push(Problem::at(
+                    command.span(),
+                    format!("suite `{suite}` has an empty `command`"),
+                    "give the program and its arguments, e.g. `command = [\"pytest\", \"tests\"]`",
+                ));
+            }
+            commands.insert(suite.clone(), words);
+        }
         suites.insert(suite.clone(), list);
     }
-    suites
+    (suites, commands)
 }
 
 /// A `completed` dependency is a one-shot job: its probe is `exit`.

@@ -272,7 +272,7 @@ impl Suite {
                 &self.name,
                 &trials_seen,
                 &[],
-                self.manifest.as_deref(),
+                &state_dir_of(self.manifest.as_deref(), &self.settings),
                 terminal.as_ref(),
                 &self.settings,
             );
@@ -332,7 +332,7 @@ impl Suite {
         } else {
             Vec::new()
         };
-        let manifest_path = stack.manifest().path.clone();
+        let state_dir = stack.state_dir().to_path_buf();
         match Arc::try_unwrap(stack) {
             Ok(stack) => runtime.block_on(stack.down()),
             Err(stack) => drop(stack),
@@ -341,7 +341,7 @@ impl Suite {
             &self.name,
             &trials_seen,
             &timings,
-            Some(&manifest_path),
+            &state_dir,
             terminal.as_ref(),
             &self.settings,
         );
@@ -493,14 +493,14 @@ pub fn shard_of(name: &str, count: u64) -> u64 {
 }
 
 fn write_timeline(stack: &Stack, suite: &str, sink: &dyn Sink) {
-    let dir = stack.target_dir().join("harness");
+    let dir = stack.state_dir();
     let path = dir.join(format!("timeline-{suite}.svg"));
     let svg = crate::testkit::report::timeline_svg(
         stack.graph(),
         stack.timings(),
         &format!("startup of `{}` for suite `{suite}`", stack.manifest().name),
     );
-    if std::fs::create_dir_all(&dir)
+    if std::fs::create_dir_all(dir)
         .and_then(|()| std::fs::write(&path, svg))
         .is_ok()
     {
@@ -512,12 +512,12 @@ fn write_timeline(stack: &Stack, suite: &str, sink: &dyn Sink) {
 }
 
 /// Reports the summary of the trials `trials` saw finish and writes the JUnit report
-/// (`HARNESS_JUNIT`, else `target/harness/junit/<suite>.xml`).
+/// (`HARNESS_JUNIT`, else `junit/<suite>.xml` in the state directory).
 fn finish(
     suite: &str,
     trials: &Trials,
     timings: &[crate::engine::scheduler::Timing],
-    manifest: Option<&std::path::Path>,
+    state_dir: &std::path::Path,
     sink: &dyn Sink,
     settings: &Settings,
 ) {
@@ -526,13 +526,7 @@ fn finish(
     sink.event(&Event::Summary(crate::testkit::report::summary(
         &records, timings,
     )));
-    let manifest = manifest
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_else(|| settings.manifest_path());
-    let path = settings.junit(
-        suite,
-        manifest.parent().unwrap_or(std::path::Path::new(".")),
-    );
+    let path = settings.junit(suite, state_dir);
     let xml = crate::testkit::report::junit(suite, &records);
     if let Some(dir) = path.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -546,6 +540,17 @@ fn finish(
             "warning: cannot write the junit report {}: {e}",
             path.display()
         ))),
+    }
+}
+
+/// The state directory of a suite that starts no stack: its manifest's, when it reads.
+fn state_dir_of(manifest: Option<&std::path::Path>, settings: &Settings) -> std::path::PathBuf {
+    let path = manifest
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| settings.manifest_path());
+    match Manifest::load_with(&path, settings) {
+        Ok(m) => m.state_dir_for(settings),
+        Err(_) => settings.state_dir(path.parent().unwrap_or(std::path::Path::new(".")), None),
     }
 }
 

@@ -10,6 +10,7 @@ use harness::{exit_code, Error, Graph, Manifest, Stack, StackOptions};
 
 mod args;
 mod init;
+mod job;
 
 use args::{Bench, Cli, Command, VerifyArgs};
 
@@ -248,7 +249,7 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
             }
             Ok(code)
         }
-        Command::Test { args } => main_job(load(&cli.manifest)?, args).await,
+        Command::Test { args } => job::main_job(load(&cli.manifest)?, args).await,
         Command::Affected {
             since,
             json,
@@ -409,8 +410,8 @@ async fn remove_all() -> Result<(), Error> {
     }
 }
 
-fn write_timeline(stack: &Stack) {
-    let path = stack.target_dir().join("harness").join("timeline.svg");
+pub(crate) fn write_timeline(stack: &Stack) {
+    let path = stack.state_dir().join("timeline.svg");
     let svg = harness::report::timeline_svg(
         stack.graph(),
         stack.timings(),
@@ -511,73 +512,6 @@ async fn up_detached(m: &Manifest, backend: Option<BackendChoice>) -> Result<u8,
         }
     }
     Ok(exit_code::OK)
-}
-
-/// The main job: one stack for every suite that can share it, the suites run against it,
-/// the report, the teardown. Suites that break dependencies on purpose start their own.
-async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error> {
-    harness::build::cargo_binaries(&m, settings())?;
-    let built = harness::cleanup::status_in_own_group(
-        std::process::Command::new(settings().cargo())
-            .args(["test", "-p", "suites", "--no-run", "--quiet"])
-            .current_dir(m.dir()),
-    )
-    .map_err(|e| Error::io("building the suites", e))?;
-    if !built.success() {
-        return Err(Error::Prerequisite {
-            what: "the suites do not build".into(),
-            help: "fix the build errors above".into(),
-        });
-    }
-    let started = std::time::Instant::now();
-    let stack = Stack::start(m.clone(), StackOptions::owning_the_process(true)).await?;
-    let state = harness::attach::write(&stack)?;
-    write_timeline(&stack);
-    let control = harness::attach::Control::bind(&stack)?;
-    let mut stack = stack;
-    let (cargo2, dir, manifest_path) = (settings().cargo(), m.dir().to_path_buf(), m.path.clone());
-    let mut suites = tokio::task::spawn_blocking(move || {
-        harness::cleanup::status_in_own_group(
-            std::process::Command::new(&cargo2)
-                .args(["test", "-p", "suites", "--"])
-                .args(&args)
-                .current_dir(dir)
-                .env("HARNESS_MANIFEST", manifest_path)
-                .env("PACT_DO_NOT_TRACK", "true"),
-        )
-    });
-    // The suites attach to this stack; one that finds a service changed asks for a refresh.
-    let status = loop {
-        tokio::select! {
-            status = &mut suites => break status.unwrap_or_else(|e| Err(std::io::Error::other(e.to_string()))),
-            _ = control.serve_one(&mut stack) => {}
-        }
-    };
-    let timings = stack.timings().to_vec();
-    stack.down().await;
-    let _ = std::fs::remove_file(&state);
-    harness::cleanup::unregister_dir(&state);
-    let status = status.map_err(|e| Error::io("running `cargo test -p suites`", e))?;
-    println!(
-        "{}",
-        harness::report::summary(&[], &timings)
-            .trim_end()
-            .replace("0 passed, 0 failed, 0 flaky", "shared stack")
-    );
-    println!(
-        "main job {} in {:.1} s; JUnit reports in {}",
-        if status.success() { "passed" } else { "FAILED" },
-        started.elapsed().as_secs_f64(),
-        settings()
-            .target_dir(m.dir())
-            .join("harness/junit")
-            .display()
-    );
-    Ok(if status.success() {
-        exit_code::OK
-    } else {
-        exit_code::TESTS_FAILED
-    })
 }
 
 /// `harness env`: the running stack's endpoints as `KEY=VALUE` lines.

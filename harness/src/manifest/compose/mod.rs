@@ -27,7 +27,7 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::diagnostics::Problem;
-use super::raw::{RawManifest, RawStack};
+use super::raw::{RawDependsOn, RawManifest, RawService, RawStack, RawSuite};
 use crate::model::names::closest;
 use interpolate::{Outcome, Variables};
 use yaml::{Node, Value};
@@ -347,6 +347,7 @@ impl Context<'_, '_> {
                 read.insert(Spanned::new(name.span.clone(), n.to_string()), s);
             }
         }
+        self.host_names(&mut read, &mut jobs, &mut suites);
         service::mark_jobs(&mut read, &jobs);
         service::link_addresses(&mut read);
         Some(RawManifest {
@@ -356,12 +357,72 @@ impl Context<'_, '_> {
         })
     }
 
+    /// Compose names that are not host names (`api_server`, `Api.v2`) become the harness's
+    /// names for them (`api-server`, `api-v2`) everywhere they are referred to, and stay
+    /// the names other containers reach them by (an alias). Two that become one are an error.
+    fn host_names(
+        &mut self,
+        services: &mut BTreeMap<Spanned<String>, Spanned<RawService>>,
+        jobs: &mut BTreeSet<String>,
+        suites: &mut BTreeMap<String, RawSuite>,
+    ) {
+        let renamed: BTreeMap<String, String> = services
+            .keys()
+            .filter_map(|n| {
+                let host = host_name(n.get_ref())?;
+                (host != *n.get_ref()).then(|| (n.get_ref().clone(), host))
+            })
+            .collect();
+        if renamed.is_empty() {
+            return;
+        }
+        let rename = |name: &mut Spanned<String>| {
+            if let Some(to) = renamed.get(name.get_ref()) {
+                *name = Spanned::new(name.span(), to.clone());
+            }
+        };
+        let old = std::mem::take(services);
+        for (mut name, mut body) in old {
+            let original = name.clone();
+            rename(&mut name);
+            if name != original {
+                if services.contains_key(name.get_ref().as_str())
+                    || old_name_taken(&renamed, &original, name.get_ref())
+                {
+                    self.error(
+                        &original.span(),
+                        format!(
+                            "service `{}` would be `{}` (a host name), which another service is already called",
+                            original.get_ref(),
+                            name.get_ref()
+                        ),
+                        "rename one of the two services",
+                    );
+                }
+                body.get_mut().aliases.push(original);
+            }
+            match body.get_mut().depends_on.as_mut().map(|d| d.get_mut()) {
+                Some(RawDependsOn::List(l)) => l.iter_mut().for_each(&rename),
+                Some(RawDependsOn::Table(t)) => t.iter_mut().for_each(|(d, _)| rename(d)),
+                None => {}
+            }
+            services.insert(name, body);
+        }
+        *jobs = std::mem::take(jobs)
+            .into_iter()
+            .map(|j| renamed.get(&j).cloned().unwrap_or(j))
+            .collect();
+        for suite in suites.values_mut() {
+            suite.services.iter_mut().for_each(&rename);
+        }
+    }
+
     /// The top-level `x-harness`: the stack's `name`, `startup-timeout` and `suites`.
     fn stack_extension(
         &mut self,
         node: &Node,
         stack: &mut RawStack,
-        suites: &mut BTreeMap<String, Vec<Spanned<String>>>,
+        suites: &mut BTreeMap<String, RawSuite>,
     ) {
         for (key, value) in self.entries(node, "`x-harness`") {
             match key.text() {
@@ -369,11 +430,12 @@ impl Context<'_, '_> {
                 Some("startup-timeout") => {
                     stack.startup_timeout = self.spanned(value, "`startup-timeout`")
                 }
+                Some("state-dir") => stack.state_dir = self.spanned(value, "`state-dir`"),
                 Some("suites") => {
-                    for (prefix, list) in self.entries(value, "`suites`") {
+                    for (prefix, body) in self.entries(value, "`suites`") {
                         let Some(p) = prefix.text() else { continue };
-                        if let Some(names) = self.words(list, "a suite's services") {
-                            suites.insert(p.to_string(), names);
+                        if let Some(suite) = self.suite(body) {
+                            suites.insert(p.to_string(), suite);
                         }
                     }
                 }
@@ -383,11 +445,59 @@ impl Context<'_, '_> {
                         "`{}` is not a key of the top-level `x-harness`",
                         other.unwrap_or("?")
                     ),
-                    "use `name`, `startup-timeout` or `suites` (per-service settings go in the service's own `x-harness`)",
+                    "use `name`, `startup-timeout`, `state-dir` or `suites` (per-service settings go in the service's own `x-harness`)",
                 ),
             }
         }
     }
+
+    /// One suite of the top-level `x-harness`: a list of services, or a mapping with
+    /// `services` and `command` (a string split like a shell, or a list).
+    fn suite(&mut self, node: &Node) -> Option<RawSuite> {
+        let Value::Map(entries) = &node.value else {
+            return Some(RawSuite {
+                services: self.words(node, "a suite's services")?,
+                ..RawSuite::default()
+            });
+        };
+        let mut suite = RawSuite::default();
+        for (key, value) in entries {
+            match key.text() {
+                Some("services") => suite.services = self.words(value, "a suite's services")?,
+                Some("command") => {
+                    suite.command = Some(Spanned::new(
+                        value.span.clone(),
+                        self.words(value, "a suite's `command`")?,
+                    ))
+                }
+                other => suite.unknown.push(Spanned::new(
+                    key.span.clone(),
+                    other.unwrap_or("?").to_string(),
+                )),
+            }
+        }
+        Some(suite)
+    }
+}
+
+/// The host name a compose service name stands for: lower case, `_` and `.` as `-`; `None`
+/// when even that is not a valid name (the validation then reports the name as written).
+fn host_name(name: &str) -> Option<String> {
+    let host: String = name
+        .chars()
+        .map(|c| match c {
+            '_' | '.' => '-',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect();
+    super::validate::valid_name(&host).then_some(host)
+}
+
+/// Whether a service other than `original` is already written as `host` in the file.
+fn old_name_taken(renamed: &BTreeMap<String, String>, original: &Spanned<String>, host: &str) -> bool {
+    renamed
+        .iter()
+        .any(|(from, to)| to == host && from != original.get_ref())
 }
 
 /// `COMPOSE_PROFILES`, comma-separated, as compose reads it.
@@ -475,5 +585,64 @@ mod tests {
         assert!(is_compose(Path::new("docker-compose.test.yml")));
         assert!(is_compose(Path::new("compose.yaml")));
         assert!(!is_compose(Path::new("stack.toml")));
+    }
+
+    fn parse(text: &str) -> Result<crate::manifest::Manifest, String> {
+        let settings = crate::settings::Settings::from_pairs([("PATH", "/bin")]);
+        crate::manifest::Manifest::parse_with(Path::new("/p/compose.yaml"), text, &settings)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn names_that_are_not_host_names_become_ones_and_stay_reachable_as_written() {
+        let m = parse(
+            "services:\n  main_db:\n    image: postgres:16\n  web.api:\n    image: api:1\n    depends_on: [main_db]\n    environment:\n      DB: main_db:5432\nx-harness:\n  suites:\n    smoke: [web.api]\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = m.services.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["main-db", "web-api"]);
+        let web = m.service("web-api").unwrap();
+        assert_eq!(web.aliases, ["web.api"]);
+        assert_eq!(m.service("main-db").unwrap().aliases, ["main_db"]);
+        assert_eq!(web.depends_on[0].service, "main-db");
+        assert_eq!(
+            web.env[0].1.to_string(),
+            "{{ main-db.host }}:{{ main-db.port.postgres }}"
+        );
+        assert_eq!(m.suites["smoke"], ["web-api"]);
+    }
+
+    #[test]
+    fn healthcheck_timings_set_the_deadline_compose_would_give_up_at() {
+        let m = parse(
+            "services:\n  a:\n    image: a:1\n    healthcheck:\n      test: [CMD, 'true']\n      interval: 2s\n      timeout: 500ms\n      retries: 4\n      start_period: 1m\n  b:\n    image: b:1\n    healthcheck:\n      test: [CMD, 'true']\n",
+        )
+        .unwrap();
+        assert_eq!(
+            m.service("a").unwrap().startup_timeout,
+            std::time::Duration::from_secs(70)
+        );
+        // No timings given: the stack's default, not compose's three 60 s rounds.
+        assert_eq!(
+            m.service("b").unwrap().startup_timeout,
+            crate::manifest::DEFAULT_STARTUP_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn suites_may_give_the_command_harness_test_runs() {
+        let m = parse(
+            "services:\n  a:\n    image: a:1\nx-harness:\n  state-dir: out/state\n  suites:\n    e2e:\n      services: [a]\n      command: python3 -m unittest -v\n    plain: [a]\n",
+        )
+        .unwrap();
+        assert_eq!(m.suite_commands["e2e"], ["python3", "-m", "unittest", "-v"]);
+        assert!(!m.suite_commands.contains_key("plain"));
+        assert_eq!(m.suites["e2e"], ["a"]);
+        assert_eq!(m.state_dir.as_deref(), Some(Path::new("/p/out/state")));
+        let wrong = parse(
+            "services:\n  a:\n    image: a:1\nx-harness:\n  suites:\n    e2e:\n      comand: [x]\n",
+        )
+        .unwrap_err();
+        assert!(wrong.contains("suite `e2e` has the key `comand`"), "{wrong}");
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::time::Duration;
 
 use toml::Spanned;
 
@@ -118,6 +119,7 @@ impl Context<'_, '_> {
         let mut env_files = Vec::new();
         let mut command = None;
         let mut probe = None;
+        let mut deadline = None;
         let mut ports = Vec::new();
         for (key, value) in entries {
             let Some(k) = key.text() else { continue };
@@ -138,7 +140,7 @@ impl Context<'_, '_> {
                         .depends_on(name, value, found, jobs)
                         .map(|t| Spanned::new(value.span.clone(), RawDependsOn::Table(t)))
                 }
-                "healthcheck" => probe = self.healthcheck(value),
+                "healthcheck" => probe = self.healthcheck(value, &mut deadline),
                 "volumes" => self.volumes(name, value, found, &mut s),
                 "tmpfs" => {
                     s.tmpfs
@@ -218,6 +220,10 @@ impl Context<'_, '_> {
         if s.build.is_some() {
             // The harness tags what it builds by the content of the context.
             s.image = None;
+        }
+        if let Some(d) = deadline {
+            let span = body.get("healthcheck").map_or(body.span.clone(), |h| h.span.clone());
+            s.startup_timeout = Some(Spanned::new(span, format!("{}ms", d.as_millis().max(1))));
         }
         if let Some(ext) = body.get("x-harness") {
             self.extension(name, ext, &mut s);
@@ -457,21 +463,45 @@ impl Context<'_, '_> {
     }
 
     /// `healthcheck:` as an `exec` probe (`CMD`, `CMD-SHELL` or a string, run by `/bin/sh -c`),
-    /// or no probe (`NONE`, `disable: true`). Its timings are checked but not used: the
-    /// harness probes at its own cadence until the service's `startup-timeout`.
-    fn healthcheck(&mut self, node: &Node) -> Option<Spanned<RawProbe>> {
-        for key in ["interval", "timeout", "start_period", "start_interval"] {
+    /// or no probe (`NONE`, `disable: true`). The harness probes at its own cadence, not at
+    /// `interval`; when the timings are given, the time compose would take to call the service
+    /// unhealthy (`start_period` + `retries` × (`interval` + `timeout`)) is its deadline.
+    fn healthcheck(&mut self, node: &Node, deadline: &mut Option<Duration>) -> Option<Spanned<RawProbe>> {
+        // Compose's defaults.
+        let mut timings = [
+            ("interval", Duration::from_secs(30), false),
+            ("timeout", Duration::from_secs(30), false),
+            ("start_period", Duration::ZERO, false),
+            ("start_interval", Duration::from_secs(5), false),
+        ];
+        for (key, value, given) in &mut timings {
             if let Some(v) = node.get(key) {
                 if let Some(text) = self.string(v, &format!("`{key}`")) {
-                    if !compose_duration(&text) {
-                        self.error(
+                    match compose_duration(&text) {
+                        Some(d) => (*value, *given) = (d, true),
+                        None => self.error(
                             &v.span,
                             format!("`{text}` is not a duration"),
                             "write it as compose does: `10s`, `1m30s`, `500ms`",
-                        );
+                        ),
                     }
                 }
             }
+        }
+        let retries = match node.get("retries") {
+            Some(v) => match self.string(v, "`retries`").map(|t| t.parse::<u32>()) {
+                Some(Ok(n)) => Some(n),
+                Some(Err(_)) => {
+                    self.error(&v.span, "`retries` is not a whole number", "write e.g. `retries: 5`");
+                    None
+                }
+                None => None,
+            },
+            None => None,
+        };
+        if retries.is_some() || timings.iter().take(3).any(|t| t.2) {
+            let [interval, timeout, start, _] = timings.map(|t| t.1);
+            *deadline = Some(start + (interval + timeout) * retries.unwrap_or(3));
         }
         let probe = |kind, command: Option<Vec<String>>| {
             Some(Spanned::new(
@@ -763,28 +793,32 @@ pub(super) fn mark_jobs(
 }
 
 /// A duration as compose writes them: `1m30s`, `10s`, `500ms`, `2h`.
-fn compose_duration(text: &str) -> bool {
+fn compose_duration(text: &str) -> Option<Duration> {
     let mut rest = text.trim();
     if rest.is_empty() {
-        return false;
+        return None;
     }
+    let mut total = 0.0f64;
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !c.is_ascii_digit() && c != '.')
             .unwrap_or(rest.len());
-        if digits == 0 {
-            return false;
-        }
+        let number: f64 = rest[..digits].parse().ok()?;
         rest = &rest[digits..];
-        let unit = ["ns", "us", "ms", "h", "m", "s"]
-            .iter()
-            .find(|u| rest.starts_with(*u));
-        match unit {
-            Some(u) => rest = &rest[u.len()..],
-            None => return false,
-        }
+        let (unit, seconds) = [
+            ("ns", 1e-9),
+            ("us", 1e-6),
+            ("ms", 1e-3),
+            ("h", 3600.0),
+            ("m", 60.0),
+            ("s", 1.0),
+        ]
+        .into_iter()
+        .find(|(u, _)| rest.starts_with(u))?;
+        rest = &rest[unit.len()..];
+        total += number * seconds;
     }
-    true
+    Some(Duration::from_secs_f64(total))
 }
 
 /// Addresses in a compose file's environment and command speak of the container network:
@@ -799,6 +833,14 @@ pub(super) fn link_addresses(services: &mut BTreeMap<Spanned<String>, Spanned<Ra
         .iter()
         .map(|(name, s)| (name.get_ref().clone(), ports_of(s.get_ref())))
         .collect();
+    // The other names a service is reached by (its compose name, when it is not a host name).
+    let aliases: BTreeMap<String, Vec<String>> = services
+        .iter()
+        .map(|(name, s)| {
+            let names = s.get_ref().aliases.iter().map(|a| a.get_ref().clone());
+            (name.get_ref().clone(), names.collect())
+        })
+        .collect();
     for s in services.values_mut() {
         let raw = s.get_mut();
         let deps: Vec<String> = match raw.depends_on.as_ref().map(|d| d.get_ref()) {
@@ -808,11 +850,14 @@ pub(super) fn link_addresses(services: &mut BTreeMap<Spanned<String>, Spanned<Ra
         };
         let mut rewrites: Vec<(String, String)> = Vec::new();
         for dep in &deps {
-            for (port_name, number) in ports.get(dep).into_iter().flatten() {
-                rewrites.push((
-                    format!("{dep}:{number}"),
-                    format!("{{{{ {dep}.host }}}}:{{{{ {dep}.port.{port_name} }}}}"),
-                ));
+            let names = std::iter::once(dep).chain(aliases.get(dep).into_iter().flatten());
+            for name in names {
+                for (port_name, number) in ports.get(dep).into_iter().flatten() {
+                    rewrites.push((
+                        format!("{name}:{number}"),
+                        format!("{{{{ {dep}.host }}}}:{{{{ {dep}.port.{port_name} }}}}"),
+                    ));
+                }
             }
         }
         for (port_name, number) in ports_of(raw) {
