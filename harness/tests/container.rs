@@ -561,20 +561,30 @@ async fn compose_jobs_complete_before_their_dependents_and_a_failing_one_fails_t
     assert_eq!(leftovers(&mine), nothing());
 }
 
-/// Counts the image builds a stack's start reports.
+/// The image builds and the readiness a stack's start reports, in order.
 #[derive(Default)]
-struct Builds(std::sync::atomic::AtomicUsize);
+struct Builds(std::sync::Mutex<Vec<String>>);
+
+impl Builds {
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().iter().filter(|e| *e == "built").count()
+    }
+}
 
 impl harness::events::Sink for Builds {
     fn event(&self, event: &harness::events::Event) {
-        if matches!(event, harness::events::Event::ImageBuilt { .. }) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
+        let seen = match event {
+            harness::events::Event::ImageBuilt { .. } => "built".to_string(),
+            harness::events::Event::ServiceReady { service, .. } => format!("ready {service}"),
+            _ => return,
+        };
+        self.0.lock().unwrap().push(seen);
     }
 }
 
 /// A `build` service's image is built from its context once: a second start finds its tag and
-/// builds nothing, a changed file makes a new tag. A Dockerfile whose `FROM` is not on the
+/// builds nothing, a changed file makes a new tag. The build runs while a service that does not
+/// need it starts: that one is ready before the image is built. A Dockerfile whose `FROM` is not on the
 /// machine fails the start, saying there is no registry and how to provide the image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_image_is_built_once_per_context_and_a_missing_base_says_what_to_do() {
@@ -591,9 +601,10 @@ async fn an_image_is_built_once_per_context_and_a_missing_base_says_what_to_do()
         &format!("echo job of test {}\n", std::process::id()),
     );
     let source = format!(
-        "[services.job]\nkind = \"service\"\nbuild = {:?}\nprobe = {{ type = \"exit\" }}\n",
+        "[services.job]\nkind = \"service\"\nbuild = {:?}\nprobe = {{ type = \"exit\" }}\n\n[services.cache]\nkind = \"redis\"\n",
         dir.path().display().to_string()
     );
+    let mut first = Vec::new();
     let mut tags = Vec::new();
     let mut built = Vec::new();
     for change in [false, false, true] {
@@ -614,12 +625,20 @@ async fn an_image_is_built_once_per_context_and_a_missing_base_says_what_to_do()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         stack.down().await;
-        built.push(builds.0.load(std::sync::atomic::Ordering::SeqCst));
+        built.push(builds.count());
+        if first.is_empty() {
+            first = builds.0.lock().unwrap().clone();
+        }
     }
     for tag in tags.iter().collect::<std::collections::BTreeSet<_>>() {
         docker(&["image", "rm", "-f", tag]);
     }
     assert_eq!(built, [1, 0, 1], "builds per start (tags {tags:?})");
+    let order = |e: &str| first.iter().position(|x| x == e).unwrap_or(usize::MAX);
+    assert!(
+        order("ready cache") < order("built") && order("built") < order("ready job"),
+        "the cache waited for the build, or the job did not: {first:?}"
+    );
     assert_eq!(tags[0], tags[1]);
     assert_ne!(tags[1], tags[2]);
 

@@ -130,6 +130,8 @@ pub struct Stack {
     bin_dir: PathBuf,
     /// Where state, reports and timelines go ([`Manifest::state_dir_for`]).
     state_dir: PathBuf,
+    /// The settings it was started (or attached) with; a refresh reads the manifest with them.
+    settings: Settings,
     /// Where the teardown reports (see [`StackOptions::sink`]).
     sink: Arc<dyn Sink>,
 }
@@ -171,7 +173,7 @@ impl Stack {
         let kind = plan.main(&manifest);
         let run = RunDir::create().map_err(|e| Error::io("creating the run directory", e))?;
         let backend = backend::mixed::create(&plan, &run, &manifest, &bin_dir, &settings);
-        backend.preflight(&manifest, sink.as_ref()).await?;
+        backend.preflight(&manifest, &sink).await?;
         // Taken before anything launches: a change made while the stack starts is seen by the
         // next attach, never missed.
         let mut fingerprinter = Fingerprinter::default()
@@ -250,6 +252,7 @@ impl Stack {
             fingerprinter,
             state_dir,
             bin_dir,
+            settings,
             sink,
         })
     }
@@ -301,6 +304,7 @@ impl Stack {
             fingerprints: state.fingerprints,
             bin_dir: settings.bin_dir(manifest_dir.as_path()),
             state_dir,
+            settings: settings.clone(),
             sink: Arc::new(Discard),
         })
     }
@@ -343,7 +347,7 @@ impl Stack {
                 "only the process that started a stack can refresh it".into(),
             ));
         };
-        let manifest = Manifest::load(&self.manifest.path)?;
+        let manifest = Manifest::load_with(&self.manifest.path, &self.settings)?;
         let names = |m: &Manifest| {
             m.services
                 .iter()

@@ -60,7 +60,7 @@ impl Backend for Container {
         BackendKind::Container
     }
 
-    async fn preflight(&self, _: &Manifest, _: &dyn Sink) -> Result<(), Error> {
+    async fn preflight(&self, _: &Manifest, _: &std::sync::Arc<dyn Sink>) -> Result<(), Error> {
         Err(missing())
     }
 

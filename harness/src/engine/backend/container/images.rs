@@ -35,6 +35,9 @@ pub struct ImagePlan {
     pub unset: Vec<String>,
     /// Images built from a Dockerfile context (`build`): the tag, its service and how.
     pub builds: BTreeMap<String, (String, crate::manifest::Build)>,
+    /// The built images only services of one's own (`kind = "service"`) run: when missing,
+    /// they are built while the rest of the stack starts, not before.
+    pub deferrable: BTreeSet<String>,
 }
 
 impl ImagePlan {
@@ -148,11 +151,23 @@ pub fn plan(manifest: &Manifest, settings: &Settings) -> Result<ImagePlan, Error
         };
         images.insert(service.name.clone(), choice);
     }
+    let deferrable = builds
+        .keys()
+        .filter(|image| {
+            images.iter().filter(|(_, c)| c.image == **image).all(|(s, _)| {
+                manifest
+                    .service(s)
+                    .is_some_and(|m| m.kind == crate::manifest::Kind::Service)
+            })
+        })
+        .cloned()
+        .collect();
     Ok(ImagePlan {
         pull,
         images,
         unset,
         builds,
+        deferrable,
     })
 }
 
@@ -219,6 +234,14 @@ pub async fn image_ids(manifest: &Manifest, settings: &Settings) -> BTreeMap<Str
     };
     let mut ids = BTreeMap::new();
     for (image, services) in plan.by_image() {
+        // A built image's tag is already a hash of what it is built from; and it may still be
+        // building while the fingerprints are taken.
+        if plan.builds.contains_key(image) {
+            for s in services {
+                ids.insert(s.to_string(), image.to_string());
+            }
+            continue;
+        }
         if let Ok(inspect) = docker.inspect_image(image).await {
             if let Some(id) = inspect.id {
                 for s in services {
@@ -251,12 +274,16 @@ pub(super) struct Unavailable {
     reason: String,
 }
 
-/// Checks (and per the policy pulls) every image of the plan; returns those not available.
+/// Checks (and per the policy pulls) every image of the plan; returns those not available,
+/// and the images to build that [`ImagePlan::deferrable`] lets wait (built by the caller
+/// while the services they do not concern start).
 pub(super) async fn provide_images(
     docker: &Docker,
     plan: &ImagePlan,
     sink: &dyn Sink,
-) -> Vec<Unavailable> {
+) -> (Vec<Unavailable>, Vec<String>) {
+    let deferred = std::sync::Mutex::new(Vec::new());
+    let deferred_ref = &deferred;
     let checks = plan
         .by_image()
         .into_iter()
@@ -266,6 +293,13 @@ pub(super) async fn provide_images(
             let reason = match (plan.pull, present) {
                 (_, Err(e)) => Some(format!("cannot inspect it: {e}")),
                 (_, Ok(true)) if built.is_some() => None,
+                (_, Ok(false)) if plan.deferrable.contains(image) => {
+                    deferred_ref
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(image.to_string());
+                    None
+                }
                 (_, Ok(false)) if built.is_some() => {
                     let (service, build) = built.expect("checked");
                     super::build::build_image(docker, service, image, build, sink)
@@ -291,11 +325,12 @@ pub(super) async fn provide_images(
                 reason,
             })
         });
-    futures::future::join_all(checks)
+    let missing = futures::future::join_all(checks)
         .await
         .into_iter()
         .flatten()
-        .collect()
+        .collect();
+    (missing, deferred.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
 
 /// The preflight's error for images that cannot be had, with how to provide each.

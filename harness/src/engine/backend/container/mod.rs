@@ -117,6 +117,17 @@ pub struct Container {
     bin_dir: PathBuf,
     /// Which images the services run, and where the engine is.
     settings: Settings,
+    /// Images being built while the stack starts, by image: a service that runs one waits for
+    /// its build when its turn to start comes (see [`ImagePlan::deferrable`]).
+    builds: Mutex<BTreeMap<String, PendingBuild>>,
+}
+
+/// A build under way: its outcome, which every service of the image awaits, and how to stop it.
+#[derive(Debug)]
+struct PendingBuild {
+    outcome: futures::future::Shared<futures::future::BoxFuture<'static, Result<(), String>>>,
+    abort: tokio::task::AbortHandle,
+    context: PathBuf,
 }
 
 impl Container {
@@ -164,7 +175,57 @@ impl Container {
             hook,
             bin_dir: bin_dir.to_path_buf(),
             settings: settings.clone(),
+            builds: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Starts building `images` in the background (see [`Container::builds`]).
+    fn spawn_builds(&self, docker: &Docker, plan: &ImagePlan, images: Vec<String>, sink: &Arc<dyn Sink>) {
+        use futures::FutureExt as _;
+        let mut builds = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+        for image in images {
+            let Some((service, build)) = plan.builds.get(&image).cloned() else {
+                continue;
+            };
+            let (docker, sink, tag) = (docker.clone(), sink.clone(), image.clone());
+            let context = build.context.clone();
+            let task = tokio::spawn(async move {
+                build::build_image(&docker, &service, &tag, &build, sink.as_ref()).await
+            });
+            let abort = task.abort_handle();
+            let outcome = async move {
+                task.await
+                    .unwrap_or_else(|e| Err(format!("the build was stopped: {e}")))
+            }
+            .boxed()
+            .shared();
+            builds.insert(image, PendingBuild { outcome, abort, context });
+        }
+    }
+
+    /// Waits for the build of `service`'s image, if one is under way.
+    async fn built(&self, service: &str) -> Result<(), Error> {
+        let image = self
+            .images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(service)
+            .cloned();
+        let pending = image.as_ref().and_then(|image| {
+            let builds = self.builds.lock().unwrap_or_else(|p| p.into_inner());
+            builds.get(image).map(|b| (b.outcome.clone(), b.context.clone()))
+        });
+        let Some((outcome, context)) = pending else {
+            return Ok(());
+        };
+        outcome.await.map_err(|reason| Error::Prerequisite {
+            what: format!(
+                "the image of `{service}` (`{}`, built from {}) could not be built: {reason}",
+                image.unwrap_or_default(),
+                context.display()
+            ),
+            help: "fix the Dockerfile or its context (the build's output is above), or run the stack without containers: `--backend native`".into(),
+        })
     }
 
     /// The run's network.
@@ -434,13 +495,13 @@ impl Backend for Container {
         BackendKind::Container
     }
 
-    async fn preflight(&self, manifest: &Manifest, sink: &dyn Sink) -> Result<(), Error> {
+    async fn preflight(&self, manifest: &Manifest, sink: &Arc<dyn Sink>) -> Result<(), Error> {
         let docker = self.docker().await?;
         let plan = plan(manifest, &self.settings)?;
         // Independent, so at once: the network is removed again by `Drop` if images are missing.
-        let (reaped, missing, network) = tokio::join!(
+        let (reaped, (missing, deferred), network) = tokio::join!(
             reap_dead_runs_with(docker),
-            provide_images(docker, &plan, sink),
+            provide_images(docker, &plan, sink.as_ref()),
             self.create_network(docker)
         );
         if let Err(e) = reaped {
@@ -452,6 +513,7 @@ impl Backend for Container {
             return Err(images_error(&plan, &missing));
         }
         network?;
+        self.spawn_builds(docker, &plan, deferred, sink);
         *self.mounts.lock().unwrap_or_else(|p| p.into_inner()) =
             mounted_binaries(manifest, &plan, &self.settings, &self.bin_dir);
         *self.bare.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -473,7 +535,10 @@ impl Backend for Container {
                 "not started: interrupted",
             ))
         } else {
-            self.create(docker, &req).await
+            match self.built(&req.service.name).await {
+                Ok(()) => self.create(docker, &req).await,
+                Err(e) => Err(e),
+            }
         };
         self.shared.creating.fetch_sub(1, Ordering::SeqCst);
         Ok(Box::new(result?))
@@ -483,6 +548,10 @@ impl Backend for Container {
 impl Drop for Container {
     fn drop(&mut self) {
         cleanup::unregister_hook(self.hook);
+        // A build nobody waits for any more is stopped (the engine drops it with the request).
+        for build in self.builds.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            build.abort.abort();
+        }
         if self.shared.touched.load(Ordering::SeqCst) && !self.shared.swept.load(Ordering::SeqCst) {
             if let Err(e) = remove_run_blocking(&self.run_id) {
                 eprintln!(
