@@ -590,8 +590,14 @@ mod tests {
                 .bin_dir(Path::new("/nowhere")),
             PathBuf::from("/b")
         );
-        let s = Settings::from_pairs([("CARGO_TARGET_DIR", "/t"), ("HARNESS_CARGO_PROFILE", "release")]);
-        assert_eq!(s.bin_dir(Path::new("/nowhere")), PathBuf::from("/t/release"));
+        let s = Settings::from_pairs([
+            ("CARGO_TARGET_DIR", "/t"),
+            ("HARNESS_CARGO_PROFILE", "release"),
+        ]);
+        assert_eq!(
+            s.bin_dir(Path::new("/nowhere")),
+            PathBuf::from("/t/release")
+        );
         assert!(Settings::default().attach());
         assert!(!Settings::from_pairs([("HARNESS_ATTACH", "0")]).attach());
         assert!(!Settings::from_pairs([("HARNESS_VERBOSE", "0")]).verbose());
@@ -610,11 +616,15 @@ mod tests {
         std::fs::create_dir(outside.path().join("fixtures")).unwrap();
         let inside = outside.path().join("fixtures");
         let root = std::fs::canonicalize(outside.path()).unwrap();
-        assert_eq!(s.state_dir(&inside, None), root.join("target/debug").parent().unwrap().join("harness"));
+        assert_eq!(
+            s.state_dir(&inside, None),
+            root.join("target/debug").parent().unwrap().join("harness")
+        );
         let configured = outside.path().join("reports");
         assert_eq!(s.state_dir(&inside, Some(&configured)), configured);
         assert_eq!(
-            s.with("HARNESS_STATE_DIR", "/s").state_dir(&inside, Some(&configured)),
+            s.with("HARNESS_STATE_DIR", "/s")
+                .state_dir(&inside, Some(&configured)),
             PathBuf::from("/s")
         );
     }
@@ -624,8 +634,14 @@ mod tests {
         let target = tempfile::tempdir().unwrap();
         std::fs::write(target.path().join("CACHEDIR.TAG"), "").unwrap();
         let t = target.path();
-        assert_eq!(profile_of_exe(&t.join("debug/deps/suite-1a2b")).as_deref(), Some("dev"));
-        assert_eq!(profile_of_exe(&t.join("release/harness")).as_deref(), Some("release"));
+        assert_eq!(
+            profile_of_exe(&t.join("debug/deps/suite-1a2b")).as_deref(),
+            Some("dev")
+        );
+        assert_eq!(
+            profile_of_exe(&t.join("release/harness")).as_deref(),
+            Some("release")
+        );
         assert_eq!(profile_of_exe(&t.join("ci/deps/x")).as_deref(), Some("ci"));
         assert_eq!(profile_of_exe(Path::new("/usr/bin/harness")), None);
         assert_eq!(profile_dir("dev"), "debug");

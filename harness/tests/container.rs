@@ -567,7 +567,12 @@ struct Builds(std::sync::Mutex<Vec<String>>);
 
 impl Builds {
     fn count(&self) -> usize {
-        self.0.lock().unwrap().iter().filter(|e| *e == "built").count()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| *e == "built")
+            .count()
     }
 }
 
@@ -653,6 +658,37 @@ async fn an_image_is_built_once_per_context_and_a_missing_base_says_what_to_do()
         .to_string();
     assert!(err.contains("harness-local/no-such-base:1"), "{err}");
     assert!(err.contains("no registry"), "{err}");
+    let mine = format!("{LABEL_OWNER_PID}={}", std::process::id());
+    assert_eq!(leftovers(&mine), nothing());
+}
+
+/// A `binary` service whose image is only a runtime (a tag of the base, as `./run` makes the
+/// shop's) and whose binary is not mounted would run nothing: the start is refused before any
+/// container exists, saying how to bake the binary in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_image_without_its_binary_is_refused_before_anything_starts() {
+    setup();
+    let _serial = SERIAL.lock().await;
+    let tag = format!("harness-local/runtime-test-{}:1", std::process::id());
+    docker(&["tag", "harness-local/base:bookworm", &tag]);
+    let source = format!("[services.payments]\nkind = \"service\"\nbinary = \"payments\"\nimage = \"{tag}\"\nports = {{ http = 8080 }}\n");
+    let manifest = Manifest::parse(Path::new("runtime.toml"), &source).unwrap();
+    let err = Stack::start(
+        manifest,
+        StackOptions {
+            settings: Settings::from_env().with("HARNESS_MOUNT_BINARIES", "0"),
+            ..containers()
+        },
+    )
+    .await
+    .map(|_| ())
+    .unwrap_err();
+    docker(&["image", "rm", &tag]);
+    let text = err.to_string();
+    assert!(text.contains("only a runtime"), "{text}");
+    assert!(text.contains("HARNESS_MOUNT_BINARIES=0"), "{text}");
+    assert!(text.contains("build.sh service payments"), "{text}");
+    assert_eq!(err.exit_code(), harness::exit_code::PREREQUISITE_MISSING);
     let mine = format!("{LABEL_OWNER_PID}={}", std::process::id());
     assert_eq!(leftovers(&mine), nothing());
 }

@@ -202,12 +202,19 @@ fn build_suites(
         for key in &body.unknown {
             problems.push(Problem::at(
                 key.span(),
-                format!("suite `{suite}` has the key `{}`, which a suite does not take", key.get_ref()),
+                format!(
+                    "suite `{suite}` has the key `{}`, which a suite does not take",
+                    key.get_ref()
+                ),
                 "a suite is a list of services, or a table with `services` and `command`",
             ));
         }
         if let Some(command) = &body.command {
-            let words: Vec<String> = command.get_ref().iter().map(|w| w.get_ref().clone()).collect();
+            let words: Vec<String> = command
+                .get_ref()
+                .iter()
+                .map(|w| w.get_ref().clone())
+                .collect();
             if words.first().is_none_or(|w| w.trim().is_empty()) {
                 problems.push(Problem::at(
                     command.span(),

@@ -37,10 +37,14 @@ pub fn cargo_binaries(manifest: &Manifest, settings: &Settings) -> Result<(), Er
     }
     let profile = settings.cargo_profile();
     let mut cmd = std::process::Command::new(settings.cargo());
-    cmd.args(["build", "--quiet", "--message-format=json-render-diagnostics"])
-        .args(["--profile", &profile])
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::piped());
+    cmd.args([
+        "build",
+        "--quiet",
+        "--message-format=json-render-diagnostics",
+    ])
+    .args(["--profile", &profile])
+    .current_dir(&dir)
+    .stdout(std::process::Stdio::piped());
     for b in &bins {
         cmd.args(["--bin", b]);
     }

@@ -58,7 +58,11 @@ pub(crate) async fn main_job(m: Manifest, args: Vec<String>) -> Result<u8, Error
         let ok = status
             .map_err(|e| {
                 Error::io(
-                    format!("running suite `{}` (`{program}`, in {})", run.name, m.dir().display()),
+                    format!(
+                        "running suite `{}` (`{program}`, in {})",
+                        run.name,
+                        m.dir().display()
+                    ),
                     e,
                 )
             })?

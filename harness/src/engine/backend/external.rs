@@ -119,7 +119,11 @@ impl Backend for External {
         BackendKind::External
     }
 
-    async fn preflight(&self, manifest: &Manifest, _: &std::sync::Arc<dyn Sink>) -> Result<(), Error> {
+    async fn preflight(
+        &self,
+        manifest: &Manifest,
+        _: &std::sync::Arc<dyn Sink>,
+    ) -> Result<(), Error> {
         check(manifest, &self.0)
     }
 

@@ -40,7 +40,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn kind(&self) -> BackendKind;
     /// Checks before anything starts that every service can be started (binaries installed,
     /// images present), listing everything missing at once; warnings go to `sink`.
-    async fn preflight(&self, manifest: &Manifest, sink: &std::sync::Arc<dyn Sink>) -> Result<(), Error>;
+    async fn preflight(
+        &self,
+        manifest: &Manifest,
+        sink: &std::sync::Arc<dyn Sink>,
+    ) -> Result<(), Error>;
     /// Starts one service; returns once it has been launched (not yet ready).
     async fn start(&self, request: StartRequest<'_>) -> Result<Box<dyn Instance>, Error>;
 }

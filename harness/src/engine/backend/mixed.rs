@@ -332,7 +332,11 @@ impl Backend for Mixed {
             .unwrap_or(BackendKind::External)
     }
 
-    async fn preflight(&self, manifest: &Manifest, sink: &std::sync::Arc<dyn Sink>) -> Result<(), Error> {
+    async fn preflight(
+        &self,
+        manifest: &Manifest,
+        sink: &std::sync::Arc<dyn Sink>,
+    ) -> Result<(), Error> {
         check_reachable(&self.plan, manifest)?;
         for (backend, part) in self.backends.values() {
             backend.preflight(part, sink).await?;

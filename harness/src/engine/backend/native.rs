@@ -117,7 +117,11 @@ impl Backend for Native {
         BackendKind::Native
     }
 
-    async fn preflight(&self, manifest: &Manifest, _: &std::sync::Arc<dyn Sink>) -> Result<(), Error> {
+    async fn preflight(
+        &self,
+        manifest: &Manifest,
+        _: &std::sync::Arc<dyn Sink>,
+    ) -> Result<(), Error> {
         check(manifest, &self.bin_dir)
     }
 

@@ -494,7 +494,11 @@ fn host_name(name: &str) -> Option<String> {
 }
 
 /// Whether a service other than `original` is already written as `host` in the file.
-fn old_name_taken(renamed: &BTreeMap<String, String>, original: &Spanned<String>, host: &str) -> bool {
+fn old_name_taken(
+    renamed: &BTreeMap<String, String>,
+    original: &Spanned<String>,
+    host: &str,
+) -> bool {
     renamed
         .iter()
         .any(|(from, to)| to == host && from != original.get_ref())
@@ -643,6 +647,9 @@ mod tests {
             "services:\n  a:\n    image: a:1\nx-harness:\n  suites:\n    e2e:\n      comand: [x]\n",
         )
         .unwrap_err();
-        assert!(wrong.contains("suite `e2e` has the key `comand`"), "{wrong}");
+        assert!(
+            wrong.contains("suite `e2e` has the key `comand`"),
+            "{wrong}"
+        );
     }
 }

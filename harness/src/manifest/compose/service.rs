@@ -222,7 +222,9 @@ impl Context<'_, '_> {
             s.image = None;
         }
         if let Some(d) = deadline {
-            let span = body.get("healthcheck").map_or(body.span.clone(), |h| h.span.clone());
+            let span = body
+                .get("healthcheck")
+                .map_or(body.span.clone(), |h| h.span.clone());
             s.startup_timeout = Some(Spanned::new(span, format!("{}ms", d.as_millis().max(1))));
         }
         if let Some(ext) = body.get("x-harness") {
@@ -466,7 +468,11 @@ impl Context<'_, '_> {
     /// or no probe (`NONE`, `disable: true`). The harness probes at its own cadence, not at
     /// `interval`; when the timings are given, the time compose would take to call the service
     /// unhealthy (`start_period` + `retries` × (`interval` + `timeout`)) is its deadline.
-    fn healthcheck(&mut self, node: &Node, deadline: &mut Option<Duration>) -> Option<Spanned<RawProbe>> {
+    fn healthcheck(
+        &mut self,
+        node: &Node,
+        deadline: &mut Option<Duration>,
+    ) -> Option<Spanned<RawProbe>> {
         // Compose's defaults.
         let mut timings = [
             ("interval", Duration::from_secs(30), false),
@@ -492,7 +498,11 @@ impl Context<'_, '_> {
             Some(v) => match self.string(v, "`retries`").map(|t| t.parse::<u32>()) {
                 Some(Ok(n)) => Some(n),
                 Some(Err(_)) => {
-                    self.error(&v.span, "`retries` is not a whole number", "write e.g. `retries: 5`");
+                    self.error(
+                        &v.span,
+                        "`retries` is not a whole number",
+                        "write e.g. `retries: 5`",
+                    );
                     None
                 }
                 None => None,

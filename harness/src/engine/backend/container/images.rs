@@ -154,11 +154,14 @@ pub fn plan(manifest: &Manifest, settings: &Settings) -> Result<ImagePlan, Error
     let deferrable = builds
         .keys()
         .filter(|image| {
-            images.iter().filter(|(_, c)| c.image == **image).all(|(s, _)| {
-                manifest
-                    .service(s)
-                    .is_some_and(|m| m.kind == crate::manifest::Kind::Service)
-            })
+            images
+                .iter()
+                .filter(|(_, c)| c.image == **image)
+                .all(|(s, _)| {
+                    manifest
+                        .service(s)
+                        .is_some_and(|m| m.kind == crate::manifest::Kind::Service)
+                })
         })
         .cloned()
         .collect();
@@ -330,7 +333,10 @@ pub(super) async fn provide_images(
         .into_iter()
         .flatten()
         .collect();
-    (missing, deferred.into_inner().unwrap_or_else(|p| p.into_inner()))
+    (
+        missing,
+        deferred.into_inner().unwrap_or_else(|p| p.into_inner()),
+    )
 }
 
 /// The preflight's error for images that cannot be had, with how to provide each.
@@ -423,6 +429,21 @@ pub async fn bare_base_services(
     manifest: &Manifest,
     plan: &ImagePlan,
 ) -> BTreeSet<String> {
+    bare_base_images(docker, plan)
+        .await
+        .into_iter()
+        .filter(|s| {
+            manifest
+                .service(s)
+                .is_some_and(|m| base_entrypoint(m.kind).is_some())
+        })
+        .collect()
+}
+
+/// The services of the plan whose image is a bare tag of the local base image (its label, no
+/// entrypoint of its own): a runtime that a server's entrypoint or a mounted binary brings to
+/// life, and that runs nothing by itself.
+pub async fn bare_base_images(docker: &Docker, plan: &ImagePlan) -> BTreeSet<String> {
     let mut bare = BTreeSet::new();
     for (image, services) in plan.by_image() {
         let Ok(inspect) = docker.inspect_image(image).await else {
@@ -435,19 +456,52 @@ pub async fn bare_base_services(
             .is_some_and(|l| l.contains_key("org.harness.base-suite"));
         let own_entrypoint = config.entrypoint.as_ref().is_some_and(|e| !e.is_empty());
         if base && !own_entrypoint {
-            bare.extend(
-                services
-                    .iter()
-                    .filter(|s| {
-                        manifest
-                            .service(s)
-                            .is_some_and(|m| base_entrypoint(m.kind).is_some())
-                    })
-                    .map(|s| s.to_string()),
-            );
+            bare.extend(services.iter().map(|s| s.to_string()));
         }
     }
     bare
+}
+
+/// The preflight's error for `binary` services whose image is only a runtime (a tag of the
+/// base, as `./run` makes them) while their binary is not mounted: they would run nothing.
+pub(super) fn unmounted_runtimes(
+    manifest: &Manifest,
+    plan: &ImagePlan,
+    bare: &BTreeSet<String>,
+    mounts: &BTreeMap<String, PathBuf>,
+    settings: &Settings,
+) -> Option<Error> {
+    let services: Vec<&crate::manifest::Service> = manifest
+        .services
+        .iter()
+        .filter(|s| matches!(s.launch, crate::manifest::Launch::Binary(_)))
+        .filter(|s| bare.contains(&s.name) && !mounts.contains_key(&s.name))
+        .collect();
+    let first = services.first()?;
+    let image = plan
+        .images
+        .get(&first.name)
+        .map(|c| c.image.as_str())
+        .unwrap_or("");
+    let why = if settings.is_off("HARNESS_MOUNT_BINARIES") {
+        "HARNESS_MOUNT_BINARIES=0 runs images as they are".to_string()
+    } else {
+        format!(
+            "its binary is not built in {}",
+            settings.bin_dir(manifest.dir()).display()
+        )
+    };
+    let names: Vec<String> = services.iter().map(|s| format!("`{}`", s.name)).collect();
+    Some(Error::Prerequisite {
+        what: format!(
+            "the image of {} (`{image}`) is only a runtime, a tag of the local base image with no program of its own, and {why}",
+            names.join(", ")
+        ),
+        help: format!(
+            "bake the binary into it: `fixtures/images/build.sh service {} target/debug/{} fixtures/{}` (or give the service an image that runs it), or let the harness mount the fresh binary (unset HARNESS_MOUNT_BINARIES, `cargo build`)",
+            first.name, first.name, first.name
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ pub use images::{
     available, bare_base_services, image_ids, image_var, mounted_binaries, plan, planned_mounts,
     ImageChoice, ImagePlan,
 };
-use images::{images_error, provide_images, MOUNTED_BIN_DIR};
+use images::{bare_base_images, images_error, provide_images, unmounted_runtimes, MOUNTED_BIN_DIR};
 pub use instance::log_tail;
 use instance::{ContainerInstance, Shared};
 pub use reaper::{
@@ -180,7 +180,13 @@ impl Container {
     }
 
     /// Starts building `images` in the background (see [`Container::builds`]).
-    fn spawn_builds(&self, docker: &Docker, plan: &ImagePlan, images: Vec<String>, sink: &Arc<dyn Sink>) {
+    fn spawn_builds(
+        &self,
+        docker: &Docker,
+        plan: &ImagePlan,
+        images: Vec<String>,
+        sink: &Arc<dyn Sink>,
+    ) {
         use futures::FutureExt as _;
         let mut builds = self.builds.lock().unwrap_or_else(|p| p.into_inner());
         for image in images {
@@ -199,7 +205,14 @@ impl Container {
             }
             .boxed()
             .shared();
-            builds.insert(image, PendingBuild { outcome, abort, context });
+            builds.insert(
+                image,
+                PendingBuild {
+                    outcome,
+                    abort,
+                    context,
+                },
+            );
         }
     }
 
@@ -213,7 +226,9 @@ impl Container {
             .cloned();
         let pending = image.as_ref().and_then(|image| {
             let builds = self.builds.lock().unwrap_or_else(|p| p.into_inner());
-            builds.get(image).map(|b| (b.outcome.clone(), b.context.clone()))
+            builds
+                .get(image)
+                .map(|b| (b.outcome.clone(), b.context.clone()))
         });
         let Some((outcome, context)) = pending else {
             return Ok(());
@@ -514,8 +529,12 @@ impl Backend for Container {
         }
         network?;
         self.spawn_builds(docker, &plan, deferred, sink);
-        *self.mounts.lock().unwrap_or_else(|p| p.into_inner()) =
-            mounted_binaries(manifest, &plan, &self.settings, &self.bin_dir);
+        let mounts = mounted_binaries(manifest, &plan, &self.settings, &self.bin_dir);
+        let runtimes = bare_base_images(docker, &plan).await;
+        if let Some(e) = unmounted_runtimes(manifest, &plan, &runtimes, &mounts, &self.settings) {
+            return Err(e);
+        }
+        *self.mounts.lock().unwrap_or_else(|p| p.into_inner()) = mounts;
         *self.bare.lock().unwrap_or_else(|p| p.into_inner()) =
             bare_base_services(docker, manifest, &plan).await;
         *self.images.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -549,7 +568,12 @@ impl Drop for Container {
     fn drop(&mut self) {
         cleanup::unregister_hook(self.hook);
         // A build nobody waits for any more is stopped (the engine drops it with the request).
-        for build in self.builds.lock().unwrap_or_else(|p| p.into_inner()).values() {
+        for build in self
+            .builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
             build.abort.abort();
         }
         if self.shared.touched.load(Ordering::SeqCst) && !self.shared.swept.load(Ordering::SeqCst) {
