@@ -692,3 +692,64 @@ async fn a_runtime_image_without_its_binary_is_refused_before_anything_starts() 
     let mine = format!("{LABEL_OWNER_PID}={}", std::process::id());
     assert_eq!(leftovers(&mine), nothing());
 }
+
+/// Container Postgres on the local image starts from a cached cluster: the first run hands
+/// its fresh cluster to the cache, the next gets a copy of it (a file planted in the cached
+/// cluster shows up in its data directory) and still runs with its own credentials and
+/// databases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_postgres_starts_from_the_cached_cluster_with_its_own_credentials() {
+    setup();
+    let _serial = SERIAL.lock().await;
+    let cache = tempfile::tempdir().unwrap();
+    let settings =
+        Settings::from_env().with("HARNESS_CACHE_DIR", &cache.path().display().to_string());
+    let source = "[services.postgres]\nkind = \"postgres\"\ndatabases = [\"extra\"]\n";
+    let start = || async {
+        let manifest = Manifest::parse(Path::new("seed.toml"), source).unwrap();
+        Stack::start(
+            manifest,
+            StackOptions {
+                settings: settings.clone(),
+                ..containers()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let first = start().await;
+    let root = cache.path().join("postgres-container");
+    let mut entry = None;
+    for _ in 0..100 {
+        entry = std::fs::read_dir(&root)
+            .ok()
+            .and_then(|mut d| d.find_map(|e| e.ok().map(|e| e.path())))
+            .filter(|p| p.join("data/PG_VERSION").is_file());
+        if entry.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.down().await;
+    let entry = entry.expect("the first run cached no cluster");
+    let planted = format!("planted-{}", std::process::id());
+    std::fs::write(entry.join("data").join(&planted), "").unwrap();
+
+    let second = start().await;
+    let data = second.run_dir().unwrap().join("postgres-data");
+    let seeded = data.join(&planted).is_file();
+    let endpoint = second.endpoint("postgres").unwrap();
+    let mut conn = sqlx::PgConnection::connect(&endpoint.url(Some("extra")).unwrap())
+        .await
+        .unwrap();
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    second.down().await;
+    assert!(seeded, "the second run's cluster is not the cached one");
+    assert_eq!(Some(user), endpoint.user);
+    let mine = format!("{LABEL_OWNER_PID}={}", std::process::id());
+    assert_eq!(leftovers(&mine), nothing());
+}

@@ -30,6 +30,7 @@ mod engine;
 mod images;
 mod instance;
 mod reaper;
+mod seed;
 mod servers;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -385,6 +386,21 @@ impl Container {
             binds
                 .get_or_insert_with(Vec::new)
                 .push(format!("{}:{inside}", host.display()));
+            // Our own Postgres entrypoint on a bare base image starts from a cached cluster.
+            if let (true, crate::manifest::Kind::Postgres, Some((script, _))) =
+                (bare, service.kind, base_entrypoint(service.kind))
+            {
+                if let Ok(Some(id)) = docker.inspect_image(&image).await.map(|i| i.id) {
+                    let cache = self
+                        .settings
+                        .cache_dir()
+                        .join("postgres-container")
+                        .join(seed::key(&id, script, &env));
+                    let seeding = seed::prepare(cache, &host, &self.run_dir, &service.name).await;
+                    binds.get_or_insert_with(Vec::new).extend(seeding.binds);
+                    env.extend(seeding.env);
+                }
+            }
         }
         let body = ContainerCreateBody {
             image: Some(image.clone()),
