@@ -244,6 +244,11 @@ pub const VARIABLES: &[Variable] = &[
         meaning: "container backend: a server's entrypoint script, given at run time",
     },
     Variable {
+        name: "HARNESS_SEED_DIR",
+        role: Role::SetByHarness,
+        meaning: "container backend: where the local Postgres image's entrypoint hands out a fresh cluster for the harness to cache",
+    },
+    Variable {
         name: "HARNESS_VERIFY_<FIELD>",
         role: Role::SetByHarness,
         meaning: "`harness verify`'s request to the contracts suite (provider, pacts, broker, publishing, report file)",

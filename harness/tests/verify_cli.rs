@@ -98,3 +98,11 @@ fn binary_and_image_exclude_each_other() {
         "cannot be used with",
     );
 }
+
+#[test]
+fn pacts_that_are_not_there_are_refused() {
+    refused(
+        &["payments", "--pacts", "/nonexistent/pacts"],
+        "neither a pact file, a directory of pacts nor an http(s) URL",
+    );
+}

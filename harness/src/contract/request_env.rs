@@ -18,6 +18,8 @@ const ENV_VERSION: &str = "HARNESS_VERIFY_PROVIDER_VERSION";
 const ENV_BRANCH: &str = "HARNESS_VERIFY_BRANCH";
 const ENV_BUILD_URL: &str = "HARNESS_VERIFY_BUILD_URL";
 const ENV_PUBLISH: &str = "HARNESS_VERIFY_PUBLISH";
+const ENV_PACTS: &str = "HARNESS_VERIFY_PACTS";
+const ENV_CONSUMERS: &str = "HARNESS_VERIFY_CONSUMERS";
 
 impl VerifyRequest {
     /// The environment that carries this request to a suite binary.
@@ -39,6 +41,12 @@ impl VerifyRequest {
             if let Some(w) = &b.include_wip_pacts_since {
                 env.push((ENV_WIP, w.clone()));
             }
+        }
+        if !self.pacts.is_empty() {
+            env.push((ENV_PACTS, self.pacts.join("\n")));
+        }
+        if !self.consumers.is_empty() {
+            env.push((ENV_CONSUMERS, self.consumers.join("\n")));
         }
         if let Some(p) = &self.publish {
             env.push((ENV_PUBLISH, "true".into()));
@@ -102,11 +110,18 @@ impl VerifyRequest {
         } else {
             None
         };
+        let list = |name: &str| -> Vec<String> {
+            var(name)
+                .map(|v| v.lines().map(str::to_string).collect())
+                .unwrap_or_default()
+        };
         let request = VerifyRequest {
             provider,
             candidate,
             broker,
             publish,
+            pacts: list(ENV_PACTS),
+            consumers: list(ENV_CONSUMERS),
         };
         request.validate()?;
         Ok(Some(request))
@@ -151,6 +166,8 @@ mod tests {
                 branch: Some("main".into()),
                 build_url: None,
             }),
+            pacts: vec!["/".into(), "http://127.0.0.1:9292/pacts/x.json".into()],
+            consumers: vec!["orders".into(), "refunds".into()],
         };
         let env: Vec<(&str, String)> = request.to_env();
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -172,6 +189,7 @@ mod tests {
             candidate: None,
             broker: Some(source.clone()),
             publish: None,
+            ..VerifyRequest::default()
         };
         assert!(request.to_env().iter().all(|(_, v)| !v.contains("s3cret")));
         assert!(!format!("{request:?}").contains("s3cret"));

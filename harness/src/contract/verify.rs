@@ -91,7 +91,7 @@ impl Candidate {
 
 /// A `harness verify` request: carried from the command to the suite binary in the environment
 /// (`HARNESS_VERIFY_*`), so the suite's own provider-state handlers and message producers run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct VerifyRequest {
     /// The provider to verify.
     pub provider: String,
@@ -101,6 +101,11 @@ pub struct VerifyRequest {
     pub broker: Option<BrokerSource>,
     /// Publish the results (broker only).
     pub publish: Option<Publish>,
+    /// `--pacts`: pact files, directories of them and URLs (any Pact implementation's, V2 to
+    /// V4) verified instead of the contracts directory (and beside a broker's).
+    pub pacts: Vec<String>,
+    /// `--consumer`: only the pacts of these consumers; empty: every consumer's.
+    pub consumers: Vec<String>,
 }
 
 /// A `harness verify` request as its command line gives it, before it is checked: see
@@ -129,6 +134,10 @@ pub struct VerifySettings {
     pub branch: Option<String>,
     /// `--build-url`.
     pub build_url: Option<String>,
+    /// `--pacts`: files, directories and URLs.
+    pub pacts: Vec<String>,
+    /// `--consumer`: the consumers whose pacts are verified.
+    pub consumers: Vec<String>,
 }
 
 impl VerifyRequest {
@@ -189,6 +198,8 @@ impl VerifyRequest {
             candidate: Candidate::either(settings.binary, settings.image, ["--binary", "--image"])?,
             broker,
             publish,
+            pacts: settings.pacts,
+            consumers: settings.consumers,
         };
         request.validate()?;
         Ok(request)
@@ -216,6 +227,20 @@ impl VerifyRequest {
                 ));
             }
         }
+        for p in &self.pacts {
+            if !is_url(p) && !Path::new(p).exists() {
+                return Err(Error::setting(
+                    "--pacts",
+                    format!("{p} is neither a pact file, a directory of pacts nor an http(s) URL"),
+                ));
+            }
+        }
+        if let Some(c) = self.consumers.iter().find(|c| c.trim().is_empty()) {
+            return Err(Error::setting(
+                "--consumer",
+                format!("a consumer's name is empty (`{c}`)"),
+            ));
+        }
         if let Some(Candidate::Binary(b)) = &self.candidate {
             if !b.is_file() {
                 return Err(Error::setting(
@@ -234,10 +259,16 @@ impl VerifyRequest {
             Some(Candidate::Binary(b)) => format!("candidate binary {}", b.display()),
             Some(Candidate::Image(i)) => format!("candidate image {i}"),
         };
-        let source = match &self.broker {
-            None => format!("the pacts in {}", dir.display()),
-            Some(b) => format!("the pacts of the broker at {}", b.url),
-        };
+        let mut sources: Vec<String> = self.pacts.clone();
+        match &self.broker {
+            Some(b) => sources.push(format!("the broker at {}", b.url)),
+            None if sources.is_empty() => sources.push(dir.display().to_string()),
+            None => {}
+        }
+        let mut source = format!("the pacts of {}", sources.join(", "));
+        if !self.consumers.is_empty() {
+            source.push_str(&format!(" (consumers {})", self.consumers.join(", ")));
+        }
         format!(
             "verifying `{}` ({candidate}) against {source}",
             self.provider
@@ -277,11 +308,34 @@ impl VerifyRequest {
         Ok(())
     }
 
-    /// Where the verifier reads the pacts: the broker's pacts for the provider, else `dir`.
-    fn pact_source(&self, dir: &Path) -> Result<PactSource, Error> {
-        let Some(b) = &self.broker else {
-            return Ok(PactSource::Dir(dir.to_string_lossy().into_owned()));
-        };
+    /// Where the verifier reads the pacts: `--pacts` and the broker's pacts for the provider,
+    /// else `dir`.
+    fn pact_sources(&self, dir: &Path) -> Result<Vec<PactSource>, Error> {
+        let mut sources: Vec<PactSource> = self
+            .pacts
+            .iter()
+            .map(|p| {
+                if is_url(p) {
+                    PactSource::URL(p.clone(), None)
+                } else if Path::new(p).is_dir() {
+                    PactSource::Dir(p.clone())
+                } else {
+                    PactSource::File(p.clone())
+                }
+            })
+            .collect();
+        match &self.broker {
+            Some(b) => sources.push(self.broker_source(b)?),
+            None if sources.is_empty() => {
+                sources.push(PactSource::Dir(dir.to_string_lossy().into_owned()))
+            }
+            None => {}
+        }
+        Ok(sources)
+    }
+
+    /// The broker's pacts for the provider.
+    fn broker_source(&self, b: &BrokerSource) -> Result<PactSource, Error> {
         let selectors = pact_verifier::selectors::json_to_selectors(b.selectors.clone());
         if selectors.len() != b.selectors.len() {
             return Err(Error::setting(
@@ -322,7 +376,7 @@ impl Contracts {
             provider: provider.clone(),
             target: provider_target(&stack, &provider)?,
         };
-        let source = request.pact_source(&self.dir)?;
+        let sources = request.pact_sources(&self.dir)?;
         let publish = request.publish.as_ref().map(|p| PublishOptions {
             provider_version: Some(p.provider_version.clone()),
             build_url: p.build_url.clone(),
@@ -330,7 +384,12 @@ impl Contracts {
             provider_branch: p.branch.clone(),
         });
         let outcome = run
-            .run(vec![source], FilterInfo::None, vec![], publish.as_ref())
+            .run(
+                sources,
+                FilterInfo::None,
+                request.consumers.clone(),
+                publish.as_ref(),
+            )
             .await?;
         Ok(VerifyReport::from_outcome(provider, &outcome))
     }
@@ -383,6 +442,10 @@ impl Contracts {
     }
 }
 
+fn is_url(p: &str) -> bool {
+    p.starts_with("http://") || p.starts_with("https://")
+}
+
 /// Writes `report` as JSON to `path`, where `harness verify` reads it.
 fn write_report(report: &VerifyReport, path: &Path) -> Result<(), Error> {
     let fault = |cause: String| Error::Report {
@@ -407,6 +470,7 @@ mod tests {
                 provider_version: "1".into(),
                 ..Publish::default()
             }),
+            ..VerifyRequest::default()
         };
         let err = request.validate().unwrap_err();
         assert!(err.to_string().contains("--broker-url"), "{err}");

@@ -49,6 +49,7 @@ async fn verify_from_broker(ctx: Arc<TrialContext>, contracts: Contracts) -> any
             branch: Some("main".into()),
             build_url: None,
         }),
+        ..VerifyRequest::default()
     };
     let report = contracts
         .verify_provider(ctx.stack.clone(), &request)

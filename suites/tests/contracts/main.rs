@@ -11,6 +11,7 @@
 //!   provider states set up directly in the provider's stores.
 //! - `contracts::negative::…`: a provider changed on purpose (a proxy renaming a field) fails
 //!   the right interaction, naming the field.
+//! - `contracts::sources::…`: pacts from elsewhere (`--pacts`), filtered by consumer;
 //! - `contracts::broker::…`: pacts fetched from a Pact Broker (a local stand-in) and the
 //!   verification results published to it.
 //!
@@ -28,6 +29,7 @@ mod broker;
 mod consumer;
 mod negative;
 mod provider;
+mod sources;
 
 /// Where the committed pact files live.
 fn contracts_dir() -> PathBuf {
@@ -53,5 +55,6 @@ fn main() -> ExitCode {
     let suite = consumer::add_trials(suite, contracts_dir());
     let suite = contracts.add_trials(suite);
     let suite = negative::add_trials(suite, contracts.clone());
+    let suite = sources::add_trials(suite, contracts.clone());
     broker::add_trials(suite, contracts).run()
 }

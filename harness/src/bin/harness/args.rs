@@ -143,6 +143,14 @@ pub(crate) struct VerifyArgs {
     /// Run this image as the provider instead of the manifest's (container backend).
     #[arg(long, value_name = "REF")]
     pub(crate) image: Option<String>,
+    /// Verify these pacts instead of contracts/: a pact file, a directory of them, or an
+    /// http(s) URL, written by any Pact implementation (V2 to V4); repeatable, and beside a
+    /// broker's.
+    #[arg(long = "pacts", value_name = "FILE|DIR|URL")]
+    pub(crate) pacts: Vec<String>,
+    /// Only the pacts of this consumer (repeatable); default: every consumer's.
+    #[arg(long = "consumer", value_name = "NAME")]
+    pub(crate) consumers: Vec<String>,
     /// Fetch the pacts from this Pact Broker instead of contracts/ (token: $PACT_BROKER_TOKEN).
     #[arg(long, value_name = "URL")]
     pub(crate) broker_url: Option<String>,

@@ -362,6 +362,8 @@ fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Failur
         provider_version: args.provider_version,
         branch: args.branch,
         build_url: args.build_url,
+        pacts: args.pacts,
+        consumers: args.consumers,
     };
     let request = VerifyRequest::from_settings(verify_settings, &m)?;
     let target = SuiteTarget {
