@@ -418,8 +418,11 @@ impl Settings {
         }
         // By where the manifest is, never by who asks: `harness up` and a suite binary of the
         // same manifest must agree on where the state file is.
-        if cargo_workspace(&canonical(manifest_dir)).is_some() {
-            return target_dir_of(&self.bin_dir(manifest_dir)).join("harness");
+        if let Some(root) = cargo_workspace(&canonical(manifest_dir)) {
+            let target = self
+                .path("CARGO_TARGET_DIR")
+                .unwrap_or_else(|| root.join("target"));
+            return target.join("harness");
         }
         manifest_dir.join(".harness")
     }

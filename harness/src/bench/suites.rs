@@ -58,8 +58,10 @@ fn run_once(
     let mut cmd = Command::new(binary);
     if let Some(dir) = bin_dir {
         // The suite compares the stack's fingerprints with these binaries, and finds the
-        // stack's state file beside them.
-        cmd.env("HARNESS_BIN_DIR", dir);
+        // stack's state file beside them (not in the project's, where a stack of the
+        // developer's may be up).
+        cmd.env("HARNESS_BIN_DIR", dir)
+            .env("HARNESS_STATE_DIR", dir.join("state"));
     }
     cmd.env("HARNESS_MANIFEST", &manifest.path)
         .env("HARNESS_QUIET", "1")
@@ -212,6 +214,10 @@ async fn warm_and_refreshed(
         StackOptions {
             backend,
             bin_dir: Some(scratch.to_path_buf()),
+            settings: crate::settings::Settings::process().clone().with(
+                "HARNESS_STATE_DIR",
+                &scratch.join("state").display().to_string(),
+            ),
             // A command's bench: it owns the process, as `harness up` does.
             ..StackOptions::owning_the_process(false)
         },
