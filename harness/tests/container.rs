@@ -703,7 +703,7 @@ async fn container_postgres_starts_from_the_cached_cluster_with_its_own_credenti
     let _serial = SERIAL.lock().await;
     let cache = tempfile::tempdir().unwrap();
     let settings =
-        Settings::from_env().with("HARNESS_CACHE_DIR", &cache.path().display().to_string());
+        Settings::from_env().with("HARNESS_CACHE_DIR", cache.path().display().to_string());
     let source = "[services.postgres]\nkind = \"postgres\"\ndatabases = [\"extra\"]\n";
     let start = || async {
         let manifest = Manifest::parse(Path::new("seed.toml"), source).unwrap();

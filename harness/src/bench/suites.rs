@@ -216,7 +216,7 @@ async fn warm_and_refreshed(
             bin_dir: Some(scratch.to_path_buf()),
             settings: crate::settings::Settings::process().clone().with(
                 "HARNESS_STATE_DIR",
-                &scratch.join("state").display().to_string(),
+                scratch.join("state").display().to_string(),
             ),
             // A command's bench: it owns the process, as `harness up` does.
             ..StackOptions::owning_the_process(false)
