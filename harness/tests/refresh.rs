@@ -289,12 +289,32 @@ env = {{ PORT = "8080", BIND_HOST = "0.0.0.0", STATUS = "201" }}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retagged_image_changes_the_fingerprint() {
-    // Two images with different ids (server images are tags of the base; a service image is not).
-    if !docker_ready(BASE_IMAGE) || !docker_ready("harness-local/payments:latest") {
+    // Two images with different ids: the base, and the base with a label of this test's
+    // (committed from a container that never ran: no layer is written).
+    if !docker_ready(BASE_IMAGE) {
         eprintln!("skipped: no Docker engine with the local images");
         return;
     }
     let tag = format!("harness-refresh-test/app:{}", std::process::id());
+    let other = format!("harness-refresh-test/other:{}", std::process::id());
+    let created = Command::new("docker")
+        .args(["create", BASE_IMAGE, "true"])
+        .output()
+        .unwrap();
+    let container = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    assert!(Command::new("docker")
+        .args([
+            "commit",
+            "--change",
+            &format!("LABEL org.harness.test={}", std::process::id()),
+            &container,
+            &other
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let _ = Command::new("docker").args(["rm", &container]).output();
     let retag = |from: &str| {
         assert!(Command::new("docker")
             .args(["tag", from, &tag])
@@ -317,9 +337,9 @@ async fn a_retagged_image_changes_the_fingerprint() {
     };
     retag(BASE_IMAGE);
     let before = fingerprint(&manifest).await;
-    retag("harness-local/payments:latest");
+    retag(&other);
     let after = fingerprint(&manifest).await;
-    let _ = Command::new("docker").args(["rmi", &tag]).output();
+    let _ = Command::new("docker").args(["rmi", &tag, &other]).output();
     assert_eq!(
         harness::fingerprint::changes(&before, &after),
         vec![("app".to_string(), "image changed".to_string())]
