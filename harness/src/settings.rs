@@ -383,14 +383,17 @@ impl Settings {
         if let Some(d) = self.path("HARNESS_BIN_DIR") {
             return d;
         }
-        let target = match self.path("CARGO_TARGET_DIR") {
-            Some(d) => d,
-            None => {
-                let start = canonical(manifest_dir);
-                cargo_workspace(&start).unwrap_or(start).join("target")
-            }
-        };
-        target.join(profile_dir(&self.cargo_profile()))
+        let start = canonical(manifest_dir);
+        let root = cargo_workspace(&start).unwrap_or(start);
+        self.cargo_target(&root)
+            .join(profile_dir(&self.cargo_profile()))
+    }
+
+    /// Cargo's target directory for the workspace at `root`: `CARGO_TARGET_DIR`, else
+    /// `<root>/target`.
+    fn cargo_target(&self, root: &Path) -> PathBuf {
+        self.path("CARGO_TARGET_DIR")
+            .unwrap_or_else(|| root.join("target"))
     }
 
     /// The cargo profile `binary` services are built with: `HARNESS_CARGO_PROFILE`, else the
@@ -419,10 +422,7 @@ impl Settings {
         // By where the manifest is, never by who asks: `harness up` and a suite binary of the
         // same manifest must agree on where the state file is.
         if let Some(root) = cargo_workspace(&canonical(manifest_dir)) {
-            let target = self
-                .path("CARGO_TARGET_DIR")
-                .unwrap_or_else(|| root.join("target"));
-            return target.join("harness");
+            return self.cargo_target(&root).join("harness");
         }
         manifest_dir.join(".harness")
     }

@@ -587,7 +587,10 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
         }
     });
     let bare = match container::connect().await {
-        Ok(docker) => container::bare_base_services(&docker, manifest, &plan).await,
+        Ok(docker) => container::bare_base_services(
+            manifest,
+            &container::bare_base_images(&docker, &plan).await,
+        ),
         Err(_) => Default::default(),
     };
     let files = [

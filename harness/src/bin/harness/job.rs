@@ -157,10 +157,7 @@ fn endpoint_variables(stack: &Stack) -> Vec<(String, String)> {
     for (name, endpoint) in stack.endpoints() {
         vars.extend(harness::backend::external::variables(&name, &endpoint));
         if let Ok(url) = endpoint.url(None) {
-            vars.push((
-                format!("HARNESS_{}_URL", name.to_uppercase().replace('-', "_")),
-                url,
-            ));
+            vars.push((harness::backend::external::var_name(&name, "URL"), url));
         }
     }
     vars

@@ -22,7 +22,8 @@ use crate::model::endpoint::Endpoint;
 #[derive(Debug)]
 pub struct External(pub Settings);
 
-fn var_name(service: &str, field: &str) -> String {
+/// `HARNESS_<SERVICE>_<FIELD>`: a service's name in upper case, `-` as `_`.
+pub fn var_name(service: &str, field: &str) -> String {
     format!(
         "HARNESS_{}_{field}",
         service.to_uppercase().replace('-', "_")

@@ -421,22 +421,17 @@ pub async fn available(manifest: &Manifest, settings: &Settings) -> Result<(), S
     }
 }
 
-/// The built-in servers of `manifest` whose image is a bare tag of the local base image: it
-/// carries the base's `org.harness.base-suite` label and no entrypoint of its own (an official
-/// image, or one built per server, has one and runs as it is).
-pub async fn bare_base_services(
-    docker: &Docker,
-    manifest: &Manifest,
-    plan: &ImagePlan,
-) -> BTreeSet<String> {
-    bare_base_images(docker, plan)
-        .await
-        .into_iter()
+/// The built-in servers among the services on a bare tag of the local base image (`bare`, from
+/// [`bare_base_images`]): they get their entrypoint at run time (an official image, or one
+/// built per server, has one and runs as it is).
+pub fn bare_base_services(manifest: &Manifest, bare: &BTreeSet<String>) -> BTreeSet<String> {
+    bare.iter()
         .filter(|s| {
             manifest
                 .service(s)
                 .is_some_and(|m| base_entrypoint(m.kind).is_some())
         })
+        .cloned()
         .collect()
 }
 

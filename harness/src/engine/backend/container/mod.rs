@@ -49,10 +49,10 @@ use testcontainers::bollard::Docker;
 
 pub use engine::{connect, docker_host};
 pub use images::{
-    available, bare_base_services, image_ids, image_var, mounted_binaries, plan, planned_mounts,
-    ImageChoice, ImagePlan,
+    available, bare_base_images, bare_base_services, image_ids, image_var, mounted_binaries, plan,
+    planned_mounts, ImageChoice, ImagePlan,
 };
-use images::{bare_base_images, images_error, provide_images, unmounted_runtimes, MOUNTED_BIN_DIR};
+use images::{images_error, provide_images, unmounted_runtimes, MOUNTED_BIN_DIR};
 pub use instance::log_tail;
 use instance::{ContainerInstance, Shared};
 pub use reaper::{
@@ -552,7 +552,7 @@ impl Backend for Container {
         }
         *self.mounts.lock().unwrap_or_else(|p| p.into_inner()) = mounts;
         *self.bare.lock().unwrap_or_else(|p| p.into_inner()) =
-            bare_base_services(docker, manifest, &plan).await;
+            bare_base_services(manifest, &runtimes);
         *self.images.lock().unwrap_or_else(|p| p.into_inner()) =
             plan.images.into_iter().map(|(s, c)| (s, c.image)).collect();
         Ok(())
