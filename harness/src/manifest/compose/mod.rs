@@ -381,14 +381,21 @@ impl Context<'_, '_> {
                 *name = Spanned::new(name.span(), to.clone());
             }
         };
+        // Taken: a name as written, or the host name of more than one service.
+        let taken = |from: &str, to: &str| {
+            services.contains_key(to) || renamed.iter().any(|(f, t)| t == to && f != from)
+        };
+        let collisions: BTreeSet<String> = renamed
+            .iter()
+            .filter(|(from, to)| taken(from, to))
+            .map(|(from, _)| from.clone())
+            .collect();
         let old = std::mem::take(services);
         for (mut name, mut body) in old {
             let original = name.clone();
             rename(&mut name);
             if name != original {
-                if services.contains_key(name.get_ref().as_str())
-                    || old_name_taken(&renamed, &original, name.get_ref())
-                {
+                if collisions.contains(original.get_ref()) {
                     self.error(
                         &original.span(),
                         format!(
@@ -491,17 +498,6 @@ fn host_name(name: &str) -> Option<String> {
         })
         .collect();
     super::validate::valid_name(&host).then_some(host)
-}
-
-/// Whether a service other than `original` is already written as `host` in the file.
-fn old_name_taken(
-    renamed: &BTreeMap<String, String>,
-    original: &Spanned<String>,
-    host: &str,
-) -> bool {
-    renamed
-        .iter()
-        .any(|(from, to)| to == host && from != original.get_ref())
 }
 
 /// `COMPOSE_PROFILES`, comma-separated, as compose reads it.
@@ -651,5 +647,17 @@ mod tests {
             wrong.contains("suite `e2e` has the key `comand`"),
             "{wrong}"
         );
+    }
+
+    #[test]
+    fn two_names_that_become_one_host_name_are_refused_whatever_their_order() {
+        for (a, b) in [("api_server", "api-server"), ("Api", "api"), ("a.b", "a_b")] {
+            let text = format!("services:\n  {a}:\n    image: x:1\n  {b}:\n    image: y:1\n");
+            let err = parse(&text).unwrap_err();
+            assert!(
+                err.contains("which another service is already called"),
+                "{a}/{b}: {err}"
+            );
+        }
     }
 }
