@@ -255,7 +255,7 @@ pub async fn server_identity(server: &Path) -> Result<String, String> {
 }
 
 /// `cp -a` (a reflink where the filesystem has them) of a directory tree.
-fn copy_tree(from: &Path, to: &Path) -> Command {
+pub(crate) fn copy_tree(from: &Path, to: &Path) -> Command {
     let mut cp = Command::new("cp");
     cp.args(["-a", "--reflink=auto"]).arg(from).arg(to);
     cp

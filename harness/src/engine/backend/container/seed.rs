@@ -101,13 +101,11 @@ async fn save_when_seeded(seed: PathBuf, cache: PathBuf) {
     .await;
 }
 
-/// `cp -a --reflink=auto from/. to/`: the tree's contents, owners and modes kept.
+/// `from`'s contents into `to`, owners and modes kept (as the native caches copy them).
 fn copy_tree(from: &Path, to: &Path) -> bool {
     std::fs::create_dir_all(to).is_ok()
-        && std::process::Command::new("cp")
-            .args(["-a", "--reflink=auto"])
-            .arg(from.join("."))
-            .arg(to)
+        && crate::model::kind::server::copy_tree(&from.join("."), to)
+            .as_std_mut()
             .status()
             .is_ok_and(|s| s.success())
 }
