@@ -251,7 +251,12 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "HARNESS_VERIFY_<FIELD>",
         role: Role::SetByHarness,
-        meaning: "`harness verify`'s request to the contracts suite (provider, pacts, broker, publishing, report file)",
+        meaning: "`harness verify`'s request to the contracts suite (provider, pacts, broker, state-change URL, publishing, report file)",
+    },
+    Variable {
+        name: "HARNESS_STATES_<FIELD>",
+        role: Role::SetByHarness,
+        meaning: "`harness states serve`'s request to the contracts suite (provider, listen address, URL file)",
     },
 ];
 

@@ -39,6 +39,7 @@ mod mismatch;
 mod pacts;
 mod report;
 mod request_env;
+mod state_server;
 mod states;
 mod trials;
 mod verifier;
@@ -52,13 +53,14 @@ use std::time::Duration;
 
 /// The loopback HTTP server, at its former path (it lives in [`crate::testkit::loopback`]).
 pub use crate::testkit::loopback::LoopbackServer;
-pub use command::{run_verify_command, SuiteTarget};
+pub use command::{run_states_command, run_verify_command, StatesFrom, SuiteTarget, VerifyOutput};
 pub use error::Error;
 pub use message_server::{MessageRequest, ProducedMessage};
 pub use pacts::{load_pact, load_pacts, InteractionInfo, PactFile, Target};
-pub use report::{SummaryRow, VerifyReport};
+pub use report::{InteractionResult, SummaryRow, VerifyReport};
+pub use state_server::StatesRequest;
 pub use states::StateCall;
-pub use verify::{BrokerSource, Candidate, Publish, VerifyRequest, VerifySettings};
+pub use verify::{BrokerSource, Candidate, Publish, StateChange, VerifyRequest, VerifySettings};
 
 use crate::Stack;
 use message_server::ProducerFn;

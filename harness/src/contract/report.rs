@@ -23,6 +23,23 @@ pub struct SummaryRow {
     pub pending: usize,
 }
 
+/// One interaction of a verification, as the JUnit report and `--json` give it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InteractionResult {
+    /// The consumer.
+    pub consumer: String,
+    /// The provider.
+    pub provider: String,
+    /// The interaction's description.
+    pub interaction: String,
+    /// Its provider states.
+    pub states: Vec<String>,
+    /// Whether its pact is pending (a failure does not fail the run).
+    pub pending: bool,
+    /// Why it does not hold; `None`: it held.
+    pub failure: Option<String>,
+}
+
 /// What [`Contracts::verify_provider`](super::Contracts::verify_provider) found.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VerifyReport {
@@ -36,6 +53,9 @@ pub struct VerifyReport {
     pub ok: bool,
     /// Interactions verified.
     pub interactions: usize,
+    /// Each interaction verified, in the order the verifier ran them.
+    #[serde(default)]
+    pub results: Vec<InteractionResult>,
 }
 
 impl VerifyReport {
@@ -95,7 +115,61 @@ impl VerifyReport {
             failures,
             ok,
             interactions: outcome.interactions.len(),
+            results: outcome
+                .interactions
+                .iter()
+                .map(|r| InteractionResult {
+                    consumer: r.consumer.clone(),
+                    provider: r.provider.clone(),
+                    interaction: r.interaction.clone(),
+                    states: r.states.clone(),
+                    pending: r.pending,
+                    failure: r.failure.clone(),
+                })
+                .collect(),
         }
+    }
+
+    /// The verification as JUnit XML, suite `verify-<provider>`: one testcase per interaction,
+    /// named `<consumer>-><provider>::<interaction>`; a failure outside any interaction (a
+    /// pact that could not be read, a state no interaction claims) is a testcase of its own.
+    /// A pending interaction's failure does not fail the run, so its testcase passes and says
+    /// so in its name.
+    pub fn junit(&self) -> String {
+        use crate::testkit::report::{junit, Outcome, TrialRecord};
+        let mut records: Vec<TrialRecord> = self
+            .results
+            .iter()
+            .map(|r| {
+                let mut name = format!("{}->{}::{}", r.consumer, r.provider, r.interaction);
+                let outcome = match &r.failure {
+                    Some(_) if r.pending => {
+                        name.push_str(" (pending: failed, does not fail the run)");
+                        Outcome::Passed
+                    }
+                    Some(f) => Outcome::Failed(f.clone()),
+                    None => Outcome::Passed,
+                };
+                TrialRecord {
+                    name,
+                    outcome,
+                    duration: std::time::Duration::ZERO,
+                }
+            })
+            .collect();
+        let claimed = |f: &String| {
+            self.results
+                .iter()
+                .any(|r| r.failure.is_some() && f.contains(&format!("`{}`", r.interaction)))
+        };
+        for (i, f) in self.failures.iter().filter(|f| !claimed(f)).enumerate() {
+            records.push(TrialRecord {
+                name: format!("{}::verification error {}", self.provider, i + 1),
+                outcome: Outcome::Failed(f.clone()),
+                duration: std::time::Duration::ZERO,
+            });
+        }
+        junit(&format!("verify-{}", self.provider), &records)
     }
 
     /// The summary as a table.
@@ -195,6 +269,7 @@ mod tests {
             failures: vec![],
             ok: false,
             interactions: 6,
+            results: vec![],
         };
         let t = report.table();
         assert!(t.contains("consumer"), "{t}");

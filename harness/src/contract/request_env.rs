@@ -4,12 +4,13 @@
 use crate::settings::Settings;
 use serde_json::Value;
 
-use super::verify::{BrokerSource, Candidate, Publish, VerifyRequest};
+use super::verify::{BrokerSource, Candidate, Publish, StateChange, VerifyRequest};
 use super::Error;
 
 const ENV_PROVIDER: &str = "HARNESS_VERIFY_PROVIDER";
 const ENV_BINARY: &str = "HARNESS_VERIFY_BINARY";
 const ENV_IMAGE: &str = "HARNESS_VERIFY_IMAGE";
+const ENV_BUILD: &str = "HARNESS_VERIFY_BUILD";
 const ENV_BROKER_URL: &str = "HARNESS_VERIFY_BROKER_URL";
 const ENV_SELECTORS: &str = "HARNESS_VERIFY_SELECTORS";
 const ENV_PENDING: &str = "HARNESS_VERIFY_ENABLE_PENDING";
@@ -20,6 +21,8 @@ const ENV_BUILD_URL: &str = "HARNESS_VERIFY_BUILD_URL";
 const ENV_PUBLISH: &str = "HARNESS_VERIFY_PUBLISH";
 const ENV_PACTS: &str = "HARNESS_VERIFY_PACTS";
 const ENV_CONSUMERS: &str = "HARNESS_VERIFY_CONSUMERS";
+const ENV_STATE_CHANGE_URL: &str = "HARNESS_VERIFY_STATE_CHANGE_URL";
+const ENV_STATE_CHANGE_TEARDOWN: &str = "HARNESS_VERIFY_STATE_CHANGE_TEARDOWN";
 
 impl VerifyRequest {
     /// The environment that carries this request to a suite binary.
@@ -28,6 +31,7 @@ impl VerifyRequest {
         match &self.candidate {
             Some(Candidate::Binary(b)) => env.push((ENV_BINARY, b.to_string_lossy().into_owned())),
             Some(Candidate::Image(i)) => env.push((ENV_IMAGE, i.clone())),
+            Some(Candidate::Build(c)) => env.push((ENV_BUILD, c.to_string_lossy().into_owned())),
             None => {}
         }
         if let Some(b) = &self.broker {
@@ -47,6 +51,12 @@ impl VerifyRequest {
         }
         if !self.consumers.is_empty() {
             env.push((ENV_CONSUMERS, self.consumers.join("\n")));
+        }
+        if let Some(change) = &self.state_change {
+            env.push((ENV_STATE_CHANGE_URL, change.url.clone()));
+            if change.teardown {
+                env.push((ENV_STATE_CHANGE_TEARDOWN, "true".into()));
+            }
         }
         if let Some(p) = &self.publish {
             env.push((ENV_PUBLISH, "true".into()));
@@ -71,11 +81,20 @@ impl VerifyRequest {
         let Some(provider) = var(ENV_PROVIDER) else {
             return Ok(None);
         };
-        let candidate = Candidate::either(
-            var(ENV_BINARY).map(Into::into),
-            var(ENV_IMAGE),
-            [ENV_BINARY, ENV_IMAGE],
-        )?;
+        let candidate = match var(ENV_BUILD) {
+            Some(_) if var(ENV_BINARY).is_some() || var(ENV_IMAGE).is_some() => {
+                return Err(Error::setting(
+                    ENV_BUILD,
+                    format!("set one of {ENV_BINARY}, {ENV_IMAGE} and {ENV_BUILD}"),
+                ))
+            }
+            Some(context) => Some(Candidate::Build(context.into())),
+            None => Candidate::either(
+                var(ENV_BINARY).map(Into::into),
+                var(ENV_IMAGE),
+                [ENV_BINARY, ENV_IMAGE],
+            )?,
+        };
         let broker = match var(ENV_BROKER_URL) {
             None => None,
             Some(url) => {
@@ -122,6 +141,10 @@ impl VerifyRequest {
             publish,
             pacts: list(ENV_PACTS),
             consumers: list(ENV_CONSUMERS),
+            state_change: var(ENV_STATE_CHANGE_URL).map(|url| StateChange {
+                url,
+                teardown: var(ENV_STATE_CHANGE_TEARDOWN).is_some_and(|v| v == "true" || v == "1"),
+            }),
         };
         request.validate()?;
         Ok(Some(request))
@@ -168,6 +191,10 @@ mod tests {
             }),
             pacts: vec!["/".into(), "http://127.0.0.1:9292/pacts/x.json".into()],
             consumers: vec!["orders".into(), "refunds".into()],
+            state_change: Some(StateChange {
+                url: "/_pact/state".into(),
+                teardown: true,
+            }),
         };
         let env: Vec<(&str, String)> = request.to_env();
         let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();

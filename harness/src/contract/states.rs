@@ -67,42 +67,163 @@ pub(crate) struct StateHandler {
     pub(crate) teardown: Option<StateFn>,
 }
 
-/// Dispatches provider states to the registered handlers.
+/// Where an interaction's provider states are set up.
+#[derive(Clone)]
+pub(crate) enum StateSource {
+    /// The Rust handlers the suite registered for the provider.
+    Handlers(BTreeMap<String, StateHandler>),
+    /// The provider's own state-change URL: Pact's `POST {"state", "params", "action"}`, and
+    /// the teardown too when `teardown` is set.
+    Url {
+        /// The URL (already resolved against the provider's address).
+        url: String,
+        /// Whether teardown calls are made.
+        teardown: bool,
+    },
+}
+
+/// The registered handlers of one provider, dispatched by state name: what the verifier's
+/// executor and the state-change endpoint of `harness states serve` both call.
+#[derive(Clone)]
+pub(crate) struct Handlers {
+    pub(crate) provider: String,
+    pub(crate) stack: Arc<Stack>,
+    pub(crate) handlers: BTreeMap<String, StateHandler>,
+}
+
+impl Handlers {
+    /// Runs the setup (or teardown) of `call`'s state. A missing handler fails the setup,
+    /// naming the state and the known ones; a missing teardown is nothing to do.
+    pub(crate) async fn run(&self, call: StateCall, setup: bool) -> anyhow::Result<()> {
+        match self.handlers.get(&call.name) {
+            None if setup && self.handlers.is_empty() => Err(anyhow!(
+                "no handler for provider state `{}` of `{}`: no states are registered here; give `harness verify --state-change-url <url>` (the provider's own endpoint, or `harness states serve`), or verify from the cargo workspace whose contracts suite registers them",
+                call.name,
+                self.provider,
+            )),
+            None if setup => Err(anyhow!(
+                "no handler for provider state `{}` of `{}` (known: {})",
+                call.name,
+                self.provider,
+                self.handlers
+                    .keys()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            None => Ok(()),
+            Some(h) if setup => (h.setup)(self.stack.clone(), call).await,
+            Some(h) => match &h.teardown {
+                Some(t) => t(self.stack.clone(), call).await,
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+/// Dispatches the verifier's provider states to their [`StateSource`], keeping each failure
+/// (state, phase, cause) for the report.
 pub(crate) struct StateExecutor {
     provider: String,
     stack: Arc<Stack>,
-    handlers: BTreeMap<String, StateHandler>,
-    errors: Mutex<Vec<String>>,
+    source: StateSource,
+    /// Each failure: the state's name and the account of it.
+    errors: Mutex<Vec<(String, String)>>,
 }
 
 impl std::fmt::Debug for StateExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateExecutor")
-            .field("provider", &self.provider)
-            .field("states", &self.handlers.keys().collect::<Vec<_>>())
-            .finish()
+        let mut d = f.debug_struct("StateExecutor");
+        d.field("provider", &self.provider);
+        match &self.source {
+            StateSource::Handlers(h) => d.field("states", &h.keys().collect::<Vec<_>>()),
+            StateSource::Url { url, teardown } => d.field("url", url).field("teardown", teardown),
+        };
+        d.finish()
     }
 }
 
 impl StateExecutor {
-    /// An executor of `provider`'s states with `handlers`.
-    pub(crate) fn new(
-        provider: &str,
-        stack: Arc<Stack>,
-        handlers: BTreeMap<String, StateHandler>,
-    ) -> StateExecutor {
+    /// An executor of `provider`'s states from `source`.
+    pub(crate) fn new(provider: &str, stack: Arc<Stack>, source: StateSource) -> StateExecutor {
         StateExecutor {
             provider: provider.to_string(),
             stack,
-            handlers,
+            source,
             errors: Mutex::new(Vec::new()),
         }
     }
 
-    /// The failures of handlers so far, taken out.
-    pub(crate) fn take_errors(&self) -> Vec<String> {
+    /// The failures of handlers so far (state, account), in the order they happened, taken
+    /// out.
+    pub(crate) fn take_errors(&self) -> Vec<(String, String)> {
         std::mem::take(&mut *self.errors.lock().unwrap_or_else(|p| p.into_inner()))
     }
+
+    async fn dispatch(
+        &self,
+        call: StateCall,
+        setup: bool,
+    ) -> anyhow::Result<HashMap<String, Value>> {
+        match &self.source {
+            StateSource::Handlers(handlers) => {
+                let handlers = Handlers {
+                    provider: self.provider.clone(),
+                    stack: self.stack.clone(),
+                    handlers: handlers.clone(),
+                };
+                handlers.run(call, setup).await.map(|()| HashMap::new())
+            }
+            StateSource::Url {
+                teardown: false, ..
+            } if !setup => Ok(HashMap::new()),
+            StateSource::Url { url, .. } => post_state_change(url, &call, setup).await,
+        }
+    }
+}
+
+/// How long a state-change URL may take to answer.
+const STATE_CHANGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Pact's state-change request: `POST url` with `{"state", "params", "action"}`; a 2xx answers,
+/// and a JSON object in its body are values the verifier may inject into the request.
+async fn post_state_change(
+    url: &str,
+    call: &StateCall,
+    setup: bool,
+) -> anyhow::Result<HashMap<String, Value>> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(STATE_CHANGE_TIMEOUT)
+            .build()
+            .unwrap_or_default()
+    });
+    let body = serde_json::json!({
+        "state": call.name,
+        "params": Value::Object(call.params.clone()),
+        "action": if setup { "setup" } else { "teardown" },
+    });
+    let response = client.post(url).json(&body).send().await.map_err(|e| {
+        anyhow!("the state-change URL {url} did not answer ({e}); is the provider (or `harness states serve`) serving it?")
+    })?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let text = text.trim();
+        return Err(anyhow!(
+            "the state-change URL {url} answered {status}{}",
+            if text.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", text.chars().take(2000).collect::<String>())
+            }
+        ));
+    }
+    Ok(match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(values)) => values.into_iter().collect(),
+        _ => HashMap::new(),
+    })
 }
 
 #[async_trait::async_trait]
@@ -117,38 +238,18 @@ impl ProviderStateExecutor for StateExecutor {
         if provider_state.name.is_empty() {
             return Ok(HashMap::new());
         }
-        let call = StateCall::from_state(provider_state);
         let phase = if setup { "setup" } else { "teardown" };
-        let result = match self.handlers.get(&provider_state.name) {
-            None if setup => Err(anyhow!(
-                "no handler for provider state `{}` of `{}` (known: {})",
-                provider_state.name,
-                self.provider,
-                if self.handlers.is_empty() {
-                    "none".to_string()
-                } else {
-                    self.handlers
-                        .keys()
-                        .map(|k| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                }
-            )),
-            None => Ok(()),
-            Some(h) if setup => (h.setup)(self.stack.clone(), call).await,
-            Some(h) => match &h.teardown {
-                Some(t) => t(self.stack.clone(), call).await,
-                None => Ok(()),
-            },
-        };
-        match result {
-            Ok(()) => Ok(HashMap::new()),
+        match self
+            .dispatch(StateCall::from_state(provider_state), setup)
+            .await
+        {
+            Ok(values) => Ok(values),
             Err(e) => {
                 let description = format!("`{}` ({phase}): {e:#}", provider_state.name);
                 self.errors
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(description.clone());
+                    .push((provider_state.name.clone(), description.clone()));
                 Err(ProviderStateError {
                     description,
                     interaction_id,

@@ -95,6 +95,7 @@ impl Contracts {
             stack: stack.clone(),
             provider: pact.provider.clone(),
             target: target.clone(),
+            state_change: None,
         };
         let filter = FilterInfo::Description(format!("^{}$", regex::escape(description)));
         let source = PactSource::File(pact.path.to_string_lossy().into_owned());

@@ -13,7 +13,8 @@ use serde_json::Value;
 use super::message_server::MessageServer;
 use super::mismatch::render_mismatch;
 use super::pacts::Target;
-use super::states::StateExecutor;
+use super::states::{StateExecutor, StateSource};
+use super::verify::StateChange;
 use super::{Contracts, Error, REQUEST_TIMEOUT};
 use crate::Stack;
 
@@ -102,12 +103,46 @@ impl Outcome {
     }
 }
 
+impl Outcome {
+    /// Adds each failure of a provider state to the failure of the interaction it was set up
+    /// for (the verifier itself only says that "one or more" handlers failed): interactions
+    /// run one after the other, each with its states, so the failures are matched in order.
+    /// What matches no interaction stays in `state_errors`.
+    fn attribute_state_errors(&mut self, errors: Vec<(String, String)>) {
+        let mut errors = std::collections::VecDeque::from(errors);
+        for r in &mut self.interactions {
+            let mut mine = Vec::new();
+            while errors
+                .front()
+                .is_some_and(|(state, _)| r.states.contains(state))
+            {
+                if let Some((_, e)) = errors.pop_front() {
+                    mine.push(format!("  provider state failed: {e}"));
+                }
+            }
+            if mine.is_empty() {
+                continue;
+            }
+            let failure = r.failure.get_or_insert_with(String::new);
+            for e in mine {
+                if !failure.is_empty() {
+                    failure.push('\n');
+                }
+                failure.push_str(&e);
+            }
+        }
+        self.state_errors = errors.into_iter().map(|(_, e)| e).collect();
+    }
+}
+
 /// A verifier run of `provider` at `target`, with the provider's handlers of `contracts`.
 pub(crate) struct Verification<'a> {
     pub(crate) contracts: &'a Contracts,
     pub(crate) stack: Arc<Stack>,
     pub(crate) provider: String,
     pub(crate) target: Target,
+    /// States from the provider's own state-change URL instead of the handlers.
+    pub(crate) state_change: Option<StateChange>,
 }
 
 impl Verification<'_> {
@@ -150,14 +185,23 @@ impl Verification<'_> {
             transports,
             ..ProviderInfo::default()
         };
+        let source = match &self.state_change {
+            Some(change) => StateSource::Url {
+                url: change.resolve(&self.target),
+                teardown: change.teardown,
+            },
+            None => StateSource::Handlers(
+                self.contracts
+                    .states
+                    .get(&self.provider)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        };
         let executor = Arc::new(StateExecutor::new(
             &self.provider,
             self.stack.clone(),
-            self.contracts
-                .states
-                .get(&self.provider)
-                .cloned()
-                .unwrap_or_default(),
+            source,
         ));
         let options = VerificationOptions::<NullRequestFilterExecutor> {
             request_timeout: REQUEST_TIMEOUT.as_millis() as u64,
@@ -215,7 +259,7 @@ impl Verification<'_> {
             ));
         }
         let mut outcome = result?;
-        outcome.state_errors = executor.take_errors();
+        outcome.attribute_state_errors(executor.take_errors());
         outcome.producer_errors =
             std::mem::take(&mut *producer_errors.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(outcome)

@@ -60,6 +60,27 @@ pub struct Publish {
     pub build_url: Option<String>,
 }
 
+/// The provider's own state-change URL (`--state-change-url`): Pact's
+/// `POST {"state", "params", "action"}` before each interaction with states.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateChange {
+    /// An http(s) URL, or a path (`/_pact/state`) on the provider's own address in the stack.
+    pub url: String,
+    /// Also call it after each interaction, with `"action": "teardown"`.
+    pub teardown: bool,
+}
+
+impl StateChange {
+    /// The URL to call: a path is taken on the provider's address.
+    pub(crate) fn resolve(&self, provider: &super::pacts::Target) -> String {
+        if self.url.starts_with('/') {
+            format!("http://{}:{}{}", provider.host, provider.port, self.url)
+        } else {
+            self.url.clone()
+        }
+    }
+}
+
 /// The candidate of the provider to verify, in place of the manifest's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Candidate {
@@ -67,6 +88,9 @@ pub enum Candidate {
     Binary(PathBuf),
     /// An image, for the container backend.
     Image(String),
+    /// An image built from this Docker build context (its `Dockerfile`), for the container
+    /// backend; built as a manifest's `build` is, once per content.
+    Build(PathBuf),
 }
 
 impl Candidate {
@@ -106,6 +130,9 @@ pub struct VerifyRequest {
     pub pacts: Vec<String>,
     /// `--consumer`: only the pacts of these consumers; empty: every consumer's.
     pub consumers: Vec<String>,
+    /// `--state-change-url`: provider states from the provider's own URL instead of a suite's
+    /// handlers.
+    pub state_change: Option<StateChange>,
 }
 
 /// A `harness verify` request as its command line gives it, before it is checked: see
@@ -118,6 +145,8 @@ pub struct VerifySettings {
     pub binary: Option<PathBuf>,
     /// `--image`: a candidate image.
     pub image: Option<String>,
+    /// `--build`: a candidate built from this Docker build context.
+    pub build: Option<PathBuf>,
     /// `--broker-url`: pacts from this broker.
     pub broker_url: Option<String>,
     /// `--consumer-version-selector`: each a JSON object.
@@ -138,6 +167,10 @@ pub struct VerifySettings {
     pub pacts: Vec<String>,
     /// `--consumer`: the consumers whose pacts are verified.
     pub consumers: Vec<String>,
+    /// `--state-change-url`.
+    pub state_change_url: Option<String>,
+    /// `--state-change-teardown`.
+    pub state_change_teardown: bool,
 }
 
 impl VerifyRequest {
@@ -195,11 +228,35 @@ impl VerifyRequest {
         });
         let request = VerifyRequest {
             provider: settings.provider,
-            candidate: Candidate::either(settings.binary, settings.image, ["--binary", "--image"])?,
+            candidate: match settings.build {
+                Some(_) if settings.binary.is_some() || settings.image.is_some() => {
+                    return Err(Error::setting(
+                        "--build",
+                        "give one candidate: --binary, --image or --build",
+                    ))
+                }
+                Some(context) => Some(Candidate::Build(context)),
+                None => {
+                    Candidate::either(settings.binary, settings.image, ["--binary", "--image"])?
+                }
+            },
             broker,
             publish,
             pacts: settings.pacts,
             consumers: settings.consumers,
+            state_change: match settings.state_change_url {
+                Some(url) => Some(StateChange {
+                    url,
+                    teardown: settings.state_change_teardown,
+                }),
+                None if settings.state_change_teardown => {
+                    return Err(Error::setting(
+                        "--state-change-teardown",
+                        "--state-change-teardown needs --state-change-url <url>",
+                    ))
+                }
+                None => None,
+            },
         };
         request.validate()?;
         Ok(request)
@@ -241,13 +298,34 @@ impl VerifyRequest {
                 format!("a consumer's name is empty (`{c}`)"),
             ));
         }
-        if let Some(Candidate::Binary(b)) = &self.candidate {
-            if !b.is_file() {
+        if let Some(change) = &self.state_change {
+            if !(is_url(&change.url) || change.url.starts_with('/')) {
+                return Err(Error::setting(
+                    "--state-change-url",
+                    format!(
+                        "--state-change-url {}: give an http(s) URL, or a path such as /_pact/state on the provider's own address",
+                        change.url
+                    ),
+                ));
+            }
+        }
+        match &self.candidate {
+            Some(Candidate::Binary(b)) if !b.is_file() => {
                 return Err(Error::setting(
                     "--binary",
                     format!("the candidate binary {} does not exist", b.display()),
                 ));
             }
+            Some(Candidate::Build(c)) if !c.join("Dockerfile").is_file() => {
+                return Err(Error::setting(
+                    "--build",
+                    format!(
+                        "{} is not a Docker build context: it has no Dockerfile",
+                        c.display()
+                    ),
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -258,6 +336,7 @@ impl VerifyRequest {
             None => "as the manifest runs it".to_string(),
             Some(Candidate::Binary(b)) => format!("candidate binary {}", b.display()),
             Some(Candidate::Image(i)) => format!("candidate image {i}"),
+            Some(Candidate::Build(c)) => format!("candidate built from {}", c.display()),
         };
         let mut sources: Vec<String> = self.pacts.clone();
         match &self.broker {
@@ -268,6 +347,17 @@ impl VerifyRequest {
         let mut source = format!("the pacts of {}", sources.join(", "));
         if !self.consumers.is_empty() {
             source.push_str(&format!(" (consumers {})", self.consumers.join(", ")));
+        }
+        if let Some(change) = &self.state_change {
+            source.push_str(&format!(
+                ", provider states from {}{}",
+                change.url,
+                if change.teardown {
+                    " (with teardown)"
+                } else {
+                    ""
+                }
+            ));
         }
         format!(
             "verifying `{}` ({candidate}) against {source}",
@@ -302,6 +392,17 @@ impl VerifyRequest {
                 // Only a container backend runs an image: natively the service now has nothing
                 // to run, which the backend reports before anything starts.
                 service.image = Some(image.clone());
+                service.build = None;
+                service.launch = Launch::ImageOnly;
+            }
+            Candidate::Build(context) => {
+                service.build = Some(crate::manifest::Build {
+                    context: context.clone(),
+                    dockerfile: "Dockerfile".into(),
+                    args: Default::default(),
+                    target: None,
+                });
+                service.image = None;
                 service.launch = Launch::ImageOnly;
             }
         }
@@ -375,6 +476,7 @@ impl Contracts {
             stack: stack.clone(),
             provider: provider.clone(),
             target: provider_target(&stack, &provider)?,
+            state_change: request.state_change.clone(),
         };
         let sources = request.pact_sources(&self.dir)?;
         let publish = request.publish.as_ref().map(|p| PublishOptions {
@@ -398,7 +500,18 @@ impl Contracts {
     /// the manifest, and one trial, `verify::<provider>`, verifies the provider against all
     /// its pacts, prints the summary table and fails if any interaction failed.
     pub fn verify_suite(&self, suite: Suite, request: VerifyRequest) -> Suite {
+        self.verify_suite_reporting(suite, request, Settings::process().path(ENV_REPORT))
+    }
+
+    /// [`Contracts::verify_suite`], writing the report as JSON to `report` (if any).
+    pub(crate) fn verify_suite_reporting(
+        &self,
+        suite: Suite,
+        request: VerifyRequest,
+        report: Option<PathBuf>,
+    ) -> Suite {
         let request = Arc::new(request);
+        let report_path = Arc::new(report);
         let name = format!("verify::{}", request.provider);
         let hook = request.clone();
         let contracts = self.clone();
@@ -408,14 +521,15 @@ impl Contracts {
                     .map_err(|e| crate::Error::Usage(e.to_string()))
             })
             .trial(&name, move |ctx| {
-                let (contracts, request) = (contracts.clone(), request.clone());
+                let (contracts, request, report_path) =
+                    (contracts.clone(), request.clone(), report_path.clone());
                 async move {
                     println!("\n{}", request.describe(contracts.dir()));
                     let report = contracts
                         .verify_provider(ctx.stack.clone(), &request)
                         .await?;
-                    if let Some(path) = Settings::process().path(ENV_REPORT) {
-                        write_report(&report, &path)?;
+                    if let Some(path) = report_path.as_ref() {
+                        write_report(&report, path)?;
                     }
                     println!("\n{}", report.table());
                     if let Some(p) = &request.publish {

@@ -196,7 +196,18 @@ impl Suite {
 
     /// Parses the command line, starts the stack if any trial is selected, runs the trials,
     /// tears the stack down, writes the reports, and returns the exit code.
-    pub fn run(mut self) -> ExitCode {
+    pub fn run(self) -> ExitCode {
+        ExitCode::from(self.run_with(Arguments::from_args()))
+    }
+
+    /// [`Suite::run`] with these arguments instead of the process's command line (the first is
+    /// the program's name), for a suite run inside another program; returns the exit code:
+    /// 0, libtest's 101 when a trial failed, or the stack's error's code (2–5).
+    pub fn run_with_args<I: IntoIterator<Item = String>>(self, args: I) -> u8 {
+        self.run_with(Arguments::from_iter(args))
+    }
+
+    fn run_with(mut self, mut args: Arguments) -> u8 {
         let terminal: Arc<dyn Sink> = Arc::new(if self.settings.quiet() {
             Terminal::quiet()
         } else {
@@ -206,7 +217,6 @@ impl Suite {
         let trials_seen = Arc::new(Trials::default());
         let sink: Arc<dyn Sink> = Arc::new(Fanout(vec![terminal.clone(), trials_seen.clone()]));
         let fatal = |e: &dyn std::fmt::Display| terminal.event(&Event::Fatal(e.to_string()));
-        let mut args = Arguments::from_args();
         if self.sequential && args.test_threads.is_none() {
             args.test_threads = Some(1);
         }
@@ -214,7 +224,7 @@ impl Suite {
             Ok(s) => s,
             Err(e) => {
                 fatal(&e);
-                return ExitCode::from(e.exit_code());
+                return e.exit_code();
             }
         };
         self.trials.retain(|(name, _, _)| selection.keeps(name));
@@ -230,7 +240,7 @@ impl Suite {
                     Trial::test(name.clone(), || Ok(())).with_ignored_flag(*ignored)
                 })
                 .collect();
-            return libtest_mimic::run(&args, trials).exit_code();
+            return code_of(&libtest_mimic::run(&args, trials));
         }
         let runtime = match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -239,7 +249,7 @@ impl Suite {
             Ok(r) => r,
             Err(e) => {
                 fatal(&format!("error: cannot start the async runtime: {e}"));
-                return ExitCode::from(exit_code::INTERNAL);
+                return exit_code::INTERNAL;
             }
         };
         let handle = runtime.handle().clone();
@@ -276,7 +286,7 @@ impl Suite {
                 terminal.as_ref(),
                 &self.settings,
             );
-            return conclusion.exit_code();
+            return code_of(&conclusion);
         }
         let attachable = !self.sequential && self.manifest_hooks.is_empty();
         let stack = match runtime.block_on(start_stack(
@@ -289,7 +299,7 @@ impl Suite {
             Ok(s) => Arc::new(s),
             Err(e) => {
                 fatal(&e);
-                return ExitCode::from(e.exit_code());
+                return e.exit_code();
             }
         };
         if stack.attached_to().is_none() {
@@ -345,7 +355,16 @@ impl Suite {
             terminal.as_ref(),
             &self.settings,
         );
-        conclusion.exit_code()
+        code_of(&conclusion)
+    }
+}
+
+/// The exit code of a run of trials: libtest's 101 when one failed, as `cargo test` knows it.
+fn code_of(conclusion: &libtest_mimic::Conclusion) -> u8 {
+    if conclusion.has_failed() {
+        101
+    } else {
+        exit_code::OK
     }
 }
 

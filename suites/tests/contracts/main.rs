@@ -17,12 +17,15 @@
 //!
 //! `harness verify <provider>` runs this binary with `HARNESS_VERIFY_*` set: then it holds one
 //! trial, `contracts::verify::<provider>`, that verifies the provider (optionally a candidate
-//! build of it, optionally against a broker) and prints a summary table.
+//! build of it, optionally against a broker) and prints a summary table. `harness states serve
+//! <provider>` runs it with `HARNESS_STATES_*` set: then its one trial,
+//! `contracts::states::serve::<provider>`, serves the provider's states below as a Pact
+//! state-change endpoint until stopped.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use harness::contract::{Contracts, VerifyRequest};
+use harness::contract::{Contracts, StatesRequest, VerifyRequest};
 use harness::runner::Suite;
 
 mod broker;
@@ -41,6 +44,20 @@ fn main() -> ExitCode {
     // The Pact libraries report usage unless told not to; set before any thread exists.
     std::env::set_var("PACT_DO_NOT_TRACK", "true");
     let contracts = provider::register(Contracts::new(contracts_dir()));
+    // `harness states serve`: the handlers as a state-change endpoint, attached to a running
+    // stack when there is one.
+    match StatesRequest::from_env() {
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+        Ok(Some(request)) => {
+            return contracts
+                .states_suite(Suite::new("contracts"), request)
+                .run()
+        }
+        Ok(None) => {}
+    }
     // One trial at a time: provider verifications of the same interaction (the broker and the
     // proxy trials repeat some) share its idempotency keys and rows in the provider's stores.
     let suite = Suite::new("contracts").sequential();

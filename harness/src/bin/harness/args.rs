@@ -129,8 +129,34 @@ pub(crate) enum Command {
         what: Bench,
     },
     /// Verify every contract in which PROVIDER is the provider against a candidate of it, with
-    /// the rest of the stack real. Runs the suite binary that holds the provider states.
+    /// the rest of the stack real. Provider states come from the suite binary that holds them
+    /// (in a cargo workspace) or from --state-change-url.
     Verify(Box<VerifyArgs>),
+    /// Provider states for other tools.
+    States {
+        #[command(subcommand)]
+        what: States,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum States {
+    /// Serve the provider states a suite registers as a Pact state-change endpoint against the
+    /// stack (a running `harness up`'s, else one of its own), for Pact's verifier CLI or any
+    /// language's verifier: `--state-change-url <the printed URL>`. Runs until Ctrl-C.
+    Serve {
+        /// The provider whose states are served.
+        provider: String,
+        /// The address to listen on (port 0: a free one, printed).
+        #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// The cargo package of the suite that holds the provider states.
+        #[arg(long, default_value = "suites")]
+        suite_package: String,
+        /// Its test target.
+        #[arg(long, default_value = "contracts")]
+        suite_test: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -141,8 +167,27 @@ pub(crate) struct VerifyArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "image")]
     pub(crate) binary: Option<PathBuf>,
     /// Run this image as the provider instead of the manifest's (container backend).
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", conflicts_with = "build")]
     pub(crate) image: Option<String>,
+    /// Build the provider from this Docker build context (its Dockerfile) and run that
+    /// (container backend).
+    #[arg(long, value_name = "DIR", conflicts_with = "binary")]
+    pub(crate) build: Option<PathBuf>,
+    /// Set up provider states by POSTing Pact's {"state", "params", "action"} to this URL (a
+    /// path such as /_pact/state is taken on the provider's own address) instead of a suite's
+    /// handlers; verifies without cargo, in any repository.
+    #[arg(long, value_name = "URL")]
+    pub(crate) state_change_url: Option<String>,
+    /// Also call the state-change URL after each interaction ("action": "teardown").
+    #[arg(long, requires = "state_change_url")]
+    pub(crate) state_change_teardown: bool,
+    /// Write the JUnit report (one testcase per interaction) here (default:
+    /// junit/verify-PROVIDER.xml in the state directory).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) junit: Option<PathBuf>,
+    /// Also write the report as JSON here: the summary rows and each interaction's result.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json: Option<PathBuf>,
     /// Verify these pacts instead of contracts/: a pact file, a directory of them, or an
     /// http(s) URL, written by any Pact implementation (V2 to V4); repeatable, and beside a
     /// broker's.
@@ -175,7 +220,8 @@ pub(crate) struct VerifyArgs {
     /// A link to the build, published with the results.
     #[arg(long, value_name = "URL")]
     pub(crate) build_url: Option<String>,
-    /// The cargo package of the suite that holds the provider states.
+    /// The cargo package of the suite that holds the provider states (in a cargo workspace,
+    /// without --state-change-url).
     #[arg(long, default_value = "suites")]
     pub(crate) suite_package: String,
     /// Its test target.

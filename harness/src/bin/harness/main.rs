@@ -12,7 +12,7 @@ mod args;
 mod init;
 mod job;
 
-use args::{Bench, Cli, Command, VerifyArgs};
+use args::{Bench, Cli, Command, States, VerifyArgs};
 
 fn main() -> ExitCode {
     // First of all: a signal at any later moment tears down what was started by then.
@@ -99,8 +99,10 @@ impl From<harness::contract::Error> for Failure {
 }
 
 async fn run(cli: Cli) -> Result<u8, Failure> {
-    if let Command::Verify(args) = cli.command {
-        return verify(&cli.manifest, *args);
+    match cli.command {
+        Command::Verify(args) => return verify(&cli.manifest, *args),
+        Command::States { what } => return states(&cli.manifest, what),
+        _ => {}
     }
     commands(cli).await.map_err(Failure::from)
 }
@@ -342,18 +344,23 @@ async fn commands(cli: Cli) -> Result<u8, Error> {
             print!("{}", report.render());
             Ok(exit_code::OK)
         }
-        Command::Verify(_) => unreachable!("`run` handles verify"),
+        Command::Verify(_) | Command::States { .. } => {
+            unreachable!("`run` handles verify and states")
+        }
     }
 }
 
-/// `harness verify`: the request for the suite binary, checked before anything is built.
+/// `harness verify`: the request, checked before anything is built, verified by the suite
+/// binary that holds the provider states (in a cargo workspace, without --state-change-url) or
+/// in this process.
 fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Failure> {
-    use harness::contract::{SuiteTarget, VerifyRequest, VerifySettings};
+    use harness::contract::{StatesFrom, SuiteTarget, VerifyOutput, VerifyRequest, VerifySettings};
     let m = load(cli_manifest)?;
     let verify_settings = VerifySettings {
         provider: args.provider,
         binary: args.binary,
         image: args.image,
+        build: args.build,
         broker_url: args.broker_url,
         selectors: args.selectors,
         enable_pending: args.enable_pending,
@@ -364,13 +371,69 @@ fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Failur
         build_url: args.build_url,
         pacts: args.pacts,
         consumers: args.consumers,
+        state_change_url: args.state_change_url,
+        state_change_teardown: args.state_change_teardown,
     };
     let request = VerifyRequest::from_settings(verify_settings, &m)?;
-    let target = SuiteTarget {
-        package: args.suite_package,
-        test: args.suite_test,
+    let dir = m.path.parent().unwrap_or(std::path::Path::new("."));
+    let states = if request.state_change.is_none()
+        && harness::settings::cargo_workspace(dir).is_some()
+    {
+        StatesFrom::Suite(SuiteTarget {
+            package: args.suite_package,
+            test: args.suite_test,
+        })
+    } else {
+        let contracts_dir = dir.join("contracts");
+        if request.pacts.is_empty() && request.broker.is_none() && !contracts_dir.is_dir() {
+            return Err(Failure::Engine(Error::Usage(format!(
+                "no pacts to verify: {} does not exist; give --pacts <file|dir|url> or --broker-url <url>",
+                contracts_dir.display()
+            ))));
+        }
+        StatesFrom::InProcess { contracts_dir }
+    };
+    let output = VerifyOutput {
+        junit: args.junit.unwrap_or_else(|| {
+            m.state_dir_for(settings())
+                .join("junit")
+                .join(format!("verify-{}.xml", request.provider))
+        }),
+        json: args.json,
     };
     Ok(harness::contract::run_verify_command(
+        &request,
+        &states,
+        &m.path,
+        settings(),
+        &output,
+    )?)
+}
+
+/// `harness states serve`.
+fn states(cli_manifest: &Option<PathBuf>, what: States) -> Result<u8, Failure> {
+    let States::Serve {
+        provider,
+        listen,
+        suite_package,
+        suite_test,
+    } = what;
+    let m = load(cli_manifest)?;
+    if m.service(&provider).is_none() {
+        return Err(Failure::Contract(
+            harness::contract::Error::UnknownProvider { provider },
+        ));
+    }
+    let request = harness::contract::StatesRequest {
+        provider,
+        listen: listen.to_string(),
+        url_file: None,
+    };
+    let target = harness::contract::SuiteTarget {
+        package: suite_package,
+        test: suite_test,
+    };
+    Ok(harness::contract::run_states_command(
         &request,
         &target,
         &m.path,
