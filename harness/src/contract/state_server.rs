@@ -4,8 +4,9 @@
 //!
 //! The endpoint takes what Pact sends: `POST` with `{"state", "params", "action"}` in the body
 //! (`action` is `setup` or `teardown`), or the same as query parameters
-//! (`--state-change-as-query`). It answers 200 with `{}`, 400 for a request that names no
-//! state, and 500 with the handler's failure (the state, the phase, the missing or ill-typed
+//! (`--state-change-as-query`). It answers 200 with `{}` (also to a request without a state,
+//! which verifiers send for interactions that have none), 400 for a malformed request, and 500
+//! with the handler's failure (the state, the phase, the missing or ill-typed
 //! parameter, the cause) as text, which the verifier shows with the interaction.
 
 use std::collections::BTreeMap;
@@ -131,15 +132,16 @@ async fn state_change(
     Query(query): Query<BTreeMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    let call = match parse(&query, &body) {
-        Ok(c) => c,
+    let ok = || (StatusCode::OK, [("content-type", "application/json")], "{}").into_response();
+    let (call, setup) = match parse(&query, &body) {
+        Ok(Some(c)) => c,
+        Ok(None) => return ok(),
         Err(problem) => return (StatusCode::BAD_REQUEST, problem).into_response(),
     };
-    let (call, setup) = call;
     let phase = if setup { "setup" } else { "teardown" };
     let name = call.name.clone();
     match handlers.run(call, setup).await {
-        Ok(()) => (StatusCode::OK, [("content-type", "application/json")], "{}").into_response(),
+        Ok(()) => ok(),
         Err(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!(
@@ -151,8 +153,12 @@ async fn state_change(
     }
 }
 
-/// The state, its parameters and whether it is the setup, from the body or else the query.
-fn parse(query: &BTreeMap<String, String>, body: &[u8]) -> Result<(StateCall, bool), String> {
+/// The state, its parameters and whether it is the setup, from the body or else the query;
+/// `None` for a request without a state.
+fn parse(
+    query: &BTreeMap<String, String>,
+    body: &[u8],
+) -> Result<Option<(StateCall, bool)>, String> {
     let (state, params, action) = if body.iter().all(u8::is_ascii_whitespace) {
         let mut params: Map<String, Value> = query
             .iter()
@@ -173,12 +179,9 @@ fn parse(query: &BTreeMap<String, String>, body: &[u8]) -> Result<(StateCall, bo
     };
     let name = match state {
         Some(Value::String(s)) if !s.is_empty() => s,
-        _ => {
-            return Err(
-                "a state change names its state: {\"state\": \"…\", \"params\": {…}, \"action\": \"setup\"}"
-                    .into(),
-            )
-        }
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(_)) => return Ok(None),
+        Some(other) => return Err(format!("`state` must be a string, not {other}")),
     };
     let setup = match action.as_ref().and_then(Value::as_str) {
         None | Some("setup") => true,
@@ -189,7 +192,7 @@ fn parse(query: &BTreeMap<String, String>, body: &[u8]) -> Result<(StateCall, bo
             ))
         }
     };
-    Ok((StateCall { name, params }, setup))
+    Ok(Some((StateCall { name, params }, setup)))
 }
 
 #[cfg(test)]
@@ -202,6 +205,7 @@ mod tests {
             &BTreeMap::new(),
             br#"{"state": "a payment exists", "params": {"id": "x"}, "action": "teardown"}"#,
         )
+        .unwrap()
         .unwrap();
         assert_eq!(call.name, "a payment exists");
         assert_eq!(call.params["id"], "x");
@@ -210,11 +214,14 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let (call, setup) = parse(&query, b"").unwrap();
+        let (call, setup) = parse(&query, b"").unwrap().unwrap();
         assert_eq!((call.name.as_str(), setup), ("no payment exists", true));
         assert_eq!(call.params["id"], "y");
-        let no_state = parse(&BTreeMap::new(), br#"{"params": {}}"#).unwrap_err();
-        assert!(no_state.contains("names its state"), "{no_state}");
+        assert!(parse(&BTreeMap::new(), br#"{"state": "", "params": {}}"#)
+            .unwrap()
+            .is_none());
+        let bad_state = parse(&BTreeMap::new(), br#"{"state": 1}"#).unwrap_err();
+        assert!(bad_state.contains("must be a string"), "{bad_state}");
         let bad_action =
             parse(&BTreeMap::new(), br#"{"state": "s", "action": "undo"}"#).unwrap_err();
         assert!(bad_action.contains("`undo`"), "{bad_action}");
