@@ -21,6 +21,27 @@ pub struct SuiteTarget {
     pub package: String,
     /// The test target (`--test`).
     pub test: String,
+    /// Where cargo runs (the cargo project of the suite); `None`: the manifest's directory.
+    pub dir: Option<PathBuf>,
+}
+
+impl SuiteTarget {
+    /// The suite a manifest names (`[stack] contracts-suite`), else `package`/`test` of the
+    /// cargo workspace around the manifest.
+    pub fn for_manifest(manifest: &crate::Manifest, package: String, test: String) -> SuiteTarget {
+        match &manifest.contracts_suite {
+            Some(s) => SuiteTarget {
+                package: s.package.clone(),
+                test: s.test.clone(),
+                dir: Some(s.dir.clone()),
+            },
+            None => SuiteTarget {
+                package,
+                test,
+                dir: None,
+            },
+        }
+    }
 }
 
 /// Where `harness verify` finds the provider states.
@@ -178,7 +199,7 @@ fn suite_command(
     .arg(filter)
     .env("HARNESS_MANIFEST", manifest)
     .env("PACT_DO_NOT_TRACK", "true");
-    if let Some(dir) = manifest.parent() {
+    if let Some(dir) = target.dir.as_deref().or(manifest.parent()) {
         cmd.current_dir(dir);
     }
     for (k, v) in env {

@@ -35,6 +35,13 @@ impl Manifest {
         if let Some(d) = &self.state_dir {
             stack.insert("state-dir".into(), relative(d, dir).into());
         }
+        if let Some(c) = &self.contracts_suite {
+            let mut suite = Table::new();
+            suite.insert("dir".into(), relative(&c.dir, dir).into());
+            suite.insert("package".into(), c.package.clone().into());
+            suite.insert("test".into(), c.test.clone().into());
+            stack.insert("contracts-suite".into(), suite.into());
+        }
         let mut head = Table::new();
         head.insert("stack".into(), stack.into());
         let services: Table = self

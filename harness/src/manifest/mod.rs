@@ -345,6 +345,18 @@ pub fn valid_image(image: &str) -> bool {
     !image.trim().is_empty() && !image.contains(char::is_whitespace)
 }
 
+/// The cargo test target whose handlers hold a stack's provider states (`[stack]
+/// contracts-suite`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContractsSuite {
+    /// The cargo project (or workspace) directory, absolute; cargo runs there.
+    pub dir: PathBuf,
+    /// The cargo package (`-p`).
+    pub package: String,
+    /// The test target (`--test`).
+    pub test: String,
+}
+
 /// A parsed and validated manifest.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -363,6 +375,10 @@ pub struct Manifest {
     pub suite_commands: BTreeMap<String, Vec<String>>,
     /// `[stack] state-dir`, absolute; see [`Manifest::state_dir_for`].
     pub state_dir: Option<PathBuf>,
+    /// `[stack] contracts-suite`: the cargo test target whose handlers hold the provider states
+    /// `harness verify` uses (default: `suites`/`contracts` of the cargo workspace around the
+    /// manifest).
+    pub contracts_suite: Option<ContractsSuite>,
     /// What a test run ignores but the file says (a compose file's `restart`, an unset
     /// `${VAR}`), one line each with its position.
     pub warnings: Vec<String>,

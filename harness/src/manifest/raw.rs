@@ -32,6 +32,20 @@ pub(super) struct RawStack {
     pub(super) images: BTreeMap<Spanned<String>, Spanned<String>>,
     /// Where state, reports, timelines and logs go, relative to the manifest.
     pub(super) state_dir: Option<Spanned<String>>,
+    /// The cargo test target whose handlers hold the provider states for `harness verify`.
+    pub(super) contracts_suite: Option<Spanned<RawContractsSuite>>,
+}
+
+/// `[stack] contracts-suite = { dir = "suite", package = "…", test = "contracts" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawContractsSuite {
+    /// The cargo project (or workspace) directory, relative to the manifest (default: its own).
+    pub(super) dir: Option<Spanned<String>>,
+    /// The cargo package.
+    pub(super) package: Spanned<String>,
+    /// The test target (default `contracts`).
+    pub(super) test: Option<Spanned<String>>,
 }
 
 /// One `[services.<name>]` table.
@@ -313,4 +327,8 @@ pub(super) const STACK_KEYS: &[&str] = &[
     "images",
     "state-dir",
     "suites",
+    "contracts-suite",
+    "dir",
+    "package",
+    "test",
 ];

@@ -116,6 +116,7 @@ pub(super) fn build(path: &Path, raw: RawManifest, problems: &mut Vec<Problem>) 
                 .unwrap_or_default();
             Some(base.join(dir))
         }),
+        contracts_suite: contracts_suite(&raw, path, problems),
         warnings: Vec::new(),
     };
     (manifest.suites, manifest.suite_commands) = build_suites(&raw, &manifest, problems);
@@ -175,6 +176,50 @@ fn check_service_name(name: &Spanned<String>, problems: &mut Vec<Problem>) {
             "use lowercase letters, digits and `-`, starting with a letter (it becomes a host name)",
         ));
     }
+}
+
+/// `[stack] contracts-suite`: a cargo directory (relative to the manifest, with a `Cargo.toml`),
+/// a package and a test target (default `contracts`).
+fn contracts_suite(
+    raw: &RawManifest,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<super::ContractsSuite> {
+    let suite = raw.stack.contracts_suite.as_ref()?;
+    let body = suite.get_ref();
+    let base = std::path::absolute(path.parent().unwrap_or(Path::new("."))).unwrap_or_default();
+    let written = body.dir.as_ref().map(|d| d.get_ref().trim()).unwrap_or(".");
+    let dir = base.join(written);
+    if !dir.join("Cargo.toml").is_file() {
+        let span = body
+            .dir
+            .as_ref()
+            .map(|d| d.span())
+            .unwrap_or_else(|| suite.span());
+        problems.push(Problem::at(
+            span,
+            format!(
+                "the contracts suite's directory `{written}` (relative to the manifest) has no Cargo.toml"
+            ),
+            "name the cargo project that holds the suite, relative to the manifest: `dir = \"suite\"`",
+        ));
+        return None;
+    }
+    let package = body.package.get_ref().trim().to_string();
+    if package.is_empty() {
+        problems.push(Problem::at(
+            body.package.span(),
+            "the contracts suite's `package` is empty",
+            "name the cargo package whose test target registers the provider states",
+        ));
+        return None;
+    }
+    let test = body
+        .test
+        .as_ref()
+        .map(|t| t.get_ref().trim().to_string())
+        .unwrap_or_else(|| "contracts".into());
+    Some(super::ContractsSuite { dir, package, test })
 }
 
 /// The `[suites]` table: the services of each suite, and the commands of those that have one.

@@ -377,12 +377,13 @@ fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Failur
     let request = VerifyRequest::from_settings(verify_settings, &m)?;
     let dir = m.path.parent().unwrap_or(std::path::Path::new("."));
     let states = if request.state_change.is_none()
-        && harness::settings::cargo_workspace(dir).is_some()
+        && (m.contracts_suite.is_some() || harness::settings::cargo_workspace(dir).is_some())
     {
-        StatesFrom::Suite(SuiteTarget {
-            package: args.suite_package,
-            test: args.suite_test,
-        })
+        StatesFrom::Suite(SuiteTarget::for_manifest(
+            &m,
+            args.suite_package,
+            args.suite_test,
+        ))
     } else {
         let contracts_dir = dir.join("contracts");
         if request.pacts.is_empty() && request.broker.is_none() && !contracts_dir.is_dir() {
@@ -429,10 +430,7 @@ fn states(cli_manifest: &Option<PathBuf>, what: States) -> Result<u8, Failure> {
         listen: listen.to_string(),
         url_file: None,
     };
-    let target = harness::contract::SuiteTarget {
-        package: suite_package,
-        test: suite_test,
-    };
+    let target = harness::contract::SuiteTarget::for_manifest(&m, suite_package, suite_test);
     Ok(harness::contract::run_states_command(
         &request,
         &target,

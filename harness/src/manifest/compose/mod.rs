@@ -27,7 +27,7 @@ use std::path::Path;
 use toml::Spanned;
 
 use super::diagnostics::Problem;
-use super::raw::{RawDependsOn, RawManifest, RawService, RawStack, RawSuite};
+use super::raw::{RawContractsSuite, RawDependsOn, RawManifest, RawService, RawStack, RawSuite};
 use crate::model::names::closest;
 use interpolate::{Outcome, Variables};
 use yaml::{Node, Value};
@@ -438,6 +438,9 @@ impl Context<'_, '_> {
                     stack.startup_timeout = self.spanned(value, "`startup-timeout`")
                 }
                 Some("state-dir") => stack.state_dir = self.spanned(value, "`state-dir`"),
+                Some("contracts-suite") => {
+                    stack.contracts_suite = self.contracts_suite(value);
+                }
                 Some("suites") => {
                     for (prefix, body) in self.entries(value, "`suites`") {
                         let Some(p) = prefix.text() else { continue };
@@ -460,6 +463,38 @@ impl Context<'_, '_> {
 
     /// One suite of the top-level `x-harness`: a list of services, or a mapping with
     /// `services` and `command` (a string split like a shell, or a list).
+    /// `x-harness: contracts-suite: { dir, package, test }`.
+    fn contracts_suite(&mut self, node: &Node) -> Option<Spanned<RawContractsSuite>> {
+        let (mut dir, mut package, mut test) = (None, None, None);
+        for (key, value) in self.entries(node, "`contracts-suite`") {
+            match key.text() {
+                Some("dir") => dir = self.spanned(value, "`contracts-suite.dir`"),
+                Some("package") => package = self.spanned(value, "`contracts-suite.package`"),
+                Some("test") => test = self.spanned(value, "`contracts-suite.test`"),
+                other => self.error(
+                    &key.span,
+                    format!(
+                        "`contracts-suite` has no key `{}`",
+                        other.unwrap_or("?")
+                    ),
+                    "its keys are `dir` (the cargo project, relative to this file), `package` and `test`",
+                ),
+            }
+        }
+        let Some(package) = package else {
+            self.error(
+                &node.span,
+                "`contracts-suite` names no `package`",
+                "add `package: <the cargo package whose test target registers the provider states>`",
+            );
+            return None;
+        };
+        Some(Spanned::new(
+            node.span.clone(),
+            RawContractsSuite { dir, package, test },
+        ))
+    }
+
     fn suite(&mut self, node: &Node) -> Option<RawSuite> {
         let Value::Map(entries) = &node.value else {
             return Some(RawSuite {
