@@ -1,7 +1,9 @@
 //! `--pacts` and `--consumer` of `harness verify`: pacts that are not in `contracts/`, written
-//! the way other Pact implementations write them (V3 here: `providerStates` with params, the
-//! V3 matching rules), verified against the running provider with the suite's own state
-//! handlers; a consumer filter keeps only the named consumers' pacts.
+//! the way other Pact implementations write them (V3: `providerStates` with params, the V3
+//! matching rules; V2: no state parameters, `$.body` rules), verified against the running
+//! provider with the suite's own state handlers; a consumer filter keeps only the named
+//! consumers' pacts. Provider states that fail are named with their parameter, and states from
+//! a state-change URL are set up and torn down by Pact's request.
 
 use std::sync::Arc;
 
@@ -256,6 +258,37 @@ async fn pacts_from_elsewhere(ctx: Arc<TrialContext>, contracts: Contracts) -> a
         report.interactions == 1,
         "{} interactions verified, not 1",
         report.interactions
+    );
+
+    // A V2 pact, as older implementations write it: no provider-state parameters, `$.body…`
+    // matching rules.
+    let legacy = json!({
+        "consumer": { "name": "legacy" },
+        "provider": { "name": PAYMENTS },
+        "interactions": [{
+            "description": "an unknown payment, the V2 way",
+            "request": { "method": "GET", "path": "/payments/7a1e9b30-2c4d-4e5f-8a6b-3c2d0000000e" },
+            "response": {
+                "status": 404,
+                "headers": { "Content-Type": "application/json" },
+                "body": { "error": "not found" },
+                "matchingRules": { "$.body.error": { "match": "type" } }
+            }
+        }],
+        "metadata": { "pactSpecification": { "version": "2.0.0" } }
+    });
+    std::fs::write(dir.path().join("legacy-payments.json"), legacy.to_string())?;
+    let v2 = VerifyRequest {
+        consumers: vec!["legacy".into()],
+        ..only_refunds.clone()
+    };
+    let report = contracts.verify_provider(ctx.stack.clone(), &v2).await?;
+    harness::capture::note(&report.table());
+    ensure!(
+        report.ok && report.interactions == 1,
+        "the V2 pact: {} interactions, {:?}",
+        report.interactions,
+        report.failures
     );
 
     let every = VerifyRequest {
