@@ -1,5 +1,7 @@
-//! The cargo orchestration of `harness verify`: the suite binary that holds the provider
-//! states is run with the request in its environment, and its report is read back.
+//! The command side of `harness verify` and `harness states serve`: the suite binary that holds
+//! the provider states is run by cargo with the request in its environment (or, with no suite,
+//! the verification runs in this process), its report is read back, printed and written as
+//! JUnit and JSON.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -7,7 +7,11 @@
 //!   `cargo test -- declined` verifies one interaction.
 //! - Provider states are async closures registered per provider and state name
 //!   ([`Contracts::state`]); they set data up directly in the provider's own stores through the
-//!   [`Stack`]. An interaction whose state has no handler fails, naming the state.
+//!   [`Stack`]. An interaction whose state has no handler fails, naming the state; a handler's
+//!   failure (a missing or ill-typed parameter, its own error) is part of its interaction's
+//!   failure. Instead of handlers, a verification may call the provider's own state-change URL
+//!   ([`VerifyRequest::state_change`]); and [`Contracts::states_suite`] serves the handlers as
+//!   such a URL for other tools (`harness states serve`).
 //! - Message interactions: the verifier asks a `message` transport for each message. The
 //!   harness serves that transport itself on 127.0.0.1 and answers with what the provider's
 //!   registered producer ([`Contracts::message_producer`]) returns — typically a message the
