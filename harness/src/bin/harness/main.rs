@@ -385,7 +385,15 @@ fn verify(cli_manifest: &Option<PathBuf>, args: VerifyArgs) -> Result<u8, Failur
             args.suite_test,
         ))
     } else {
-        let contracts_dir = dir.join("contracts");
+        // `contracts/` beside the manifest, else at the root of the cargo workspace around it.
+        let contracts_dir = [
+            Some(dir.join("contracts")),
+            harness::settings::cargo_workspace(dir).map(|w| w.join("contracts")),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| dir.join("contracts"));
         if request.pacts.is_empty() && request.broker.is_none() && !contracts_dir.is_dir() {
             return Err(Failure::Engine(Error::Usage(format!(
                 "no pacts to verify: {} does not exist; give --pacts <file|dir|url> or --broker-url <url>",
