@@ -63,8 +63,8 @@ pub use message_server::{MessageRequest, ProducedMessage};
 pub use pacts::{load_pact, load_pacts, InteractionInfo, PactFile, Target};
 pub use report::{InteractionResult, SummaryRow, VerifyReport};
 pub use state_server::StatesRequest;
-pub use states::StateCall;
-pub use verify::{BrokerSource, Candidate, Publish, StateChange, VerifyRequest, VerifySettings};
+pub use states::{StateCall, StateChange};
+pub use verify::{BrokerSource, Candidate, Publish, VerifyRequest, VerifySettings};
 
 use crate::Stack;
 use message_server::ProducerFn;

@@ -4,7 +4,8 @@
 use crate::settings::Settings;
 use serde_json::Value;
 
-use super::verify::{BrokerSource, Candidate, Publish, StateChange, VerifyRequest};
+use super::states::StateChange;
+use super::verify::{BrokerSource, Candidate, Publish, VerifyRequest};
 use super::Error;
 
 const ENV_PROVIDER: &str = "HARNESS_VERIFY_PROVIDER";

@@ -67,6 +67,27 @@ pub(crate) struct StateHandler {
     pub(crate) teardown: Option<StateFn>,
 }
 
+/// The provider's own state-change URL (`--state-change-url`): Pact's
+/// `POST {"state", "params", "action"}` before each interaction with states.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateChange {
+    /// An http(s) URL, or a path (`/_pact/state`) on the provider's own address in the stack.
+    pub url: String,
+    /// Also call it after each interaction, with `"action": "teardown"`.
+    pub teardown: bool,
+}
+
+impl StateChange {
+    /// The URL to call: a path is taken on the provider's address.
+    pub(crate) fn resolve(&self, provider: &super::pacts::Target) -> String {
+        if self.url.starts_with('/') {
+            format!("http://{}:{}{}", provider.host, provider.port, self.url)
+        } else {
+            self.url.clone()
+        }
+    }
+}
+
 /// Where an interaction's provider states are set up.
 #[derive(Clone)]
 pub(crate) enum StateSource {

@@ -13,8 +13,7 @@ use serde_json::Value;
 use super::message_server::MessageServer;
 use super::mismatch::render_mismatch;
 use super::pacts::Target;
-use super::states::{StateExecutor, StateSource};
-use super::verify::StateChange;
+use super::states::{StateChange, StateExecutor, StateSource};
 use super::{Contracts, Error, REQUEST_TIMEOUT};
 use crate::Stack;
 

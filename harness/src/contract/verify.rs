@@ -10,6 +10,7 @@ use pact_verifier::{FilterInfo, PactSource, PublishOptions};
 use serde_json::Value;
 
 use super::report::VerifyReport;
+use super::states::StateChange;
 use super::verifier::{provider_target, Verification};
 use super::{Contracts, Error};
 use crate::manifest::Launch;
@@ -58,27 +59,6 @@ pub struct Publish {
     pub branch: Option<String>,
     /// A link to the build.
     pub build_url: Option<String>,
-}
-
-/// The provider's own state-change URL (`--state-change-url`): Pact's
-/// `POST {"state", "params", "action"}` before each interaction with states.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StateChange {
-    /// An http(s) URL, or a path (`/_pact/state`) on the provider's own address in the stack.
-    pub url: String,
-    /// Also call it after each interaction, with `"action": "teardown"`.
-    pub teardown: bool,
-}
-
-impl StateChange {
-    /// The URL to call: a path is taken on the provider's address.
-    pub(crate) fn resolve(&self, provider: &super::pacts::Target) -> String {
-        if self.url.starts_with('/') {
-            format!("http://{}:{}{}", provider.host, provider.port, self.url)
-        } else {
-            self.url.clone()
-        }
-    }
 }
 
 /// The candidate of the provider to verify, in place of the manifest's.
