@@ -87,13 +87,8 @@ pub fn run_verify_command(
         Some(Candidate::Build(c)) => Some(Candidate::Build(absolute(&c)?)),
         other => other,
     };
-    let manifest = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
-    let report_path = std::env::temp_dir().join(format!(
-        "harness-verify-{}-{}.json",
-        request.provider,
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&report_path);
+    let manifest = canonical(manifest);
+    let report_path = handoff_file("verify", &request.provider, "json");
     let (code, what) = match states {
         StatesFrom::Suite(target) => (
             run_suite(&request, target, &manifest, settings, &report_path)?,
@@ -144,6 +139,21 @@ pub fn run_verify_command(
         }),
         (None, _) => Ok(crate::exit_code::TESTS_FAILED),
     }
+}
+
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// A file in the temporary directory through which the suite binary hands something back
+/// (`harness-<what>-<provider>-<pid>.<ext>`), none there yet.
+fn handoff_file(what: &str, provider: &str, ext: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "harness-{what}-{provider}-{}.{ext}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&path);
+    path
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, Error> {
@@ -231,13 +241,8 @@ pub fn run_states_command(
     settings: &Settings,
 ) -> Result<u8, Error> {
     crate::engine::cleanup::install_signal_handler();
-    let manifest = std::fs::canonicalize(manifest).unwrap_or_else(|_| manifest.to_path_buf());
-    let url_file = std::env::temp_dir().join(format!(
-        "harness-states-{}-{}.url",
-        request.provider,
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&url_file);
+    let manifest = canonical(manifest);
+    let url_file = handoff_file("states", &request.provider, "url");
     crate::engine::cleanup::register_dir(&url_file);
     let request = StatesRequest {
         url_file: Some(url_file.clone()),

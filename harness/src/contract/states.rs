@@ -92,7 +92,7 @@ impl StateChange {
 #[derive(Clone)]
 pub(crate) enum StateSource {
     /// The Rust handlers the suite registered for the provider.
-    Handlers(BTreeMap<String, StateHandler>),
+    Handlers(Handlers),
     /// The provider's own state-change URL: Pact's `POST {"state", "params", "action"}`, and
     /// the teardown too when `teardown` is set.
     Url {
@@ -146,7 +146,6 @@ impl Handlers {
 /// (state, phase, cause) for the report.
 pub(crate) struct StateExecutor {
     provider: String,
-    stack: Arc<Stack>,
     source: StateSource,
     /// Each failure: the state's name and the account of it.
     errors: Mutex<Vec<(String, String)>>,
@@ -157,7 +156,7 @@ impl std::fmt::Debug for StateExecutor {
         let mut d = f.debug_struct("StateExecutor");
         d.field("provider", &self.provider);
         match &self.source {
-            StateSource::Handlers(h) => d.field("states", &h.keys().collect::<Vec<_>>()),
+            StateSource::Handlers(h) => d.field("states", &h.handlers.keys().collect::<Vec<_>>()),
             StateSource::Url { url, teardown } => d.field("url", url).field("teardown", teardown),
         };
         d.finish()
@@ -166,10 +165,9 @@ impl std::fmt::Debug for StateExecutor {
 
 impl StateExecutor {
     /// An executor of `provider`'s states from `source`.
-    pub(crate) fn new(provider: &str, stack: Arc<Stack>, source: StateSource) -> StateExecutor {
+    pub(crate) fn new(provider: &str, source: StateSource) -> StateExecutor {
         StateExecutor {
             provider: provider.to_string(),
-            stack,
             source,
             errors: Mutex::new(Vec::new()),
         }
@@ -188,11 +186,6 @@ impl StateExecutor {
     ) -> anyhow::Result<HashMap<String, Value>> {
         match &self.source {
             StateSource::Handlers(handlers) => {
-                let handlers = Handlers {
-                    provider: self.provider.clone(),
-                    stack: self.stack.clone(),
-                    handlers: handlers.clone(),
-                };
                 handlers.run(call, setup).await.map(|()| HashMap::new())
             }
             StateSource::Url {

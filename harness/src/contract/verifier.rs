@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::message_server::MessageServer;
 use super::mismatch::render_mismatch;
 use super::pacts::Target;
-use super::states::{StateChange, StateExecutor, StateSource};
+use super::states::{Handlers, StateChange, StateExecutor, StateSource};
 use super::{Contracts, Error, REQUEST_TIMEOUT};
 use crate::Stack;
 
@@ -189,19 +189,18 @@ impl Verification<'_> {
                 url: change.resolve(&self.target),
                 teardown: change.teardown,
             },
-            None => StateSource::Handlers(
-                self.contracts
+            None => StateSource::Handlers(Handlers {
+                provider: self.provider.clone(),
+                stack: self.stack.clone(),
+                handlers: self
+                    .contracts
                     .states
                     .get(&self.provider)
                     .cloned()
                     .unwrap_or_default(),
-            ),
+            }),
         };
-        let executor = Arc::new(StateExecutor::new(
-            &self.provider,
-            self.stack.clone(),
-            source,
-        ));
+        let executor = Arc::new(StateExecutor::new(&self.provider, source));
         let options = VerificationOptions::<NullRequestFilterExecutor> {
             request_timeout: REQUEST_TIMEOUT.as_millis() as u64,
             coloured_output: false,

@@ -231,19 +231,8 @@ async fn pacts_from_elsewhere(ctx: Arc<TrialContext>, contracts: Contracts) -> a
         &format!("/payments/{missing}"),
         json!({ "status": 200 }),
     );
-    std::fs::write(
-        dir.path().join("refunds-payments.json"),
-        refunds.to_string(),
-    )?;
-    std::fs::write(dir.path().join("audit-payments.json"), audit.to_string())?;
-    let pacts = vec![dir.path().display().to_string()];
-
-    let only_refunds = VerifyRequest {
-        provider: PAYMENTS.into(),
-        pacts: pacts.clone(),
-        consumers: vec!["refunds".into()],
-        ..VerifyRequest::default()
-    };
+    let only_refunds = write_pact(dir.path(), "refunds", &refunds)?;
+    write_pact(dir.path(), "audit", &audit)?;
     let report = contracts
         .verify_provider(ctx.stack.clone(), &only_refunds)
         .await?;
@@ -277,11 +266,7 @@ async fn pacts_from_elsewhere(ctx: Arc<TrialContext>, contracts: Contracts) -> a
         }],
         "metadata": { "pactSpecification": { "version": "2.0.0" } }
     });
-    std::fs::write(dir.path().join("legacy-payments.json"), legacy.to_string())?;
-    let v2 = VerifyRequest {
-        consumers: vec!["legacy".into()],
-        ..only_refunds.clone()
-    };
+    let v2 = write_pact(dir.path(), "legacy", &legacy)?;
     let report = contracts.verify_provider(ctx.stack.clone(), &v2).await?;
     harness::capture::note(&report.table());
     ensure!(
