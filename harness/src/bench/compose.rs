@@ -256,17 +256,64 @@ fn healthcheck(service: &Service, ep: &Endpoint, interval: &str) -> Option<Value
     }))
 }
 
+/// How the container backend would run the manifest, which the compose file copies.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The images, as the container backend resolves them.
+    pub plan: ImagePlan,
+    /// Labels of every container, network and volume (the run's, so a dead run's are reaped).
+    pub labels: BTreeMap<String, String>,
+    /// Services whose image is a tag of the local base image: they get the entrypoint the
+    /// container backend gives them.
+    pub bare: std::collections::BTreeSet<String>,
+    /// Services that run the workspace's binary mounted read-only, by its path.
+    pub mounted: BTreeMap<String, std::path::PathBuf>,
+    /// Where the init scripts of [`init_script`] are (`<dir>/<service>-initdb/`).
+    pub init_dir: std::path::PathBuf,
+}
+
+impl Runtime {
+    /// Images only: no labels, nothing bare or mounted.
+    pub fn new(plan: ImagePlan) -> Runtime {
+        Runtime {
+            plan,
+            labels: BTreeMap::new(),
+            bare: Default::default(),
+            mounted: BTreeMap::new(),
+            init_dir: ".".into(),
+        }
+    }
+}
+
+/// The `databases` of a server the harness creates once it is ready, as compose users create
+/// them: an SQL script in `/docker-entrypoint-initdb.d`, run once by the entrypoint.
+pub fn init_script(service: &Service) -> Option<String> {
+    let holds = service.kind.server().is_some_and(|s| s.holds_databases());
+    (holds && !service.databases.is_empty()).then(|| {
+        service
+            .databases
+            .iter()
+            // The manifest allows letters, digits and `_` only: quoted, the case is kept.
+            .map(|d| format!("CREATE DATABASE \"{d}\";\n"))
+            .collect()
+    })
+}
+
 /// The compose file (JSON, which docker-compose reads as YAML) equivalent to the manifest on
-/// the container backend, with healthchecks every `interval` (`1s`, `250ms`). The `bare`
-/// services' images are tags of the local base image: they get the entrypoint the container
-/// backend gives them.
+/// the container backend as `runtime` describes it, with healthchecks every `interval` (`1s`,
+/// `250ms`).
 pub fn compose_file(
     manifest: &Manifest,
-    plan: &ImagePlan,
-    labels: &BTreeMap<String, String>,
+    runtime: &Runtime,
     interval: &str,
-    bare: &std::collections::BTreeSet<String>,
 ) -> Result<String, Error> {
+    let Runtime {
+        plan,
+        labels,
+        bare,
+        mounted,
+        init_dir,
+    } = runtime;
     let endpoints = compose_endpoints(manifest);
     let mut services = Map::new();
     let mut volumes = Map::new();
@@ -307,6 +354,17 @@ pub fn compose_file(
         if !cmd.is_empty() {
             service["command"] = json!(cmd.iter().map(|c| escape(c)).collect::<Vec<_>>());
         }
+        let mut mounts: Vec<String> = Vec::new();
+        if let (Some(host), crate::manifest::Launch::Binary(b)) = (mounted.get(&s.name), &s.launch)
+        {
+            let inside = format!("{}/{b}", container::MOUNTED_BIN_DIR);
+            mounts.push(format!("{}:{inside}:ro", host.display()));
+            service["entrypoint"] = json!([escape(&inside)]);
+        }
+        if init_script(s).is_some() {
+            let dir = init_dir.join(format!("{}-initdb", s.name));
+            mounts.push(format!("{}:/docker-entrypoint-initdb.d:ro", dir.display()));
+        }
         if let (true, Some((script, signal))) =
             (bare.contains(&s.name), container::base_entrypoint(s.kind))
         {
@@ -335,25 +393,21 @@ pub fn compose_file(
         if !s.tmpfs.is_empty() {
             service["tmpfs"] = json!(s.tmpfs);
         }
-        if !s.volumes.is_empty() {
-            let mounts: Vec<String> = s
-                .volumes
-                .iter()
-                .map(|m| {
-                    let source = match &m.source {
-                        crate::manifest::MountSource::Host(p) => p.display().to_string(),
-                        crate::manifest::MountSource::Volume(v) => {
-                            volumes.insert(v.clone(), json!({ "labels": labels }));
-                            v.clone()
-                        }
-                    };
-                    format!(
-                        "{source}:{}{}",
-                        m.target,
-                        if m.read_only { ":ro" } else { "" }
-                    )
-                })
-                .collect();
+        if !s.volumes.is_empty() || !mounts.is_empty() {
+            mounts.extend(s.volumes.iter().map(|m| {
+                let source = match &m.source {
+                    crate::manifest::MountSource::Host(p) => p.display().to_string(),
+                    crate::manifest::MountSource::Volume(v) => {
+                        volumes.insert(v.clone(), json!({ "labels": labels }));
+                        v.clone()
+                    }
+                };
+                format!(
+                    "{source}:{}{}",
+                    m.target,
+                    if m.read_only { ":ro" } else { "" }
+                )
+            }));
             service["volumes"] = json!(mounts);
         }
         let mut depends = Map::new();
@@ -593,16 +647,34 @@ pub async fn compose(manifest: &Manifest, runs: usize) -> Result<ComposeReport, 
         ),
         Err(_) => Default::default(),
     };
+    let settings = Settings::process();
+    let runtime = Runtime {
+        mounted: container::mounted_binaries(
+            manifest,
+            &plan,
+            settings,
+            &settings.bin_dir(manifest.dir()),
+        ),
+        labels,
+        bare,
+        init_dir: dir.clone(),
+        plan,
+    };
+    for s in &manifest.services {
+        if let Some(sql) = init_script(s) {
+            let scripts = dir.join(format!("{}-initdb", s.name));
+            std::fs::create_dir_all(&scripts)
+                .and_then(|()| std::fs::write(scripts.join("databases.sql"), sql))
+                .map_err(|e| Error::io(format!("writing {}", scripts.display()), e))?;
+        }
+    }
     let files = [
         ("1s", "docker-compose.yml"),
         ("250ms", "docker-compose-250ms.yml"),
     ];
     for (interval, name) in files {
-        std::fs::write(
-            dir.join(name),
-            compose_file(manifest, &plan, &labels, interval, &bare)?,
-        )
-        .map_err(|e| Error::io("writing the compose file", e))?;
+        std::fs::write(dir.join(name), compose_file(manifest, &runtime, interval)?)
+            .map_err(|e| Error::io("writing the compose file", e))?;
     }
 
     let result = async {
@@ -720,7 +792,15 @@ env = { DATABASE_URL = "{{ postgres.url }}" }
         let plan = container::plan(&manifest, &env).unwrap();
         let labels = BTreeMap::from([("org.harness.managed".to_string(), "true".to_string())]);
         let file: Value = serde_json::from_str(
-            &compose_file(&manifest, &plan, &labels, "1s", &Default::default()).unwrap(),
+            &compose_file(
+                &manifest,
+                &Runtime {
+                    labels,
+                    ..Runtime::new(plan)
+                },
+                "1s",
+            )
+            .unwrap(),
         )
         .unwrap();
         let s = &file["services"];
@@ -768,7 +848,15 @@ env = { DATABASE_URL = "{{ postgres.url }}" }
         let manifest = Manifest::parse(Path::new("m.toml"), source).unwrap();
         let plan = container::plan(&manifest, &Settings::default()).unwrap();
         let bare = std::collections::BTreeSet::from(["postgres".to_string()]);
-        let text = compose_file(&manifest, &plan, &BTreeMap::new(), "250ms", &bare).unwrap();
+        let text = compose_file(
+            &manifest,
+            &Runtime {
+                bare,
+                ..Runtime::new(plan)
+            },
+            "250ms",
+        )
+        .unwrap();
         let file: Value = serde_json::from_str(&text).unwrap();
         let pg = &file["services"]["postgres"];
         assert_eq!(pg["entrypoint"][0], "/bin/bash");
@@ -791,5 +879,58 @@ env = { DATABASE_URL = "{{ postgres.url }}" }
             redis.get("entrypoint").is_none(),
             "redis is not bare: {redis}"
         );
+    }
+
+    #[test]
+    fn a_workspace_binary_runs_mounted_into_its_runtime_image_as_the_backend_runs_it() {
+        let source = "[services.api]\nkind = \"service\"\nbinary = \"api\"\nimage = \"local/api:1\"\nports = { http = 8080 }\nvolumes = [\"/srv/data:/data:ro\"]\n";
+        let manifest = Manifest::parse(Path::new("m.toml"), source).unwrap();
+        let plan = || container::plan(&manifest, &Settings::default()).unwrap();
+        let mounted = BTreeMap::from([("api".to_string(), "/w/target/debug/api".into())]);
+        let text = compose_file(
+            &manifest,
+            &Runtime {
+                mounted,
+                ..Runtime::new(plan())
+            },
+            "1s",
+        )
+        .unwrap();
+        let api = &serde_json::from_str::<Value>(&text).unwrap()["services"]["api"];
+        assert_eq!(api["entrypoint"], json!(["/harness/bin/api"]));
+        assert_eq!(
+            api["volumes"],
+            json!([
+                "/w/target/debug/api:/harness/bin/api:ro",
+                "/srv/data:/data:ro"
+            ])
+        );
+        let unmounted = compose_file(&manifest, &Runtime::new(plan()), "1s").unwrap();
+        let api = &serde_json::from_str::<Value>(&unmounted).unwrap()["services"]["api"];
+        assert!(api.get("entrypoint").is_none(), "{api}");
+    }
+
+    #[test]
+    fn the_databases_a_server_holds_are_created_by_an_init_script_as_compose_users_do() {
+        let source = "[services.pg]\nkind = \"postgres\"\ndatabases = [\"orders\", \"Audit_1\"]\n\n[services.bare]\nkind = \"postgres\"\n";
+        let manifest = Manifest::parse(Path::new("m.toml"), source).unwrap();
+        let pg = manifest.service("pg").unwrap();
+        assert_eq!(
+            init_script(pg).unwrap(),
+            "CREATE DATABASE \"orders\";\nCREATE DATABASE \"Audit_1\";\n"
+        );
+        assert_eq!(init_script(manifest.service("bare").unwrap()), None);
+        let plan = container::plan(&manifest, &Settings::default()).unwrap();
+        let runtime = Runtime {
+            init_dir: "/tmp/b".into(),
+            ..Runtime::new(plan)
+        };
+        let text = compose_file(&manifest, &runtime, "1s").unwrap();
+        let file: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            file["services"]["pg"]["volumes"],
+            json!(["/tmp/b/pg-initdb:/docker-entrypoint-initdb.d:ro"])
+        );
+        assert!(file["services"]["bare"].get("volumes").is_none());
     }
 }

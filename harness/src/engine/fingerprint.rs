@@ -68,10 +68,14 @@ pub fn changes(recorded: &Fingerprints, now: &Fingerprints) -> Vec<(String, Stri
 }
 
 /// Computes fingerprints, remembering file hashes by (size, modification time, inode) so a
-/// long-lived caller (`harness up --watch`) re-reads only what changed on disk.
+/// long-lived caller (`harness up --watch`) re-reads only what changed on disk; with
+/// [`Fingerprinter::with_hash_cache`], so does the next process.
 #[derive(Debug, Default)]
 pub struct Fingerprinter {
     files: BTreeMap<PathBuf, (Stamp, u64)>,
+    /// The file that keeps [`Fingerprinter::files`] between processes, and whether it was read
+    /// and has fallen behind.
+    hash_cache: Option<HashCache>,
     /// Where the workspace's binaries are; `None`: [`Settings::bin_dir`].
     bin_dir: Option<PathBuf>,
     /// Which images and binaries the services run (see [`crate::settings`]).
@@ -94,6 +98,13 @@ fn stamp(meta: &std::fs::Metadata) -> Stamp {
         modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
         inode: meta.ino(),
     }
+}
+
+#[derive(Debug)]
+struct HashCache {
+    path: PathBuf,
+    loaded: bool,
+    dirty: bool,
 }
 
 /// A file hashed before, with the stamp it had (recorded in the state file, so an attaching
@@ -119,6 +130,7 @@ impl Fingerprinter {
                 .iter()
                 .map(|k| (k.path.clone(), (k.stamp, k.hash)))
                 .collect(),
+            hash_cache: None,
             bin_dir: None,
             settings: Settings::from_env(),
         }
@@ -136,6 +148,67 @@ impl Fingerprinter {
     pub fn with_bin_dir(mut self, bin_dir: PathBuf) -> Fingerprinter {
         self.bin_dir = Some(bin_dir);
         self
+    }
+
+    /// Keeps the hashes of files in the cache directory ([`Settings::cache_dir`]), so that the
+    /// next process re-reads only what changed: a stack's start hashed its three debug
+    /// binaries (120 MB or more each) in half a second, every time.
+    pub fn with_hash_cache(mut self) -> Fingerprinter {
+        self.hash_cache = Some(HashCache {
+            path: self.settings.cache_dir().join("file-hashes.json"),
+            loaded: false,
+            dirty: false,
+        });
+        self
+    }
+
+    fn load_hash_cache(&mut self) {
+        let Some(cache) = self.hash_cache.as_mut().filter(|c| !c.loaded) else {
+            return;
+        };
+        cache.loaded = true;
+        let known: Vec<KnownFile> = std::fs::read(&cache.path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        for k in known {
+            self.files.entry(k.path).or_insert((k.stamp, k.hash));
+        }
+    }
+
+    /// Writes the cache when this process hashed anything, leaving out files that have gone or
+    /// changed since (a new file: a temporary one renamed over it, as other processes may
+    /// write it too).
+    fn save_hash_cache(&mut self) {
+        let Some(cache) = self.hash_cache.as_mut().filter(|c| c.dirty) else {
+            return;
+        };
+        cache.dirty = false;
+        let current: Vec<KnownFile> = self
+            .files
+            .iter()
+            .filter(|(path, (seen, _))| std::fs::metadata(path).is_ok_and(|m| stamp(&m) == *seen))
+            .map(|(path, (stamp, hash))| KnownFile {
+                path: path.clone(),
+                stamp: *stamp,
+                hash: *hash,
+            })
+            .collect();
+        let Ok(text) = serde_json::to_vec(&current) else {
+            return;
+        };
+        let tmp = cache
+            .path
+            .with_extension(format!("json.{}", std::process::id()));
+        let written = cache
+            .path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, &cache.path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
     }
 
     /// The files hashed so far, for [`Fingerprinter::from_known`].
@@ -166,6 +239,13 @@ impl Fingerprinter {
 
     /// Fingerprints of every service of `manifest` as `backend` runs them.
     pub async fn all(&mut self, manifest: &Manifest, backend: BackendKind) -> Fingerprints {
+        self.load_hash_cache();
+        let fingerprints = self.all_hashed(manifest, backend).await;
+        self.save_hash_cache();
+        fingerprints
+    }
+
+    async fn all_hashed(&mut self, manifest: &Manifest, backend: BackendKind) -> Fingerprints {
         let bins = self
             .bin_dir
             .clone()
@@ -260,6 +340,9 @@ impl Fingerprinter {
         }
         let hash = std::fs::read(path).map(|b| content_hash(&b)).unwrap_or(0);
         self.files.insert(path.to_path_buf(), (now, hash));
+        if let Some(cache) = &mut self.hash_cache {
+            cache.dirty = true;
+        }
         hash
     }
 }
@@ -396,6 +479,62 @@ mod tests {
             Fingerprinter::from_known(&known).file(&file),
             content_hash(b"two")
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_hash_cache_spares_the_next_process_the_reading_until_a_file_changes() {
+        let dir = std::env::temp_dir().join(format!("harness-fp-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (file, gone) = (dir.join("bin"), dir.join("gone"));
+        std::fs::write(&file, "one").unwrap();
+        std::fs::write(&gone, "old").unwrap();
+        let settings =
+            Settings::from_pairs([("HARNESS_CACHE_DIR", dir.join("cache").to_str().unwrap())]);
+        let process = || {
+            Fingerprinter::default()
+                .with_settings(settings.clone())
+                .with_hash_cache()
+        };
+        let mut first = process();
+        first.load_hash_cache();
+        assert_eq!(first.file(&file), content_hash(b"one"));
+        first.file(&gone);
+        std::fs::remove_file(&gone).unwrap();
+        first.save_hash_cache();
+        let cache = dir.join("cache").join("file-hashes.json");
+        let mut saved: Vec<KnownFile> =
+            serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+        assert_eq!(
+            saved.len(),
+            1,
+            "a file that has gone is left out: {saved:?}"
+        );
+        // The next process trusts the cached hash while the stamp is the same: prove it by faking it.
+        saved[0].hash = 42;
+        std::fs::write(&cache, serde_json::to_vec(&saved).unwrap()).unwrap();
+        let mut second = process();
+        second.load_hash_cache();
+        assert_eq!(second.file(&file), 42);
+        // A new file (as cargo writes one) is read, and the cache learns it.
+        let tmp = dir.join("bin.new");
+        std::fs::write(&tmp, "two").unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        let mut third = process();
+        third.load_hash_cache();
+        assert_eq!(third.file(&file), content_hash(b"two"));
+        third.save_hash_cache();
+        let mut fourth = process();
+        fourth.load_hash_cache();
+        assert_eq!(fourth.files[&file].1, content_hash(b"two"));
+        // Without the cache, nothing is read from or written to it.
+        std::fs::remove_file(&cache).unwrap();
+        let mut plain = Fingerprinter::default().with_settings(settings.clone());
+        plain.load_hash_cache();
+        plain.file(&file);
+        plain.save_hash_cache();
+        assert!(!cache.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -178,7 +178,8 @@ impl Stack {
         // next attach, never missed.
         let mut fingerprinter = Fingerprinter::default()
             .with_settings(settings.clone())
-            .with_bin_dir(bin_dir.clone());
+            .with_bin_dir(bin_dir.clone())
+            .with_hash_cache();
         let fingerprints = fingerprinter.planned(&manifest, &plan).await;
         let launcher = StackLauncher {
             manifest: &manifest,

@@ -186,7 +186,7 @@ pub fn planned_mounts(
 }
 
 /// Where a mounted workspace binary appears inside its container.
-pub(super) const MOUNTED_BIN_DIR: &str = "/harness/bin";
+pub(crate) const MOUNTED_BIN_DIR: &str = "/harness/bin";
 
 /// The workspace binaries the container backend runs fresh from the host: every `binary`
 /// service whose image is the manifest's own (not replaced by `HARNESS_IMAGE_<SERVICE>` or

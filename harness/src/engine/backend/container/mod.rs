@@ -48,11 +48,12 @@ use testcontainers::bollard::query_parameters::CreateContainerOptionsBuilder;
 use testcontainers::bollard::Docker;
 
 pub use engine::{connect, docker_host};
+pub(crate) use images::MOUNTED_BIN_DIR;
 pub use images::{
     available, bare_base_images, bare_base_services, image_ids, image_var, mounted_binaries, plan,
     planned_mounts, ImageChoice, ImagePlan,
 };
-use images::{images_error, provide_images, unmounted_runtimes, MOUNTED_BIN_DIR};
+use images::{images_error, provide_images, unmounted_runtimes};
 pub use instance::log_tail;
 use instance::{ContainerInstance, Shared};
 pub use reaper::{
