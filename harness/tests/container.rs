@@ -753,3 +753,111 @@ async fn container_postgres_starts_from_the_cached_cluster_with_its_own_credenti
     let mine = format!("{LABEL_OWNER_PID}={}", std::process::id());
     assert_eq!(leftovers(&mine), nothing());
 }
+
+/// A workspace binary mounted into a runtime image has its container created and started while
+/// its dependency boots, held at its gate: the program itself runs only once the dependency is
+/// ready, and a container started again (a fault journey's stop and start) passes the gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_container_runs_its_program_only_once_its_dependencies_are_ready() {
+    setup();
+    let _serial = SERIAL.lock().await;
+    let dir = std::env::temp_dir().join(format!("harness-prepared-{}", std::process::id()));
+    let (bins, out) = (dir.join("bin"), dir.join("out"));
+    std::fs::create_dir_all(&bins).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    // The "binary": notes when it ran (appending, so a second start adds a line), then serves.
+    let app = bins.join("app");
+    std::fs::write(
+        &app,
+        "#!/bin/sh\ndate +%s%N >> /out/started\nexec python3 -m http.server 8001\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&app, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let tag = format!("harness-local/prepared-test-{}:1", std::process::id());
+    docker(&["tag", "harness-local/base:bookworm", &tag]);
+    let source = format!(
+        r#"
+[services.slow]
+kind = "service"
+image = "{1}"
+args = ["sh", "-c", "sleep 2 && date +%s%N > /out/slow && exec python3 -m http.server 8000"]
+ports = {{ http = 8000 }}
+probe = {{ type = "http", path = "/" }}
+volumes = ["{0}:/out"]
+
+[services.app]
+kind = "service"
+binary = "app"
+image = "{1}"
+ports = {{ http = 8001 }}
+depends-on = ["slow"]
+probe = {{ type = "http", path = "/" }}
+volumes = ["{0}:/out"]
+"#,
+        out.display(),
+        tag
+    );
+    let manifest = Manifest::parse(&dir.join("prepared.toml"), &source).unwrap();
+    let result = Stack::start(
+        manifest,
+        StackOptions {
+            bin_dir: Some(bins.clone()),
+            ..containers()
+        },
+    )
+    .await;
+    let stack = match result {
+        Ok(s) => s,
+        Err(e) => {
+            docker(&["image", "rm", &tag]);
+            panic!("{e}");
+        }
+    };
+    let stamp = |f: &str| -> u128 {
+        std::fs::read_to_string(out.join(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // When the dependency's server began to serve: the earliest it can have been ready.
+    let slow_ready = stamp("slow");
+    let ran: Vec<u128> = std::fs::read_to_string(out.join("started"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(ran.len(), 1, "{ran:?}");
+    assert!(
+        ran[0] >= slow_ready,
+        "the program ran {} ms before its dependency was ready",
+        (slow_ready - ran[0]) / 1_000_000
+    );
+    // Its container existed long before: it was prepared, not created at the launch.
+    let name = format!("h-{}-app", stack.run_id().rsplit('-').next().unwrap());
+    let created = docker(&["inspect", "-f", "{{.Created}}", &name]).join("");
+    let created = chrono_like_nanos(&created);
+    assert!(
+        created + 1_000_000_000 < slow_ready,
+        "the container was created at {created}, the dependency ready at {slow_ready}: not prepared ahead"
+    );
+    // Killed and started again, it runs at once: the gate was opened for good.
+    stack.kill("app").await.unwrap();
+    stack.start_service("app").await.unwrap();
+    let again = std::fs::read_to_string(out.join("started")).unwrap();
+    assert_eq!(again.lines().count(), 2, "{again}");
+    let run_label = format!("{LABEL_RUN_ID}={}", stack.run_id());
+    stack.down().await;
+    docker(&["image", "rm", &tag]);
+    assert_eq!(leftovers(&run_label), nothing());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Nanoseconds since the epoch of the engine's RFC 3339 `Created` time (UTC, `Z`).
+fn chrono_like_nanos(text: &str) -> u128 {
+    let out = Command::new("date")
+        .args(["-u", "-d", text.trim(), "+%s%N"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}

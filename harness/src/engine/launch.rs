@@ -70,6 +70,18 @@ pub(super) struct StackLauncher<'a> {
     pub(super) sink: &'a dyn Sink,
 }
 
+impl StackLauncher<'_> {
+    /// The service's credentials for this run: made once (by its preparation or its launch).
+    fn credentials_of(&self, service: &Service) -> Creds {
+        self.credentials
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(service.name.clone())
+            .or_insert_with(|| credentials(service))
+            .clone()
+    }
+}
+
 #[async_trait]
 impl Launcher for StackLauncher<'_> {
     type Handle = Box<dyn Instance>;
@@ -87,11 +99,7 @@ impl Launcher for StackLauncher<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.to_string(), Instant::now());
-        let creds = credentials(service);
-        self.credentials
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), creds.clone());
+        let creds = self.credentials_of(service);
         let request = start_request(service, creds, deps, None);
         let instance = self
             .backend
@@ -100,6 +108,14 @@ impl Launcher for StackLauncher<'_> {
             .map_err(|e| Failure::new(e.to_string()))?;
         let endpoint = instance.internal_endpoint();
         Ok((instance, endpoint))
+    }
+
+    fn prepare(&self, name: &str, deps: &BTreeMap<String, Endpoint>) {
+        if let Some(service) = self.manifest.service(name) {
+            let creds = self.credentials_of(service);
+            self.backend
+                .prepare(start_request(service, creds, deps, None));
+        }
     }
 
     async fn ready(&self, name: &str, instance: &mut Box<dyn Instance>) -> Result<(), Failure> {

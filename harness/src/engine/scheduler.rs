@@ -53,6 +53,12 @@ pub trait Launcher: Sync {
         service: &str,
         deps: &BTreeMap<String, Endpoint>,
     ) -> Result<(Self::Handle, Endpoint), Failure>;
+    /// Called once, when every dependency of a service waiting for them has launched (their
+    /// endpoints are known) but some are not ready: the launcher may begin the slow part of its
+    /// launch (see [`crate::engine::backend::Backend::prepare`]). Not in a sequential start.
+    fn prepare(&self, service: &str, deps: &BTreeMap<String, Endpoint>) {
+        let _ = (service, deps);
+    }
     /// Waits until the service is ready, or fails when its deadline passes.
     async fn ready(&self, service: &str, handle: &mut Self::Handle) -> Result<(), Failure>;
     /// Stops and removes a service.
@@ -141,6 +147,15 @@ pub async fn run<L: Launcher>(
     let mut failure: Option<(String, Failure)> = None;
     let mut in_flight = FuturesUnordered::new();
     let mut probing = 0usize;
+    let mut prepared: BTreeSet<String> = BTreeSet::new();
+    let deps_of =
+        |service: &str, started: &BTreeMap<String, Endpoint>| -> BTreeMap<String, Endpoint> {
+            graph
+                .dependencies(service)
+                .iter()
+                .filter_map(|(d, _)| started.get(d).map(|e| (d.clone(), e.clone())))
+                .collect()
+        };
 
     loop {
         if failure.is_none() {
@@ -160,11 +175,7 @@ pub async fn run<L: Launcher>(
                 }
                 pending.remove(&service);
                 on_phase(&service, Phase::Starting, t0.elapsed(), None);
-                let deps: BTreeMap<String, Endpoint> = graph
-                    .dependencies(&service)
-                    .iter()
-                    .filter_map(|(d, _)| started.get(d).map(|e| (d.clone(), e.clone())))
-                    .collect();
+                let deps = deps_of(&service, &started);
                 let begun = Instant::now();
                 in_flight.push(Box::pin(async move {
                     let r = launcher.launch(&service, &deps).await;
@@ -173,6 +184,17 @@ pub async fn run<L: Launcher>(
                     as std::pin::Pin<
                         Box<dyn std::future::Future<Output = Step<L::Handle>> + Send + '_>,
                     >);
+            }
+        }
+        if failure.is_none() && max_parallel.is_none() {
+            for service in &pending {
+                let launched = graph
+                    .dependencies(service)
+                    .iter()
+                    .all(|(d, _)| started.contains_key(d));
+                if launched && prepared.insert(service.clone()) {
+                    launcher.prepare(service, &deps_of(service, &started));
+                }
             }
         }
         let Some(step) = in_flight.next().await else {

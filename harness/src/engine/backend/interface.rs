@@ -47,6 +47,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
     ) -> Result<(), Error>;
     /// Starts one service; returns once it has been launched (not yet ready).
     async fn start(&self, request: StartRequest<'_>) -> Result<Box<dyn Instance>, Error>;
+    /// Called once every dependency of the service has launched (their endpoints are known)
+    /// while some are not ready yet: the backend may begin what is slow in `start` (creating
+    /// and starting a container) in the background. Nothing of the service's own program may
+    /// run before `start` with the same request. Anything that goes wrong is left for `start`
+    /// to report.
+    fn prepare(&self, request: StartRequest<'_>) {
+        let _ = request;
+    }
 }
 
 /// One running service.

@@ -37,6 +37,8 @@ pub(super) struct Shared {
     pub(super) swept: AtomicBool,
     /// Something was created in the engine (a network, a container), so teardown has work.
     pub(super) touched: AtomicBool,
+    /// The run's containers are being removed: a creation that finishes now removes its own.
+    pub(super) closing: AtomicBool,
 }
 
 /// How a container ended, written by the task that waits for it.

@@ -27,6 +27,7 @@
 
 mod build;
 mod engine;
+mod gate;
 mod images;
 mod instance;
 mod reaper;
@@ -112,6 +113,10 @@ pub struct Container {
     mounts: Mutex<BTreeMap<String, PathBuf>>,
     /// Services whose image is a bare tag of the local base image (see [`base_entrypoint`]).
     bare: Mutex<BTreeSet<String>>,
+    /// Services whose image is a runtime tag of the local base image, server or not.
+    runtimes: Mutex<BTreeSet<String>>,
+    /// Containers started ahead and held at their gate (see [`Backend::prepare`]), by service.
+    prepared: Mutex<BTreeMap<String, Prepared>>,
     critical: BTreeSet<String>,
     shared: Arc<Shared>,
     hook: u64,
@@ -122,6 +127,58 @@ pub struct Container {
     /// Images being built while the stack starts, by image: a service that runs one waits for
     /// its build when its turn to start comes (see [`ImagePlan::deferrable`]).
     builds: Mutex<BTreeMap<String, PendingBuild>>,
+}
+
+/// A container started ahead of its service's launch, held at its gate: what it was created
+/// from (the launch must ask for the same) and the creation under way.
+#[derive(Debug)]
+struct Prepared {
+    body: String,
+    creation: tokio::task::JoinHandle<Result<ContainerInstance, Error>>,
+    gate: gate::Gate,
+}
+
+/// What a service's container is created from.
+#[derive(Debug)]
+struct Spec {
+    name: String,
+    image: String,
+    body: ContainerCreateBody,
+    internal: Endpoint,
+    boosted: bool,
+}
+
+/// Creates the container and starts it.
+async fn create_and_start(
+    docker: Docker,
+    shared: Arc<Shared>,
+    service: String,
+    spec: Spec,
+) -> Result<ContainerInstance, Error> {
+    let options = CreateContainerOptionsBuilder::new()
+        .name(&spec.name)
+        .build();
+    let id = docker
+        .create_container(Some(options), spec.body)
+        .await
+        .map_err(|e| {
+            Error::service(
+                &service,
+                format!("cannot create a container from `{}`: {e}", spec.image),
+            )
+        })?
+        .id;
+    let mut instance = ContainerInstance::new(
+        &service,
+        spec.name,
+        id,
+        docker,
+        spec.internal,
+        spec.boosted,
+        shared,
+    );
+    instance.start().await?;
+    Ok(instance)
 }
 
 /// A build under way: its outcome, which every service of the image awaits, and how to stop it.
@@ -146,6 +203,7 @@ impl Container {
             let shared = shared.clone();
             let run_id = run.id.clone();
             cleanup::register_hook(move || {
+                shared.closing.store(true, Ordering::SeqCst);
                 // New creations see `interrupted()` and stop; wait for those under way.
                 let deadline = std::time::Instant::now() + Duration::from_secs(10);
                 while shared.creating.load(Ordering::SeqCst) > 0
@@ -172,6 +230,8 @@ impl Container {
             images: Mutex::new(BTreeMap::new()),
             mounts: Mutex::new(BTreeMap::new()),
             bare: Mutex::new(BTreeSet::new()),
+            runtimes: Mutex::new(BTreeSet::new()),
+            prepared: Mutex::new(BTreeMap::new()),
             critical: estimated_critical_path(manifest),
             shared,
             hook,
@@ -289,11 +349,9 @@ impl Container {
         result
     }
 
-    async fn create(
-        &self,
-        docker: &Docker,
-        req: &StartRequest<'_>,
-    ) -> Result<ContainerInstance, Error> {
+    /// What `req`'s container is created from, but for its data directory (see
+    /// [`Container::create`]). Makes nothing.
+    fn spec(&self, req: &StartRequest<'_>) -> Result<Spec, Error> {
         let service = req.service;
         let fail = |m: String| Error::service(&service.name, m);
         let image = self
@@ -380,29 +438,6 @@ impl Container {
         binds
             .get_or_insert_with(Vec::new)
             .extend(self.mounts_of(service)?);
-        if let (Some(inside), true) = (data_dir(service.kind), data_on_host(&self.settings)) {
-            let host = self.run_dir.join(format!("{}-data", service.name));
-            cleanup::guarded(|| std::fs::create_dir(&host))
-                .map_err(|e| fail(format!("creating {}: {e}", host.display())))?;
-            binds
-                .get_or_insert_with(Vec::new)
-                .push(format!("{}:{inside}", host.display()));
-            // Our own Postgres entrypoint on a bare base image starts from a cached cluster.
-            if let (true, crate::manifest::Kind::Postgres, Some((script, _))) =
-                (bare, service.kind, base_entrypoint(service.kind))
-            {
-                if let Ok(Some(id)) = docker.inspect_image(&image).await.map(|i| i.id) {
-                    let cache = self
-                        .settings
-                        .cache_dir()
-                        .join("postgres-container")
-                        .join(seed::key(&id, script, &env));
-                    let seeding = seed::prepare(cache, &host, &self.run_dir, &service.name).await;
-                    binds.get_or_insert_with(Vec::new).extend(seeding.binds);
-                    env.extend(seeding.env);
-                }
-            }
-        }
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             entrypoint,
@@ -451,25 +486,98 @@ impl Container {
             }),
             ..Default::default()
         };
-        let name = format!("h-{}-{}", self.short, service.name);
-        let options = CreateContainerOptionsBuilder::new().name(&name).build();
-        let id = docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| fail(format!("cannot create a container from `{image}`: {e}")))?
-            .id;
-        let mut instance = ContainerInstance::new(
-            &service.name,
-            name,
-            id,
-            docker.clone(),
+        Ok(Spec {
+            name: format!("h-{}-{}", self.short, service.name),
+            image,
+            body,
             internal,
             boosted,
-            self.shared.clone(),
-        );
-        instance.start().await?;
-        Ok(instance)
+        })
     }
+
+    /// Creates and starts `req`'s container, its data directory in the run directory when the
+    /// engine sees this machine's files ([`data_on_host`]).
+    async fn create(
+        &self,
+        docker: &Docker,
+        req: &StartRequest<'_>,
+    ) -> Result<ContainerInstance, Error> {
+        let service = req.service;
+        let fail = |m: String| Error::service(&service.name, m);
+        let mut spec = self.spec(req)?;
+        let bare = self
+            .bare
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&service.name);
+        let image = spec.image.clone();
+        let binds = &mut spec
+            .body
+            .host_config
+            .get_or_insert_with(Default::default)
+            .binds;
+        let env = spec.body.env.get_or_insert_with(Vec::new);
+        if let (Some(inside), true) = (data_dir(service.kind), data_on_host(&self.settings)) {
+            let host = self.run_dir.join(format!("{}-data", service.name));
+            cleanup::guarded(|| std::fs::create_dir(&host))
+                .map_err(|e| fail(format!("creating {}: {e}", host.display())))?;
+            binds
+                .get_or_insert_with(Vec::new)
+                .push(format!("{}:{inside}", host.display()));
+            // Our own Postgres entrypoint on a bare base image starts from a cached cluster.
+            if let (true, crate::manifest::Kind::Postgres, Some((script, _))) =
+                (bare, service.kind, base_entrypoint(service.kind))
+            {
+                if let Ok(Some(id)) = docker.inspect_image(&image).await.map(|i| i.id) {
+                    let cache = self
+                        .settings
+                        .cache_dir()
+                        .join("postgres-container")
+                        .join(seed::key(&id, script, &env_pairs(env)));
+                    let seeding = seed::prepare(cache, &host, &self.run_dir, &service.name).await;
+                    binds.get_or_insert_with(Vec::new).extend(seeding.binds);
+                    env.extend(seeding.env.iter().map(|(k, v)| format!("{k}={v}")));
+                }
+            }
+        }
+        create_and_start(
+            docker.clone(),
+            self.shared.clone(),
+            service.name.clone(),
+            spec,
+        )
+        .await
+    }
+}
+
+impl Container {
+    /// Opens the gate of the container prepared for `req`, if it was made from what `req` asks
+    /// now and got to its gate; else removes it (`None`: create one as usual).
+    async fn start_prepared(
+        &self,
+        prepared: Prepared,
+        req: &StartRequest<'_>,
+    ) -> Option<ContainerInstance> {
+        let same = self
+            .spec(req)
+            .ok()
+            .and_then(|s| serde_json::to_string(&s.body).ok())
+            .is_some_and(|body| body == prepared.body);
+        let mut instance = prepared.creation.await.ok()?.ok()?;
+        if same && prepared.gate.open().await.is_ok() {
+            return Some(instance);
+        }
+        instance.remove().await;
+        None
+    }
+}
+
+/// `KEY=value` entries as pairs.
+fn env_pairs(env: &[String]) -> Vec<(String, String)> {
+    env.iter()
+        .filter_map(|e| e.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 impl Container {
@@ -554,12 +662,92 @@ impl Backend for Container {
         *self.mounts.lock().unwrap_or_else(|p| p.into_inner()) = mounts;
         *self.bare.lock().unwrap_or_else(|p| p.into_inner()) =
             bare_base_services(manifest, &runtimes);
+        *self.runtimes.lock().unwrap_or_else(|p| p.into_inner()) = runtimes;
         *self.images.lock().unwrap_or_else(|p| p.into_inner()) =
             plan.images.into_iter().map(|(s, c)| (s, c.image)).collect();
         Ok(())
     }
 
+    /// A workspace binary mounted into a runtime tag of the base image (which has `/bin/sh`)
+    /// gets its container created and started at its gate ([`gate`]).
+    fn prepare(&self, req: StartRequest<'_>) {
+        let name = &req.service.name;
+        let eligible = matches!(req.service.launch, crate::manifest::Launch::Binary(_))
+            && req.service.entrypoint.is_none()
+            && data_dir(req.service.kind).is_none()
+            && data_on_host(&self.settings)
+            && self
+                .runtimes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(name)
+            && self
+                .mounts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(name);
+        let Some(docker) = self.docker.get().cloned() else {
+            return;
+        };
+        if !eligible || cleanup::interrupted() {
+            return;
+        }
+        let Ok(mut spec) = self.spec(&req) else {
+            return;
+        };
+        let (Ok(body), Ok(gate)) = (
+            serde_json::to_string(&spec.body),
+            gate::Gate::create(&self.run_dir, name),
+        ) else {
+            return;
+        };
+        let Some(held) = gate.hold(spec.body) else {
+            return;
+        };
+        spec.body = held;
+        // Counted like any creation: the Ctrl-C hook waits for it, then removes by label.
+        self.shared.creating.fetch_add(1, Ordering::SeqCst);
+        self.shared.touched.store(true, Ordering::SeqCst);
+        let (shared, service) = (self.shared.clone(), name.clone());
+        let creation = tokio::spawn(async move {
+            let mut result = create_and_start(docker, shared.clone(), service, spec).await;
+            if shared.closing.load(Ordering::SeqCst) {
+                // The run is being removed, perhaps without this container: remove it here.
+                if let Ok(instance) = &mut result {
+                    instance.remove().await;
+                }
+                result = Err(Error::service(
+                    "stack",
+                    "not started: the run is being removed",
+                ));
+            }
+            shared.creating.fetch_sub(1, Ordering::SeqCst);
+            result
+        });
+        self.prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                name.clone(),
+                Prepared {
+                    body,
+                    creation,
+                    gate,
+                },
+            );
+    }
+
     async fn start(&self, req: StartRequest<'_>) -> Result<Box<dyn Instance>, Error> {
+        let prepared = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req.service.name);
+        if let Some(prepared) = prepared.filter(|_| !cleanup::interrupted()) {
+            if let Some(instance) = self.start_prepared(prepared, &req).await {
+                return Ok(Box::new(instance));
+            }
+        }
         let docker = self.docker().await?;
         // Counted before `interrupted()` is read: the Ctrl-C hook sets that first and then waits
         // for the count to drop, so every container is either never created or seen by it.
@@ -584,6 +772,7 @@ impl Backend for Container {
 impl Drop for Container {
     fn drop(&mut self) {
         cleanup::unregister_hook(self.hook);
+        self.shared.closing.store(true, Ordering::SeqCst);
         // A build nobody waits for any more is stopped (the engine drops it with the request).
         for build in self
             .builds
