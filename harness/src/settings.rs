@@ -463,6 +463,21 @@ impl Settings {
         self.get("CARGO").unwrap_or_else(|| "cargo".into()).into()
     }
 
+    /// A `cargo` command without the variables cargo gives a program it runs
+    /// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …): this process may be a `cargo test` or `cargo
+    /// run` one, and a build script that reads them (ring's does) would otherwise see them
+    /// change between a build from the shell and one from here, and rebuild itself and every
+    /// crate above it (rustls, bollard, the pact crates, the harness) each time.
+    pub fn cargo_command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(self.cargo());
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(set_by_cargo_for_a_program) {
+                cmd.env_remove(name);
+            }
+        }
+        cmd
+    }
+
     /// The Docker engine's address: `DOCKER_HOST`, else the local socket.
     pub fn docker_host(&self) -> String {
         self.get("DOCKER_HOST")
@@ -557,6 +572,24 @@ fn matches(pattern: &str, name: &str) -> bool {
     })
 }
 
+/// Whether cargo sets the variable `name` for a program it runs (`cargo run`, `cargo test`), as
+/// opposed to one a user sets for cargo (`CARGO_HOME`, `CARGO_TARGET_DIR`, `CARGO_PROFILE_*`).
+fn set_by_cargo_for_a_program(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+        || matches!(
+            name,
+            "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_MANIFEST_LINKS"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,6 +608,36 @@ mod tests {
             !is_known("HARNESS_BACKENDX"),
             "a misspelling is not a service's backend"
         );
+    }
+
+    #[test]
+    fn cargo_runs_without_what_cargo_gave_this_test_process_and_with_what_users_set() {
+        // `cargo test` runs this process with CARGO_MANIFEST_DIR and CARGO_PKG_NAME set.
+        assert!(std::env::var_os("CARGO_MANIFEST_DIR").is_some());
+        let cmd = Settings::process().cargo_command();
+        let removed: Vec<_> = cmd
+            .get_envs()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+        ] {
+            assert!(
+                removed.iter().any(|r| r == name),
+                "{name} kept: {removed:?}"
+            );
+        }
+        for name in [
+            "CARGO_TARGET_DIR",
+            "CARGO_HOME",
+            "CARGO_PROFILE_DEV_DEBUG",
+            "CARGO",
+        ] {
+            assert!(!set_by_cargo_for_a_program(name), "{name} is a user's");
+        }
     }
 
     #[test]

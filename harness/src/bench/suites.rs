@@ -23,7 +23,8 @@ use crate::settings::Settings;
 
 /// Builds the suite's test binary and returns its path.
 fn test_binary(manifest: &Manifest, suite: &str) -> Result<PathBuf, Error> {
-    let out = Command::new(Settings::process().cargo())
+    let out = Settings::process()
+        .cargo_command()
         .args([
             "test",
             "-p",

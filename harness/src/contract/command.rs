@@ -198,7 +198,7 @@ fn suite_command(
     filter: &str,
     env: &[(&str, String)],
 ) -> Result<u8, Error> {
-    let mut cmd = std::process::Command::new(settings.cargo());
+    let mut cmd = settings.cargo_command();
     cmd.args([
         "test",
         "--quiet",

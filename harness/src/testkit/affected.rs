@@ -200,8 +200,8 @@ pub fn find_pacts(manifest: &Manifest, repo: &Path) -> Result<Vec<Pact>, Error> 
 /// The trials of the built suite binaries of `package`: builds them (`cargo test --no-run`),
 /// then asks each binary for `--list --format terse`.
 pub fn list_trials(dir: &Path, package: &str, settings: &Settings) -> Result<Vec<String>, Error> {
-    let cargo = settings.cargo();
-    let out = std::process::Command::new(&cargo)
+    let out = settings
+        .cargo_command()
         .args(["test", "-p", package, "--no-run", "--quiet"])
         .arg("--message-format=json")
         .current_dir(dir)

@@ -36,7 +36,7 @@ pub fn cargo_binaries(manifest: &Manifest, settings: &Settings) -> Result<(), Er
         });
     }
     let profile = settings.cargo_profile();
-    let mut cmd = std::process::Command::new(settings.cargo());
+    let mut cmd = settings.cargo_command();
     cmd.args([
         "build",
         "--quiet",

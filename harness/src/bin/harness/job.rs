@@ -116,7 +116,8 @@ fn cargo_suites(m: &Manifest, args: &[String]) -> Result<Run, Error> {
         });
     }
     let built = harness::cleanup::status_in_own_group(
-        Command::new(settings().cargo())
+        settings()
+            .cargo_command()
             .args(["test", "-p", "suites", "--no-run", "--quiet"])
             .current_dir(dir),
     )
@@ -127,7 +128,7 @@ fn cargo_suites(m: &Manifest, args: &[String]) -> Result<Run, Error> {
             help: "fix the build errors above".into(),
         });
     }
-    let mut command = Command::new(settings().cargo());
+    let mut command = settings().cargo_command();
     command
         .args(["test", "-p", "suites", "--"])
         .args(args)
