@@ -161,7 +161,7 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "HARNESS_CACHE_DIR",
         role: Role::Stack,
-        meaning: "where rebuildable state is kept (initialised clusters); default `$XDG_CACHE_HOME/harness`, else `~/.cache/harness`",
+        meaning: "where rebuildable state is kept (initialised clusters, file hashes); default `$XDG_CACHE_HOME/harness`, else `~/.cache/harness`",
     },
     Variable {
         name: "XDG_CACHE_HOME",
