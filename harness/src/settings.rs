@@ -15,7 +15,6 @@
 //! captured. `PATH` is not a setting: programs are looked up on it the way the system does.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -458,18 +457,15 @@ impl Settings {
         }
     }
 
-    /// The cargo program: `CARGO`, else `cargo`.
-    pub fn cargo(&self) -> OsString {
-        self.get("CARGO").unwrap_or_else(|| "cargo".into()).into()
-    }
-
-    /// A `cargo` command without the variables cargo gives a program it runs
+    /// A command of the cargo program (`CARGO`, else `cargo`) without the variables cargo gives
+    /// a program it runs
     /// (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, …): this process may be a `cargo test` or `cargo
     /// run` one, and a build script that reads them (ring's does) would otherwise see them
     /// change between a build from the shell and one from here, and rebuild itself and every
     /// crate above it (rustls, bollard, the pact crates, the harness) each time.
     pub fn cargo_command(&self) -> std::process::Command {
-        let mut cmd = std::process::Command::new(self.cargo());
+        let cargo = self.get("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
         for (name, _) in std::env::vars_os() {
             if name.to_str().is_some_and(set_by_cargo_for_a_program) {
                 cmd.env_remove(name);
